@@ -1,0 +1,291 @@
+"""Command line: ``python -m source_code <command> --help``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO_ROOT / "models" / "default"
+BUNDLE_ENV = "CAPTION_BUNDLE"
+
+# The recipe of the bundled default model (see `train-default`).
+DEFAULT_RECIPE = {
+    "images": 9000, "seed": 0, "image_size": 160,
+    "backbone": {"variant": "slim", "input_size": 160, "weights": None, "width": 0.5,
+                 "depth": 0.5, "last_stride": 1},
+    "decoder": {"kind": "attention", "embed_dim": 64, "units": 192, "dropout": 0.2},
+    "epochs": 16, "batch_size": 32, "learning_rate": 2e-3, "min_word_count": 1,
+}
+
+
+def default_bundle() -> Path:
+    return Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _load_captioner(path):
+    from .model.captioner import Captioner
+    return Captioner.load(path)
+
+
+# -- commands -------------------------------------------------------------------
+def cmd_synth(args) -> int:
+    from .data.synthetic import write_flickr8k_layout
+    out = write_flickr8k_layout(args.out, args.images, seed=args.seed, image_size=args.size,
+                                progress=not args.quiet)
+    print(f"wrote {args.images} scenes to {out}")
+    return 0
+
+
+def _train_config(args):
+    from .model.backbone import BackboneSpec
+    from .training.train import TrainConfig
+    spec = BackboneSpec(variant=args.backbone, input_size=args.input_size,
+                        weights=None if args.weights == "none" else args.weights,
+                        width=args.width, depth=args.depth, last_stride=args.last_stride)
+    return TrainConfig(
+        backbone=spec, decoder={"kind": args.decoder, "embed_dim": args.embed_dim,
+                                "units": args.units, "dropout": args.dropout},
+        finetune_backbone=args.finetune, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.lr, min_word_count=args.min_count, max_length=args.max_length,
+        glove=args.glove, train_embedding=args.train_embedding,
+        augment_vflip=args.vflip, patience=args.patience,
+        max_train_images=args.max_train_images, seed=args.seed,
+        attention_weight=args.attention_weight)
+
+
+def cmd_train(args) -> int:
+    from .data.datasets import load_dataset
+    from .training.train import train
+    dataset = load_dataset(args.dataset, args.data)
+    grounding = args.grounding
+    if grounding is None and (Path(args.data) / "scenes.jsonl").exists():
+        grounding = Path(args.data) / "scenes.jsonl"   # synthetic data: ground attention on objects
+    cfg = _train_config(args)
+    captioner = train(dataset, args.out, cfg, grounding_file=grounding, resume=args.resume,
+                      progress=not args.quiet,
+                      extra_card={"name": Path(args.out).name,
+                                  "training_command": " ".join(["python -m source_code"] + sys.argv[1:])})
+    print(f"bundle written to {args.out} ({captioner.config['training']['seconds']:.0f} s)")
+    return 0
+
+
+def cmd_train_default(args) -> int:
+    """Synthetic data -> training -> held-out evaluation, all recorded in the model card."""
+    from .data.datasets import load_dataset
+    from .data.synthetic import write_flickr8k_layout
+    from .evaluation.synthetic_eval import evaluate_synthetic, format_report, generate_held_out
+    from .model.backbone import BackboneSpec
+    from .training.train import TrainConfig, train
+    r = DEFAULT_RECIPE
+    t0 = time.time()
+    data = Path(args.data)
+    if not (data / "Flickr8k.token.txt").exists():
+        write_flickr8k_layout(data, r["images"], seed=r["seed"], image_size=r["image_size"],
+                              progress=not args.quiet)
+    cfg = TrainConfig(backbone=BackboneSpec(**r["backbone"]), decoder=r["decoder"],
+                      finetune_backbone=True, epochs=args.epochs or r["epochs"],
+                      batch_size=r["batch_size"], learning_rate=r["learning_rate"],
+                      min_word_count=r["min_word_count"], augment_vflip=True, patience=100,
+                      seed=r["seed"])
+    dataset = load_dataset("flickr8k", data)
+    card = {"name": "default", "training_command": "python -m source_code train-default",
+            "description": "Synthetic-scene captioner (slim EfficientNetV2 from scratch + attention "
+                           "LSTM), trained offline on the project's own scene generator.",
+            "data": {"kind": "synthetic scenes", "images": r["images"], "seeds": [r["seed"], r["seed"] + r["images"] - 1],
+                     "image_size": r["image_size"]}}
+    captioner = train(dataset, args.out, cfg, grounding_file=data / "scenes.jsonl",
+                      resume=args.resume, progress=not args.quiet, extra_card=card)
+    scenes = generate_held_out(args.eval_scenes, image_size=r["image_size"])
+    results = evaluate_synthetic(captioner, scenes, progress=not args.quiet)
+    print(format_report(results))
+    captioner.config["metrics"] = {"held_out_synthetic": results}
+    captioner.config["training"]["total_seconds_with_data_and_eval"] = round(time.time() - t0, 1)
+    captioner.save(args.out)
+    vocab_copy = REPO_ROOT / "vocab.txt"
+    if Path(args.out).resolve() == DEFAULT_BUNDLE.resolve():
+        captioner.vocab.save(vocab_copy)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .data.datasets import load_dataset
+    from .evaluation.metrics import evaluate_captions
+    from .text.vocabulary import clean_caption
+    from .training.samples import load_images
+    captioner = _load_captioner(args.bundle)
+    dataset = load_dataset(args.dataset, args.data)
+    ids = dataset.splits[args.split][: args.limit]
+    hyps, refs = [], []
+    from tqdm import tqdm
+    for s in tqdm(range(0, len(ids), args.batch_size), desc="captioning", disable=args.quiet):
+        batch = ids[s: s + args.batch_size]
+        images = load_images([dataset.image_path(i) for i in batch], captioner.input_size, False)
+        for image_id, cap in zip(batch, captioner.caption(list(images), beam_width=args.beam)):
+            hyps.append(cap.words)
+            refs.append([clean_caption(c) for c in dataset.captions[image_id]])
+    scores = evaluate_captions(refs, hyps)
+    scores["images"] = len(ids)
+    print(json.dumps(scores, indent=2))
+    return 0
+
+
+def cmd_evaluate_synthetic(args) -> int:
+    from .evaluation.synthetic_eval import evaluate_synthetic, format_report, generate_held_out
+    captioner = _load_captioner(args.bundle)
+    scenes = generate_held_out(args.scenes, seed=args.seed, image_size=captioner.input_size)
+    kinds = ("none",) if args.clean_only else None
+    results = evaluate_synthetic(captioner, scenes, beam_width=args.beam, progress=not args.quiet,
+                                 **({"degradations": kinds} if kinds else {}))
+    print(format_report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from .web.imaging import ImageError, decode_image
+    captioner = _load_captioner(args.bundle)
+    status = 0
+    for path in args.images:
+        try:
+            image = decode_image(Path(path).read_bytes())
+        except (OSError, ImageError) as exc:
+            print(f"{path}: error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        cap = captioner.caption(image, beam_width=args.beam)[0]
+        print(f"{path}\t{cap.text}" if len(args.images) > 1 else cap.text)
+    return status
+
+
+def cmd_fetch(args) -> int:
+    from .data.fetch import run_fetch
+    return run_fetch(args)
+
+
+# -- parser ---------------------------------------------------------------------
+def _add_bundle(p):
+    p.add_argument("--bundle", default=None,
+                   help=f"model bundle directory (default: ${BUNDLE_ENV} or {DEFAULT_BUNDLE.relative_to(REPO_ROOT)})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m source_code",
+                                     description="Explainable image captioning: train, evaluate, caption, explain.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic captioned dataset in the Flickr8k layout")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="first scene seed")
+    p.add_argument("--size", type=int, default=160, help="image side in pixels")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a captioner and write a model bundle")
+    p.add_argument("--data", required=True, help="dataset folder (or results.csv / COCO json)")
+    p.add_argument("--dataset", default="auto", help="flickr8k, flickr30k, coco or auto")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--backbone", default="l", help="EfficientNetV2 variant: b0..b3, s, m, l or slim")
+    p.add_argument("--input-size", type=int, default=480)
+    p.add_argument("--weights", default="imagenet", choices=["imagenet", "none"])
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier (slim only)")
+    p.add_argument("--depth", type=float, default=1.0, help="depth multiplier (slim only)")
+    p.add_argument("--last-stride", type=int, default=2, choices=[1, 2], help="(slim only)")
+    p.add_argument("--decoder", default="attention", choices=["merge", "attention"])
+    p.add_argument("--embed-dim", type=int, default=100, help="(overridden by the GloVe file's)")
+    p.add_argument("--units", type=int, default=512)
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--glove", default=None, help="glove.6B.*d.txt-format file")
+    p.add_argument("--train-embedding", action="store_true", help="fine-tune the GloVe embedding")
+    p.add_argument("--finetune", action="store_true", help="train the backbone too (end to end)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--min-count", type=int, default=10, help="minimum word count for the vocabulary")
+    p.add_argument("--max-length", type=int, default=None, help="maximum caption length in words")
+    p.add_argument("--max-train-images", type=int, default=None)
+    p.add_argument("--patience", type=int, default=5, help="early stopping patience (epochs)")
+    p.add_argument("--grounding", default=None, help="scenes.jsonl with object boxes (synthetic data)")
+    p.add_argument("--attention-weight", type=float, default=1.0)
+    p.add_argument("--vflip", action="store_true", help="also mirror top-bottom (swaps above/below)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-default", help="train the bundled default model from scratch")
+    p.add_argument("--out", default=str(DEFAULT_BUNDLE))
+    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--eval-scenes", type=int, default=500)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train_default)
+
+    p = sub.add_parser("evaluate", help="BLEU-1..4 and CIDEr of a bundle on a dataset split")
+    _add_bundle(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--dataset", default="auto")
+    p.add_argument("--split", default="test")
+    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("evaluate-synthetic",
+                       help="exact match / attribute accuracy on held-out synthetic scenes, clean and degraded")
+    _add_bundle(p)
+    p.add_argument("--scenes", type=int, default=500)
+    p.add_argument("--seed", type=int, default=10_000_000, help="first held-out seed")
+    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--clean-only", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate_synthetic)
+
+    p = sub.add_parser("caption", help="caption image files")
+    _add_bundle(p)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--beam", type=int, default=3)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("fetch", help="download a dataset or pretrained weights")
+    from .data.fetch import add_fetch_arguments
+    add_fetch_arguments(p)
+    p.set_defaults(func=cmd_fetch)
+    return parser
+
+
+def main(argv=None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if hasattr(args, "bundle") and args.bundle is None:
+        args.bundle = str(default_bundle())
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # user-facing CLI: one clear line, details with --verbose
+        if args.verbose:
+            raise
+        from .model.captioner import BundleError
+        known = (BundleError, FileNotFoundError, ValueError)
+        if isinstance(exc, known):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,217 @@
+"""The captioning model: backbone + decoder + vocabulary, and its bundle on disk.
+
+A bundle is a directory::
+
+    config.json            model card: backbone, decoder, sizes, training, metrics
+    vocab.txt              one token a line (specials first)
+    decoder.weights.h5     decoder weights
+    backbone.weights.h5    backbone weights (absent when the backbone is the
+                           stock ImageNet one, which Keras loads from its cache)
+    concepts/              ACE concept bank (optional)
+
+Loading rebuilds the architecture from our own code and reads weights only:
+nothing in a bundle is executed (no pickles, no serialized layers).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from ..text.vocabulary import Vocabulary
+from .backbone import BackboneSpec, build_backbone
+from .decoders import CaptionDecoder
+from .search import beam_search, greedy_search
+
+BUNDLE_FORMAT = 1
+CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.txt"
+DECODER_WEIGHTS, BACKBONE_WEIGHTS = "decoder.weights.h5", "backbone.weights.h5"
+DECODER_KEYS = ("kind", "embed_dim", "units", "dropout", "train_embedding")
+
+
+class BundleError(ValueError):
+    """A bundle directory is missing, incomplete or inconsistent."""
+
+
+@dataclass
+class Caption:
+    words: list[str]
+    token_ids: list[int]          # word ids, without start/end
+    token_logprobs: list[float]   # log p of each word, then of the end token
+    logprob: float                # total, end token included
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+
+class Captioner:
+    def __init__(self, backbone, decoder: CaptionDecoder, vocab: Vocabulary, config: dict):
+        self.backbone, self.decoder, self.vocab, self.config = backbone, decoder, vocab, config
+        self.max_length = int(config["max_length"])
+        self.input_size = int(config["backbone"]["input_size"])
+        self.grid = tuple(backbone.output_shape[1:3])
+        self._features = tf.function(lambda x: self.backbone(x, training=False),
+                                     reduce_retracing=True)
+        self._searches = {}
+
+    # -- construction ---------------------------------------------------------
+    @classmethod
+    def build(cls, vocab: Vocabulary, backbone: BackboneSpec, decoder: dict, max_length: int,
+              embedding_matrix: np.ndarray | None = None, extra_config: dict | None = None):
+        net = build_backbone(backbone)
+        grid_h, grid_w, channels = net.output_shape[1:]
+        dec_cfg = {"kind": "attention", "embed_dim": 100, "units": 256, "dropout": 0.3,
+                   "train_embedding": embedding_matrix is None}
+        dec_cfg.update({k: v for k, v in decoder.items() if k in DECODER_KEYS})
+        dec = CaptionDecoder(len(vocab), grid_cells=grid_h * grid_w,
+                             embedding_matrix=embedding_matrix, **dec_cfg)
+        dec.build_for((grid_h, grid_w, channels), max_length + 1)
+        config = {"format": BUNDLE_FORMAT, "backbone": backbone.to_dict(), "decoder": dec_cfg,
+                  "max_length": int(max_length), "grid": [grid_h, grid_w],
+                  "feature_channels": int(channels), "vocab_size": len(vocab)}
+        config.update(extra_config or {})
+        return cls(net, dec, vocab, config)
+
+    # -- bundle I/O -----------------------------------------------------------
+    def save(self, bundle_dir, include_backbone: bool | None = None) -> Path:
+        """Write the bundle atomically: a temp dir next to the target, then a rename.
+        The backbone's weights are written unless it is the untouched stock ImageNet one."""
+        bundle_dir = Path(bundle_dir)
+        if include_backbone is None:
+            include_backbone = (self.config["backbone"].get("weights") != "imagenet"
+                                or self.config.get("backbone_trained", False))
+        bundle_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.", dir=bundle_dir.parent))
+        try:
+            config = dict(self.config, backbone_weights_in_bundle=bool(include_backbone))
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+            self.vocab.save(tmp / VOCAB_FILE)
+            self.decoder.save_weights(tmp / DECODER_WEIGHTS)
+            if include_backbone:
+                self.backbone.save_weights(tmp / BACKBONE_WEIGHTS)
+            if (bundle_dir / "concepts").is_dir():  # keep an existing concept bank
+                shutil.copytree(bundle_dir / "concepts", tmp / "concepts")
+            if bundle_dir.exists():
+                old = bundle_dir.with_name(f".{bundle_dir.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(bundle_dir, old)
+                os.replace(tmp, bundle_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, bundle_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.config = config
+        return bundle_dir
+
+    @classmethod
+    def load(cls, bundle_dir) -> "Captioner":
+        bundle_dir = Path(bundle_dir)
+        if not bundle_dir.is_dir():
+            raise BundleError(f"model bundle not found: {bundle_dir} is not a directory")
+        for name in (CONFIG_FILE, VOCAB_FILE, DECODER_WEIGHTS):
+            if not (bundle_dir / name).is_file():
+                raise BundleError(f"model bundle {bundle_dir} is missing {name}")
+        try:
+            config = json.loads((bundle_dir / CONFIG_FILE).read_text())
+            spec = BackboneSpec.from_dict(config["backbone"])
+            dec_cfg = config["decoder"]
+            max_length = int(config["max_length"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BundleError(f"model bundle {bundle_dir} has an unreadable {CONFIG_FILE}: {exc}") from exc
+        if config.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"model bundle {bundle_dir} has format {config.get('format')!r}; "
+                              f"this version reads format {BUNDLE_FORMAT}")
+        in_bundle = config.get("backbone_weights_in_bundle", False)
+        if in_bundle:  # never download weights we are about to overwrite
+            spec = BackboneSpec.from_dict(dict(config["backbone"], weights=None))
+        vocab = Vocabulary.load(bundle_dir / VOCAB_FILE)
+        if len(vocab) != config.get("vocab_size", len(vocab)):
+            raise BundleError(f"model bundle {bundle_dir}: vocab.txt has {len(vocab)} tokens, "
+                              f"config.json says {config['vocab_size']}")
+        net = build_backbone(spec)
+        grid_h, grid_w, channels = net.output_shape[1:]
+        dec = CaptionDecoder(len(vocab), grid_cells=grid_h * grid_w,
+                             **{k: v for k, v in dec_cfg.items() if k in DECODER_KEYS})
+        dec.build_for((grid_h, grid_w, channels), max_length + 1)
+        try:
+            dec.load_weights(bundle_dir / DECODER_WEIGHTS)
+            if in_bundle:
+                net.load_weights(bundle_dir / BACKBONE_WEIGHTS)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"model bundle {bundle_dir}: weights do not match its config: {exc}") from exc
+        captioner = cls(net, dec, vocab, config)
+        captioner.bundle_dir = bundle_dir
+        return captioner
+
+    # -- inference ------------------------------------------------------------
+    def preprocess(self, images) -> tf.Tensor:
+        """One HxWx3 uint8 array or a list of them -> float32 [B, S, S, 3] raw pixels.
+        The whole frame is resized (not cropped), so explanation maps span all of it."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = [images]
+        size = self.input_size
+        batch = np.stack([np.asarray(Image.fromarray(np.asarray(im, np.uint8)).convert("RGB")
+                                     .resize((size, size), Image.BILINEAR), np.float32)
+                          for im in images])
+        return tf.constant(batch)
+
+    def features(self, pixels) -> tf.Tensor:
+        """Raw pixels [B, S, S, 3] -> feature map A [B, h, w, C]."""
+        return self._features(tf.convert_to_tensor(pixels, tf.float32))
+
+    def decode_features(self, feature_map, beam_width: int = 1,
+                        length_penalty: float = 0.0) -> list[Caption]:
+        key = (int(beam_width), float(length_penalty))
+        if key not in self._searches:
+            v, n = self.vocab, self.max_length
+            if beam_width <= 1:
+                fn = lambda A: greedy_search(self.decoder, self.decoder.encode(A),
+                                             v.start_id, v.end_id, v.pad_id, n)
+            else:
+                fn = lambda A: beam_search(self.decoder, self.decoder.encode(A), v.start_id,
+                                           v.end_id, v.pad_id, n, int(beam_width),
+                                           float(length_penalty))
+            self._searches[key] = tf.function(fn, reduce_retracing=True)
+        tokens, logps = self._searches[key](tf.convert_to_tensor(feature_map, tf.float32))
+        return [self._to_caption(t, l) for t, l in zip(tokens.numpy(), logps.numpy())]
+
+    def caption(self, images, beam_width: int = 3, length_penalty: float = 0.0) -> list[Caption]:
+        return self.decode_features(self.features(self.preprocess(images)), beam_width,
+                                    length_penalty)
+
+    def _to_caption(self, tokens, logps) -> Caption:
+        ids, lps = [], []
+        for tok, lp in zip(tokens.tolist(), logps.tolist()):
+            lps.append(lp)
+            if tok in (self.vocab.end_id, self.vocab.pad_id) or len(ids) == self.max_length:
+                break
+            ids.append(tok)
+        return Caption([self.vocab.word(i) for i in ids], ids, lps, float(sum(lps)))
+
+    def teacher_forcing_inputs(self, token_ids: list[int]) -> tuple[tf.Tensor, tf.Tensor]:
+        """(tokens_in [1, T+1], targets [1, T+1]) for a caption of T words: start + words
+        in, words + end out. These are the inputs of every explanation's target s_t."""
+        ids = [self.vocab.start_id] + list(token_ids)
+        targets = list(token_ids) + [self.vocab.end_id]
+        return tf.constant([ids], tf.int32), tf.constant([targets], tf.int32)
+
+    def word_logprobs(self, feature_map, tokens_in, targets) -> tf.Tensor:
+        """s_t = log p(w_t | image, w_<t) by teacher forcing: [B, T]."""
+        logits, _ = self.decoder((feature_map, tokens_in), training=False)
+        logp = tf.nn.log_softmax(logits, axis=-1)
+        return tf.gather(logp, targets, batch_dims=2)
+
+    @property
+    def card(self) -> dict:
+        keys = ("name", "backbone", "decoder", "max_length", "grid", "vocab_size", "training",
+                "metrics", "glove", "description")
+        return {k: self.config[k] for k in keys if k in self.config}

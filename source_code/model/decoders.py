@@ -1,0 +1,122 @@
+"""Caption decoders: GloVe-embedded LSTMs that read the backbone's feature map.
+
+Both decoders expose the same three calls, so decoding and every explainer work
+with either:
+
+* ``encode(feature_map)`` -> ``memory`` (what the decoder keeps of the image),
+* ``initial_state(memory)`` -> LSTM state ``(h, c)``,
+* ``step(tokens, state, memory)`` -> ``(logits, state, attention)`` for one token.
+
+``call((feature_map, tokens_in))`` runs teacher forcing over a whole caption
+prefix and returns per-step logits and attention weights.
+
+``merge`` is the classic captioner: pooled image vector -> dropout -> dense,
+caption prefix -> embedding -> dropout -> LSTM, added, dense, softmax.
+``attention`` is Show, Attend and Tell (Xu et al. 2015): soft attention over
+the grid at every step with a deep output layer; a learned position embedding
+is added to the projected cells so spatial words ("left of") can be read.
+"""
+from __future__ import annotations
+
+import numpy as np
+import keras
+import tensorflow as tf
+from keras import layers
+
+DECODER_KINDS = ("merge", "attention")
+
+
+class CaptionDecoder(keras.Model):
+    def __init__(self, vocab_size: int, kind: str = "attention", grid_cells: int = 1,
+                 embed_dim: int = 100, units: int = 256, dropout: float = 0.3,
+                 embedding_matrix: np.ndarray | None = None, train_embedding: bool = False,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if kind not in DECODER_KINDS:
+            raise ValueError(f"decoder kind must be one of {DECODER_KINDS}, got {kind!r}")
+        self.kind, self.vocab_size, self.grid_cells = kind, vocab_size, grid_cells
+        self.units, self.embed_dim = units, embed_dim
+        if embedding_matrix is not None:
+            if embedding_matrix.shape != (vocab_size, embed_dim):
+                raise ValueError(f"embedding matrix shape {embedding_matrix.shape} != "
+                                 f"({vocab_size}, {embed_dim})")
+            init = keras.initializers.Constant(embedding_matrix)
+            trainable = train_embedding
+        else:  # no GloVe file: the embedding is learned from scratch
+            init, trainable = "uniform", True
+        self.embedding = layers.Embedding(vocab_size, embed_dim, embeddings_initializer=init,
+                                          trainable=trainable, name="embedding")
+        self.embed_dropout = layers.Dropout(dropout)
+        self.cell = layers.LSTMCell(units, name="lstm")
+        self.out_dropout = layers.Dropout(dropout)
+        self.logits_layer = layers.Dense(vocab_size, name="logits")
+        if kind == "merge":
+            self.image_dropout = layers.Dropout(dropout)
+            self.image_dense = layers.Dense(units, activation="relu", name="image_dense")
+            self.merge_dense = layers.Dense(units, activation="relu", name="merge_dense")
+        else:
+            self.cell_proj = layers.Dense(units, name="cell_proj")
+            self.position = self.add_weight(shape=(grid_cells, units), name="position",
+                                            initializer=keras.initializers.RandomNormal(stddev=0.02))
+            self.att_keys = layers.Dense(units, use_bias=False, name="att_keys")
+            self.att_query = layers.Dense(units, name="att_query")
+            self.att_score = layers.Dense(1, name="att_score")
+            self.init_h = layers.Dense(units, activation="tanh", name="init_h")
+            self.init_c = layers.Dense(units, activation="tanh", name="init_c")
+            self.deep_h = layers.Dense(embed_dim, name="deep_h")
+            self.deep_ctx = layers.Dense(embed_dim, name="deep_ctx")
+
+    # -- the three calls shared by decoding and explanations -------------------
+    def encode(self, feature_map, training=False):
+        """feature_map [B, h, w, C] -> memory (a tuple of tensors)."""
+        if self.kind == "merge":
+            pooled = tf.reduce_mean(feature_map, axis=[1, 2])
+            return (self.image_dense(self.image_dropout(pooled, training=training)),)
+        shape = tf.shape(feature_map)
+        cells = tf.reshape(feature_map, [shape[0], shape[1] * shape[2], feature_map.shape[-1]])
+        values = self.cell_proj(cells) + self.position
+        return values, self.att_keys(values)
+
+    def initial_state(self, memory):
+        if self.kind == "merge":
+            zeros = tf.zeros([tf.shape(memory[0])[0], self.units])
+            return zeros, zeros
+        mean = tf.reduce_mean(memory[0], axis=1)
+        return self.init_h(mean), self.init_c(mean)
+
+    def step(self, tokens, state, memory, training=False):
+        """One decoding step. tokens [B] int -> logits [B, V], new state, attention [B, N]."""
+        emb = self.embed_dropout(self.embedding(tokens), training=training)
+        h, c = state
+        if self.kind == "merge":
+            out, (h, c) = self.cell(emb, [h, c], training=training)
+            merged = self.merge_dense(memory[0] + out)
+            logits = self.logits_layer(self.out_dropout(merged, training=training))
+            attention = tf.zeros([tf.shape(tokens)[0], self.grid_cells])
+            return logits, (h, c), attention
+        values, keys = memory
+        scores = self.att_score(tf.tanh(keys + self.att_query(h)[:, None, :]))[..., 0]
+        attention = tf.nn.softmax(scores, axis=-1)
+        context = tf.einsum("bn,bnu->bu", attention, values)
+        out, (h, c) = self.cell(tf.concat([emb, context], -1), [h, c], training=training)
+        deep = tf.tanh(emb + self.deep_h(out) + self.deep_ctx(context))
+        logits = self.logits_layer(self.out_dropout(deep, training=training))
+        return logits, (h, c), attention
+
+    def call(self, inputs, training=False):
+        """Teacher forcing. inputs = (feature_map, tokens_in [B, T]) ->
+        (logits [B, T, V], attention [B, T, N])."""
+        feature_map, tokens_in = inputs
+        memory = self.encode(feature_map, training=training)
+        state = self.initial_state(memory)
+        logits, attention = [], []
+        for t in range(tokens_in.shape[1]):
+            step_logits, state, step_att = self.step(tokens_in[:, t], state, memory, training)
+            logits.append(step_logits)
+            attention.append(step_att)
+        return tf.stack(logits, axis=1), tf.stack(attention, axis=1)
+
+    def build_for(self, feature_shape, max_len: int):
+        """Create all weights by running once on zeros of the given feature shape."""
+        self((tf.zeros((1,) + tuple(feature_shape)), tf.zeros((1, max_len), tf.int32)))
+        return self

@@ -1,0 +1,282 @@
+"""Training: dataset -> vocabulary -> samples -> model -> bundle.
+
+Two modes share one loop:
+* end to end (``finetune_backbone=True``): images are decoded once into memory,
+  augmented on the fly (mirror with the spatial words swapped, zoom, lighting,
+  noise) and the backbone is trained too;
+* frozen backbone: backbone features are computed once and cached on disk
+  (``features.FeatureCache``, resumable), and only the decoder is trained.
+
+Checkpoints after every epoch allow ``--resume``; early stopping watches the
+validation loss. The result is a bundle (see ``model.captioner``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from ..data.datasets import CaptionDataset
+from ..model.backbone import BackboneSpec
+from ..model.captioner import Captioner
+from ..text.vocabulary import Vocabulary, clean_caption, max_caption_length
+from .samples import CaptionSamples, build_samples, load_grounding, load_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    decoder: dict = field(default_factory=lambda: {"kind": "attention"})
+    finetune_backbone: bool = False
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    backbone_learning_rate: float | None = None  # defaults to learning_rate
+    warmup_steps: int = 200
+    weight_decay: float = 1e-4
+    min_word_count: int = 10
+    max_length: int | None = None         # words; default: the longest training caption
+    glove: str | None = None              # path to a glove.6B.*d.txt-format file
+    train_embedding: bool = False
+    attention_weight: float = 1.0         # weight of the grounding loss (when grounding given)
+    augment_hflip: bool = True
+    augment_vflip: bool = False
+    augment_zoom: float = 0.12            # max zoom-in fraction
+    augment_photometric: bool = True
+    patience: int = 5                     # early stopping on validation loss
+    max_train_images: int | None = None
+    seed: int = 0
+    label_smoothing: float = 0.0
+
+    def to_dict(self):
+        d = asdict(self)
+        d["backbone"] = self.backbone.to_dict()
+        return d
+
+
+def prepare_vocabulary(dataset: CaptionDataset, cfg: TrainConfig) -> tuple[Vocabulary, int]:
+    train_caps = [clean_caption(c) for i in dataset.splits["train"] for c in dataset.captions[i]]
+    vocab = Vocabulary.build(train_caps, min_count=cfg.min_word_count)
+    length = cfg.max_length or max_caption_length(train_caps)
+    return vocab, length
+
+
+def _embedding(vocab: Vocabulary, cfg: TrainConfig):
+    if not cfg.glove:
+        return None, None
+    from ..text.glove import embedding_matrix, load_glove_vectors
+
+    vectors, dim = load_glove_vectors(cfg.glove, wanted=set(vocab.tokens), progress=True)
+    matrix, coverage = embedding_matrix(vocab.tokens, vectors, dim, seed=cfg.seed)
+    log.info("GloVe %s: %d dims, %.1f %% of the vocabulary found", cfg.glove, dim, 100 * coverage)
+    return matrix, {"file": Path(cfg.glove).name, "dim": dim, "coverage": round(coverage, 4),
+                    "frozen": not cfg.train_embedding}
+
+
+class _Augmenter:
+    """Batch augmentation on raw 0-255 pixels; mirrors also swap caption targets
+    and attention targets so captions stay true."""
+
+    def __init__(self, cfg: TrainConfig, size: int):
+        self.cfg, self.size = cfg, size
+
+    def __call__(self, images, tgt, tgt_h, tgt_v, att):
+        cfg = self.cfg
+        b = tf.shape(images)[0]
+        images = tf.cast(images, tf.float32)
+        if cfg.augment_hflip:
+            flip = tf.random.uniform([b]) < 0.5
+            images = tf.where(flip[:, None, None, None], images[:, :, ::-1], images)
+            tgt = tf.where(flip[:, None], tgt_h, tgt)
+            if att is not None:
+                att = tf.where(flip[:, None, None, None], att[:, :, :, ::-1], att)
+        if cfg.augment_vflip:
+            flip = tf.random.uniform([b]) < 0.5
+            images = tf.where(flip[:, None, None, None], images[:, ::-1], images)
+            tgt = tf.where(flip[:, None], tgt_v, tgt)
+            if att is not None:
+                att = tf.where(flip[:, None, None, None], att[:, :, ::-1], att)
+        if cfg.augment_zoom > 0:
+            # zoom in around the centre by up to augment_zoom; objects keep their grid cells
+            frac = tf.random.uniform([b], 0, cfg.augment_zoom) / 2
+            boxes = tf.stack([frac, frac, 1 - frac, 1 - frac], axis=1)
+            images = tf.image.crop_and_resize(images, boxes, tf.range(b), [self.size, self.size])
+        if cfg.augment_photometric:
+            gain = tf.random.uniform([b, 1, 1, 1], 0.7, 1.3)
+            bias = tf.random.uniform([b, 1, 1, 1], -20, 20)
+            tint = tf.random.uniform([b, 1, 1, 3], 0.92, 1.08)
+            noise = tf.random.normal(tf.shape(images)) * tf.random.uniform([b, 1, 1, 1], 0, 12)
+            images = tf.clip_by_value(images * gain * tint + bias + noise, 0, 255)
+        return images, tgt, att
+
+
+def _lr_schedule(cfg: TrainConfig, total_steps: int, base: float):
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=base * 0.01, decay_steps=max(total_steps - cfg.warmup_steps, 1),
+        warmup_target=base, warmup_steps=cfg.warmup_steps, alpha=0.02)
+
+
+def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=None,
+          resume: bool = False, progress: bool = True, extra_card: dict | None = None) -> Captioner:
+    out_dir = Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".work")     # checkpoints and caches
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    tf.keras.utils.set_random_seed(cfg.seed)
+    vocab, length = prepare_vocabulary(dataset, cfg)
+    log.info("vocabulary: %d tokens, max caption length %d words", len(vocab), length)
+    matrix, glove_card = _embedding(vocab, cfg)
+    decoder_cfg = dict(cfg.decoder, train_embedding=cfg.train_embedding if matrix is not None else True)
+    if matrix is not None:
+        decoder_cfg["embed_dim"] = matrix.shape[1]
+    captioner = Captioner.build(vocab, cfg.backbone, decoder_cfg, length, matrix)
+    grid = captioner.grid
+    grounding = load_grounding(grounding_file) if grounding_file else None
+
+    train_ids = dataset.splits["train"][: cfg.max_train_images]
+    val_ids = dataset.splits.get("val") or dataset.splits.get("test") or []
+    size = cfg.backbone.input_size
+    seq = length + 1
+    train_s = build_samples(train_ids, dataset.captions, vocab, seq, grounding, grid, size)
+    val_s = build_samples(val_ids, dataset.captions, vocab, seq, grounding, grid, size)
+    log.info("%d training captions on %d images, %d validation captions",
+             len(train_s), len(train_ids), len(val_s))
+
+    if cfg.finetune_backbone:
+        train_x = load_images([dataset.image_path(i) for i in train_ids], size, progress)
+        val_x = load_images([dataset.image_path(i) for i in val_ids], size, progress)
+    else:
+        from .features import cached_features
+        train_x = cached_features(captioner, dataset, train_ids, work / "features_train", progress)
+        val_x = cached_features(captioner, dataset, val_ids, work / "features_val", progress)
+
+    steps_per_epoch = max(len(train_s) // cfg.batch_size, 1)
+    total = steps_per_epoch * cfg.epochs
+    dec_opt = keras.optimizers.AdamW(_lr_schedule(cfg, total, cfg.learning_rate),
+                                     weight_decay=cfg.weight_decay, clipnorm=5.0)
+    bb_opt = keras.optimizers.AdamW(
+        _lr_schedule(cfg, total, cfg.backbone_learning_rate or cfg.learning_rate),
+        weight_decay=cfg.weight_decay, clipnorm=5.0) if cfg.finetune_backbone else None
+    augment = _Augmenter(cfg, size)
+    has_att = train_s.attention is not None and cfg.decoder.get("kind") == "attention"
+    model_dec, model_bb = captioner.decoder, captioner.backbone
+    dec_vars = model_dec.trainable_variables
+    bb_vars = model_bb.trainable_variables if cfg.finetune_backbone else []
+
+    def losses(x, tin, tgt, att, training):
+        feats = model_bb(x, training=training) if cfg.finetune_backbone else x
+        logits, alpha = model_dec((feats, tin), training=training)
+        mask = tf.cast(tf.not_equal(tgt, vocab.pad_id), tf.float32)
+        ce = keras.losses.sparse_categorical_crossentropy(tgt, logits, from_logits=True)
+        if cfg.label_smoothing:
+            smooth = -tf.reduce_mean(tf.nn.log_softmax(logits), -1)
+            ce = (1 - cfg.label_smoothing) * ce + cfg.label_smoothing * smooth
+        caption_loss = tf.reduce_sum(ce * mask) / tf.reduce_sum(mask)
+        if att is None:
+            return caption_loss, tf.constant(0.0)
+        flat = tf.reshape(att, tf.shape(alpha))
+        grounded = tf.cast(tf.reduce_sum(flat, -1) > 0, tf.float32)
+        att_ce = -tf.reduce_sum(flat * tf.math.log(alpha + 1e-8), -1)
+        att_loss = tf.reduce_sum(att_ce * grounded) / tf.maximum(tf.reduce_sum(grounded), 1.0)
+        return caption_loss, att_loss
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x, tin, tgt, tgt_h, tgt_v, att):
+        if cfg.finetune_backbone:
+            x, tgt, att = augment(x, tgt, tgt_h, tgt_v, att)
+        with tf.GradientTape() as tape:
+            cap, attl = losses(x, tin, tgt, att, True)
+            loss = cap + cfg.attention_weight * attl
+        grads = tape.gradient(loss, dec_vars + bb_vars)
+        dec_opt.apply_gradients(zip(grads[:len(dec_vars)], dec_vars))
+        if bb_vars:
+            bb_opt.apply_gradients(zip(grads[len(dec_vars):], bb_vars))
+        return cap, attl
+
+    @tf.function(reduce_retracing=True)
+    def val_step(x, tin, tgt, att):
+        if cfg.finetune_backbone:
+            x = tf.cast(x, tf.float32)
+        return losses(x, tin, tgt, att, False)
+
+    def batches(samples: CaptionSamples, images, shuffle: bool, rng):
+        order = rng.permutation(len(samples)) if shuffle else np.arange(len(samples))
+        # Training drops the last partial batch: one input shape, no re-tracing.
+        stop = len(order) - len(order) % cfg.batch_size if shuffle and len(order) >= cfg.batch_size else len(order)
+        for s in range(0, stop, cfg.batch_size):
+            idx = np.sort(order[s: s + cfg.batch_size])
+            img = images[samples.image_index[idx]]
+            if img.dtype == np.float16:  # cached features
+                img = img.astype(np.float32)
+            att = samples.attention[idx] if has_att else None
+            yield (tf.constant(img), tf.constant(samples.tokens_in[idx]),
+                   tf.constant(samples.targets[idx]), tf.constant(samples.targets_hflip[idx]),
+                   tf.constant(samples.targets_vflip[idx]),
+                   None if att is None else tf.constant(att))
+
+    ckpt = tf.train.Checkpoint(decoder=model_dec, backbone=model_bb, dec_opt=dec_opt,
+                               epoch=tf.Variable(0), best=tf.Variable(np.inf),
+                               **({"bb_opt": bb_opt} if bb_opt else {}))
+    manager = tf.train.CheckpointManager(ckpt, work / "checkpoints", max_to_keep=2)
+    best_dir = work / "best"
+    history = []
+    if resume and manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint)
+        history = json.loads((work / "history.json").read_text()) if (work / "history.json").exists() else []
+        log.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(ckpt.epoch))
+    rng = np.random.default_rng(cfg.seed + int(ckpt.epoch))
+    stale = 0
+    for epoch in range(int(ckpt.epoch), cfg.epochs):
+        t0 = time.time()
+        bar = tqdm(batches(train_s, train_x, True, rng), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, unit="batch")
+        cap_sum = att_sum = 0.0
+        for n, (x, tin, tgt, th, tv, att) in enumerate(bar, 1):
+            cap, attl = train_step(x, tin, tgt, th, tv, att)
+            cap_sum += float(cap)
+            att_sum += float(attl)
+            if n % 10 == 0:
+                bar.set_postfix(loss=f"{cap_sum / n:.3f}", att=f"{att_sum / n:.3f}")
+        val = [val_step(x, tin, tgt, att) for x, tin, tgt, _, _, att in
+               batches(val_s, val_x, False, rng)]
+        val_loss = float(np.mean([float(v[0]) for v in val])) if val else float("nan")
+        record = {"epoch": epoch + 1, "loss": cap_sum / max(n, 1), "att_loss": att_sum / max(n, 1),
+                  "val_loss": val_loss, "seconds": round(time.time() - t0, 1)}
+        history.append(record)
+        log.info("epoch %d: %s", epoch + 1, record)
+        ckpt.epoch.assign(epoch + 1)
+        if not val or val_loss < float(ckpt.best):
+            ckpt.best.assign(val_loss if val else 0.0)
+            model_dec.save_weights(str(work / "best_decoder.weights.h5"))
+            model_bb.save_weights(str(work / "best_backbone.weights.h5"))
+            stale = 0
+        else:
+            stale += 1
+        manager.save()
+        (work / "history.json").write_text(json.dumps(history, indent=1))
+        if stale >= cfg.patience:
+            log.info("early stopping: validation loss has not improved for %d epochs", stale)
+            break
+    if (work / "best_decoder.weights.h5").exists():
+        model_dec.load_weights(str(work / "best_decoder.weights.h5"))
+        model_bb.load_weights(str(work / "best_backbone.weights.h5"))
+    captioner.config.update({
+        "training": dict(cfg.to_dict(), dataset=dataset.name, train_images=len(train_ids),
+                         train_captions=len(train_s), epochs_run=len(history),
+                         seconds=round(time.time() - t_start, 1), history=history),
+        "backbone_trained": cfg.finetune_backbone,
+        **({"glove": glove_card} if glove_card else {}),
+        **(extra_card or {}),
+    })
+    captioner.save(out_dir)
+    return captioner
