@@ -173,13 +173,14 @@ class Captioner:
         key = (int(beam_width), float(length_penalty))
         if key not in self._searches:
             v, n = self.vocab, self.max_length
+            banned = (v.start_id, v.pad_id, v.unk_id)
             if beam_width <= 1:
                 fn = lambda A: greedy_search(self.decoder, self.decoder.encode(A),
-                                             v.start_id, v.end_id, v.pad_id, n)
+                                             v.start_id, v.end_id, v.pad_id, n, banned)
             else:
                 fn = lambda A: beam_search(self.decoder, self.decoder.encode(A), v.start_id,
                                            v.end_id, v.pad_id, n, int(beam_width),
-                                           float(length_penalty))
+                                           float(length_penalty), banned)
             self._searches[key] = tf.function(fn, reduce_retracing=True)
         tokens, logps = self._searches[key](tf.convert_to_tensor(feature_map, tf.float32))
         return [self._to_caption(t, l) for t, l in zip(tokens.numpy(), logps.numpy())]

@@ -14,7 +14,8 @@ prefix and returns per-step logits and attention weights.
 caption prefix -> embedding -> dropout -> LSTM, added, dense, softmax.
 ``attention`` is Show, Attend and Tell (Xu et al. 2015): soft attention over
 the grid at every step with a deep output layer; a learned position embedding
-is added to the projected cells so spatial words ("left of") can be read.
+is added to the projected cells so spatial words ("left of") can be read; the
+deep output is a ReLU layer over the word, the LSTM state and the context.
 """
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ class CaptionDecoder(keras.Model):
             self.att_score = layers.Dense(1, name="att_score")
             self.init_h = layers.Dense(units, activation="tanh", name="init_h")
             self.init_c = layers.Dense(units, activation="tanh", name="init_c")
-            self.deep_h = layers.Dense(embed_dim, name="deep_h")
-            self.deep_ctx = layers.Dense(embed_dim, name="deep_ctx")
+            # Deep output: a ReLU layer over [word, state, context]. Its gating makes
+            # each word's gradient depend on what is attended, not only on the word.
+            self.deep = layers.Dense(units, activation="relu", name="deep_output")
 
     # -- the three calls shared by decoding and explanations -------------------
     def encode(self, feature_map, training=False):
@@ -99,7 +101,7 @@ class CaptionDecoder(keras.Model):
         attention = tf.nn.softmax(scores, axis=-1)
         context = tf.einsum("bn,bnu->bu", attention, values)
         out, (h, c) = self.cell(tf.concat([emb, context], -1), [h, c], training=training)
-        deep = tf.tanh(emb + self.deep_h(out) + self.deep_ctx(context))
+        deep = self.deep(tf.concat([emb, out, context], -1))
         logits = self.logits_layer(self.out_dropout(deep, training=training))
         return logits, (h, c), attention
 

@@ -11,17 +11,26 @@ import tensorflow as tf
 NEG_INF = -1e9
 
 
-def greedy_search(decoder, memory, start_id: int, end_id: int, pad_id: int, max_len: int):
-    """memory: tuple of [B, ...] tensors. Returns (tokens [B, L], token_logprobs [B, L]),
+def _banned_mask(vocab: int, banned) -> tf.Tensor:
+    """0 for allowed tokens, NEG_INF for tokens a caption never contains (start, pad, unk)."""
+    ids = sorted(set(banned))
+    return tf.scatter_nd([[i] for i in ids], tf.fill([len(ids)], NEG_INF), [vocab])
+
+
+def greedy_search(decoder, memory, start_id: int, end_id: int, pad_id: int, max_len: int,
+                  banned=()):
+    """memory: tuple of [B, ...] tensors; tokens in ``banned`` are never chosen
+    (their log-probabilities stay those of the model). Returns (tokens [B, L], token_logprobs [B, L]),
     L = max_len + 1 (room for the end token); positions after the end token hold pad_id / 0."""
     batch = tf.shape(memory[0])[0]
     state = decoder.initial_state(memory)
     tokens = tf.fill([batch], start_id)
     finished = tf.zeros([batch], tf.bool)
     out_tokens, out_logp = [], []
+    ban = _banned_mask(decoder.vocab_size, banned)
     for _ in range(max_len + 1):
         logits, state, _ = decoder.step(tokens, state, memory)
-        logp = tf.nn.log_softmax(logits, axis=-1)
+        logp = tf.nn.log_softmax(logits, axis=-1) + ban
         tokens = tf.argmax(logp, axis=-1, output_type=tf.int32)
         tok_logp = tf.reduce_max(logp, axis=-1)
         tokens = tf.where(finished, pad_id, tokens)
@@ -32,7 +41,7 @@ def greedy_search(decoder, memory, start_id: int, end_id: int, pad_id: int, max_
 
 
 def beam_search(decoder, memory, start_id: int, end_id: int, pad_id: int, max_len: int,
-                width: int, length_penalty: float = 0.0):
+                width: int, length_penalty: float = 0.0, banned=()):
     """Beam search of the given width for a batch.
 
     Candidates are ranked by total log-probability while searching; when
@@ -53,9 +62,10 @@ def beam_search(decoder, memory, start_id: int, end_id: int, pad_id: int, max_le
     history_logp = tf.zeros([batch, width, 0], tf.float32)
     # For a finished beam, the only continuation is pad at no cost.
     pad_only = tf.where(tf.range(vocab) == pad_id, 0.0, NEG_INF)
+    ban = _banned_mask(vocab, banned)
     for _ in range(length):
         logits, state, _ = decoder.step(tokens, state, memory)
-        logp = tf.reshape(tf.nn.log_softmax(logits, -1), [batch, width, vocab])
+        logp = tf.reshape(tf.nn.log_softmax(logits, -1) + ban, [batch, width, vocab])
         logp = tf.where(finished[..., None], pad_only[None, None], logp)
         total = tf.reshape(scores[..., None] + logp, [batch, width * vocab])
         scores, flat = tf.math.top_k(total, k=width)

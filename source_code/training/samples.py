@@ -37,7 +37,7 @@ class CaptionSamples:
 
 
 def encode_pair(vocab: Vocabulary, words: list[str], length: int) -> tuple[list[int], list[int]]:
-    ids = vocab.encode(words)[: length + 1]          # start + words + end, truncated
+    ids = vocab.encode(words, max_len=length - 1)   # start + words (truncated) + end
     tokens_in, targets = ids[:-1], ids[1:]
     pad = [vocab.pad_id] * (length - len(tokens_in))
     return tokens_in + pad, targets + pad

@@ -1,0 +1,61 @@
+"""Grad-CAM and Grad-CAM++ for the caption and for every word.
+
+Both work at the backbone's last convolutional activation A (``top_activation``),
+which is exactly what the decoder reads. So one backbone pass gives A, and all
+per-word gradients ds_t/dA come from the decoder alone: A is tiled once per word
+and row t scores word t, so one backward pass through the decoder yields every
+word's gradient. The caption's gradient is their sum (s = sum_t s_t).
+
+Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of dS/dA, map = ReLU(sum_k w_k A_k).
+Grad-CAM++ (Chattopadhay et al. 2018) only changes the weights, with the usual
+closed form for an exponential of the score.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .target import CaptionTarget, word_scores_from_features
+
+
+def word_gradients(captioner, feature_map, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
+    """feature_map [1, h, w, C] -> (scores [T], gradients [T, h, w, C]) with row t = ds_t/dA."""
+    n = target.n_words
+    tiled = tf.tile(tf.convert_to_tensor(feature_map), [n, 1, 1, 1])
+    with tf.GradientTape() as tape:
+        tape.watch(tiled)
+        scores = word_scores_from_features(captioner, tiled, target)   # [T, T]
+        own = tf.linalg.diag_part(scores)                               # row t, word t
+        total = tf.reduce_sum(own)
+    return own, tape.gradient(total, tiled)
+
+
+def gradcam_weights(activations, gradients, plus_plus: bool = False):
+    """activations/gradients [N, h, w, C] -> channel weights [N, C]."""
+    if not plus_plus:
+        return tf.reduce_mean(gradients, axis=[1, 2])
+    g2, g3 = gradients ** 2, gradients ** 3
+    sum_a = tf.reduce_sum(activations, axis=[1, 2], keepdims=True)
+    denom = 2.0 * g2 + sum_a * g3
+    alpha = tf.where(tf.abs(denom) > 1e-12, g2 / tf.where(tf.abs(denom) > 1e-12, denom, 1.0), 0.0)
+    return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=[1, 2])
+
+
+def cam_from(activations, gradients, plus_plus: bool = False) -> np.ndarray:
+    """[N, h, w, C] activations and gradients -> [N, h, w] maps, ReLU'd, not normalised."""
+    w = gradcam_weights(activations, gradients, plus_plus)
+    return tf.nn.relu(tf.einsum("nhwc,nc->nhw", activations, w)).numpy()
+
+
+def gradcam(captioner, feature_map, target: CaptionTarget, plus_plus: bool = False,
+            gradients=None) -> dict:
+    """Maps for the caption and every word, on the feature grid (not normalised).
+
+    ``gradients`` = (scores, grads) from ``word_gradients`` when already computed.
+    Returns {"caption": [h, w], "words": [T, h, w], "scores": [T]}.
+    """
+    scores, grads = gradients or word_gradients(captioner, feature_map, target)
+    acts = tf.convert_to_tensor(feature_map)
+    words = cam_from(tf.tile(acts, [target.n_words, 1, 1, 1]), grads, plus_plus)
+    caption = cam_from(acts, tf.reduce_sum(grads, 0, keepdims=True), plus_plus)[0]
+    return {"caption": caption, "words": words, "scores": scores.numpy()}

@@ -1,0 +1,51 @@
+"""Rendering explanation maps: colormapped overlays over the frame, PNG data URLs, legends."""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from .maps import normalize, resize_map
+
+DEFAULT_CMAP = "jet"
+OVERLAY_ALPHA = 0.5
+
+
+def overlay(frame: np.ndarray, heatmap: np.ndarray, cmap: str = DEFAULT_CMAP,
+            alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """Blend a colormapped heatmap (any grid spanning the frame) over an HxWx3 uint8 frame."""
+    h, w = frame.shape[:2]
+    m = np.clip(resize_map(normalize(heatmap), h, w), 0, 1)
+    colour = colormaps[cmap](m)[..., :3] * 255.0
+    # Weak evidence shows the frame; strong evidence shows the colour.
+    a = alpha * (0.35 + 0.65 * m[..., None])
+    return np.clip(frame.astype(np.float32) * (1 - a) + colour * a, 0, 255).astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def data_url(image: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def legend(cmap: str = DEFAULT_CMAP, width: int = 256, height: int = 12) -> np.ndarray:
+    """A horizontal colour bar, low evidence on the left."""
+    row = colormaps[cmap](np.linspace(0, 1, width))[:, :3] * 255
+    return np.repeat(row[None].astype(np.uint8), height, axis=0)
+
+
+def display_frame(frame: np.ndarray, max_side: int = 480) -> np.ndarray:
+    """The frame scaled down (aspect kept) so overlays stay small in JSON."""
+    h, w = frame.shape[:2]
+    if max(h, w) <= max_side:
+        return frame
+    s = max_side / max(h, w)
+    return np.asarray(Image.fromarray(frame).resize((max(1, round(w * s)), max(1, round(h * s))),
+                                                    Image.BILINEAR))

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny random-weight bundle for fast unit tests, and the bundled
+default model for integration tests."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO / "models" / "default"
+SYNTH_WORDS = ["a", "small", "large", "red", "green", "blue", "yellow", "circle", "square",
+               "triangle", "left", "right", "of", "above", "below"]
+
+
+def make_tiny_captioner(kind: str = "attention", input_size: int = 64, seed: int = 0):
+    import keras
+
+    from source_code.model.backbone import BackboneSpec
+    from source_code.model.captioner import Captioner
+    from source_code.text.vocabulary import Vocabulary
+
+    keras.utils.set_random_seed(seed)
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + SYNTH_WORDS)
+    spec = BackboneSpec("slim", input_size, None, 0.25, 0.25, 1)
+    return Captioner.build(vocab, spec, {"kind": kind, "units": 32, "embed_dim": 16}, 10,
+                           extra_config={"name": f"tiny-{kind}"})
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A saved tiny attention bundle (random weights): fast, for plumbing tests."""
+    path = tmp_path_factory.mktemp("bundles") / "tiny"
+    make_tiny_captioner().save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_captioner():
+    from source_code.model.captioner import Captioner
+
+    if not (DEFAULT_BUNDLE / "config.json").exists():
+        pytest.fail(f"the bundled default model is missing: {DEFAULT_BUNDLE}")
+    return Captioner.load(DEFAULT_BUNDLE)
