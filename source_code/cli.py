@@ -59,7 +59,8 @@ def _train_config(args):
         glove=args.glove, train_embedding=args.train_embedding,
         augment_vflip=args.vflip, patience=args.patience,
         max_train_images=args.max_train_images, seed=args.seed,
-        attention_weight=args.attention_weight)
+        captions_per_image=args.captions_per_image, augment_hflip=not args.no_hflip,
+        attention_weight=args.attention_weight, gradcam_weight=args.gradcam_weight)
 
 
 def cmd_train(args) -> int:
@@ -167,6 +168,80 @@ def cmd_caption(args) -> int:
     return status
 
 
+def cmd_explain(args) -> int:
+    """Caption an image and write overlays (PNG) and the API's JSON to --out."""
+    import base64
+    from .explain.pipeline import Explainer
+    from .web.imaging import decode_image
+    image = decode_image(Path(args.image).read_bytes())
+    explainer = Explainer(_load_captioner(args.bundle), beam_width=args.beam)
+    result = explainer.explain(image, methods=args.methods, words=args.words,
+                               saliency_method=args.saliency, adversarial=not args.no_adversarial,
+                               caption=args.caption)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write_png(name, url):
+        (out / name).write_bytes(base64.b64decode(url.split(",", 1)[1]))
+
+    for method, section in result["explanations"].items():
+        if section.get("caption"):
+            write_png(f"{method}_caption.png", section["caption"]["overlay"])
+        for i, m in enumerate(section.get("words") or []):
+            if m:
+                write_png(f"{method}_word{i:02d}_{result['words'][i]}.png", m["overlay"])
+    tmp = out / ".explanation.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / "explanation.json")
+    print(result["caption"])
+    print(f"wrote overlays and explanation.json to {out}")
+    return 0
+
+
+def cmd_build_concepts(args) -> int:
+    """Build the bundle's ACE concept bank from dataset images or synthetic scenes."""
+    from .explain.concepts import build_concept_bank, save_bank
+    from .text.vocabulary import clean_caption
+    captioner = _load_captioner(args.bundle)
+    if args.data:
+        from .data.datasets import load_dataset
+        from .training.samples import load_images
+        ds = load_dataset(args.dataset, args.data)
+        ids = ds.splits["train"][: args.images]
+        images = list(load_images([ds.image_path(i) for i in ids], captioner.input_size, not args.quiet))
+        captions = [[clean_caption(c) for c in ds.captions[i]] for i in ids]
+    else:
+        from .data.synthetic import generate_scene
+        scenes = [generate_scene(args.seed + i, image_size=captioner.input_size) for i in range(args.images)]
+        images = [s.image for s in scenes]
+        captions = [[s.caption.split()] for s in scenes]
+    bank, patches = build_concept_bank(captioner, images, captions, n_clusters=args.clusters,
+                                       random_sets=args.random_sets, progress=not args.quiet)
+    root = save_bank(bank, patches, args.bundle)
+    print(f"{len(bank.names)} concepts written to {root}")
+    for name in bank.names:
+        print(" ", name)
+    return 0
+
+
+def cmd_faithfulness(args) -> int:
+    """Pointing game, deletion/insertion AUC, ACE ranking and the sanity check on held-out scenes."""
+    from .evaluation.synthetic_eval import generate_held_out
+    from .explain.faithfulness import randomized_copy
+    from .explain.report import faithfulness_report, sanity_check
+    captioner = _load_captioner(args.bundle)
+    scenes = generate_held_out(args.scenes, seed=args.seed, image_size=captioner.input_size,
+                               n_objects=2)
+    report = faithfulness_report(captioner, scenes, deletion_scenes=args.deletion_scenes,
+                                 progress=not args.quiet)
+    report["sanity_spearman_trained_vs_random"] = sanity_check(
+        captioner, randomized_copy(captioner), scenes[: args.sanity_scenes])
+    print(json.dumps(report, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def cmd_fetch(args) -> int:
     from .data.fetch import run_fetch
     return run_fetch(args)
@@ -217,8 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--patience", type=int, default=5, help="early stopping patience (epochs)")
     p.add_argument("--grounding", default=None, help="scenes.jsonl with object boxes (synthetic data)")
-    p.add_argument("--attention-weight", type=float, default=1.0)
+    p.add_argument("--attention-weight", type=float, default=1.0,
+                   help="weight of the loss that grounds attention on the named object (needs --grounding)")
+    p.add_argument("--gradcam-weight", type=float, default=0.0,
+                   help="weight of the loss that grounds each word's Grad-CAM on its object (needs --grounding)")
     p.add_argument("--vflip", action="store_true", help="also mirror top-bottom (swaps above/below)")
+    p.add_argument("--no-hflip", action="store_true", help="do not mirror left-right")
+    p.add_argument("--captions-per-image", type=int, default=None,
+                   help="train on the first N reference captions of each image (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true")
@@ -260,6 +341,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--beam", type=int, default=3)
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("explain", help="caption an image and write its explanations")
+    _add_bundle(p)
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="folder for overlays and explanation.json")
+    p.add_argument("--methods", default="gradcam,saliency,ace", help="comma list of gradcam,saliency,ace")
+    p.add_argument("--words", default="", help="word indices for per-word saliency: 0,2 or all")
+    p.add_argument("--saliency", default="vanilla", choices=["vanilla", "smoothgrad", "integrated_gradients"])
+    p.add_argument("--caption", default=None, help="explain this caption instead of the model's")
+    p.add_argument("--no-adversarial", action="store_true", help="skip the adversarial check")
+    p.add_argument("--beam", type=int, default=3)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("build-concepts", help="build the bundle's ACE concept bank")
+    _add_bundle(p)
+    p.add_argument("--data", default=None, help="dataset folder (default: synthetic scenes)")
+    p.add_argument("--dataset", default="auto")
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0, help="first synthetic seed")
+    p.add_argument("--clusters", type=int, default=20)
+    p.add_argument("--random-sets", type=int, default=10)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_build_concepts)
+
+    p = sub.add_parser("faithfulness", help="faithfulness report on held-out two-object scenes")
+    _add_bundle(p)
+    p.add_argument("--scenes", type=int, default=200)
+    p.add_argument("--seed", type=int, default=20_000_000)
+    p.add_argument("--deletion-scenes", type=int, default=50)
+    p.add_argument("--sanity-scenes", type=int, default=10)
+    p.add_argument("--json", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_faithfulness)
 
     p = sub.add_parser("fetch", help="download a dataset or pretrained weights")
     from .data.fetch import add_fetch_arguments

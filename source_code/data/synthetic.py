@@ -62,6 +62,7 @@ __all__ = [
     "parse_caption",
     "canonical_caption",
     "equivalent_captions",
+    "reading_order_caption",
     "swap_caption_for_flip",
     "degrade",
     "write_flickr8k_layout",
@@ -282,6 +283,15 @@ def equivalent_captions(caption: str) -> list[str]:
         return [own]
     other = _compose_caption(objects[::-1], INVERSE_RELATION[relation])
     return [own] if other == own else [own, other]
+
+
+def reading_order_caption(caption: str) -> str:
+    """The ordering that reads the scene left to right, top to bottom: the left (or
+    upper) object first, so the relation is "left of" or "above"."""
+    for option in equivalent_captions(caption):
+        if parse_caption(option)[1] in (None, "left of", "above"):
+            return option
+    return caption
 
 
 def canonical_caption(caption: str) -> str:
@@ -723,7 +733,8 @@ def write_flickr8k_layout(
     Layout under ``out_dir``:
       * ``Images/scene_{seed:07d}.jpg`` (JPEG quality 95, no chroma subsampling);
       * ``Flickr8k.token.txt``: ``<file>#<k>\\t<caption>``; two-object scenes get
-        both equivalent orderings (#0 is the scene's own caption);
+        both equivalent orderings, #0 in reading order (left or upper object
+        first, see ``reading_order_caption``);
       * ``Flickr_8k.{train,dev,test}Images.txt``: contiguous runs of seeds in
         that order, sized by ``split``;
       * ``scenes.jsonl``: file, seed, image_size, caption, relation and objects
@@ -756,7 +767,9 @@ def write_flickr8k_layout(
         Image.fromarray(scene.image).save(tmp, format="JPEG", quality=95, subsampling=0)
         os.replace(tmp, final)
         names.append(name)
-        for k, caption in enumerate(equivalent_captions(scene.caption)):
+        first = reading_order_caption(scene.caption)
+        ordered = [first] + [c for c in equivalent_captions(scene.caption) if c != first]
+        for k, caption in enumerate(ordered):
             token_lines.append(f"{name}#{k}\t{caption}")
         records.append(json.dumps({
             "file": name,

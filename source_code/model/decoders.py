@@ -56,7 +56,9 @@ class CaptionDecoder(keras.Model):
             self.image_dense = layers.Dense(units, activation="relu", name="image_dense")
             self.merge_dense = layers.Dense(units, activation="relu", name="merge_dense")
         else:
-            self.cell_proj = layers.Dense(units, name="cell_proj")
+            # A ReLU layer per grid cell: its unit selectivity keeps word gradients
+            # specific to the attended object's features.
+            self.cell_proj = layers.Dense(units, activation="relu", name="cell_proj")
             self.position = self.add_weight(shape=(grid_cells, units), name="position",
                                             initializer=keras.initializers.RandomNormal(stddev=0.02))
             self.att_keys = layers.Dense(units, use_bias=False, name="att_keys")

@@ -14,7 +14,15 @@ NEG_INF = -1e9
 def _banned_mask(vocab: int, banned) -> tf.Tensor:
     """0 for allowed tokens, NEG_INF for tokens a caption never contains (start, pad, unk)."""
     ids = sorted(set(banned))
-    return tf.scatter_nd([[i] for i in ids], tf.fill([len(ids)], NEG_INF), [vocab])
+    if not ids:
+        return tf.zeros([vocab])
+    return tf.scatter_nd(tf.constant([[i] for i in ids], tf.int32), tf.fill([len(ids)], NEG_INF),
+                         [vocab])
+
+
+def _only(vocab: int, token: int) -> tf.Tensor:
+    """The last step may only end the caption: captions stop at max_len words."""
+    return tf.where(tf.range(vocab) == token, 0.0, NEG_INF)
 
 
 def greedy_search(decoder, memory, start_id: int, end_id: int, pad_id: int, max_len: int,
@@ -28,9 +36,10 @@ def greedy_search(decoder, memory, start_id: int, end_id: int, pad_id: int, max_
     finished = tf.zeros([batch], tf.bool)
     out_tokens, out_logp = [], []
     ban = _banned_mask(decoder.vocab_size, banned)
-    for _ in range(max_len + 1):
+    only_end = _only(decoder.vocab_size, end_id)
+    for i in range(max_len + 1):
         logits, state, _ = decoder.step(tokens, state, memory)
-        logp = tf.nn.log_softmax(logits, axis=-1) + ban
+        logp = tf.nn.log_softmax(logits, axis=-1) + (only_end if i == max_len else ban)
         tokens = tf.argmax(logp, axis=-1, output_type=tf.int32)
         tok_logp = tf.reduce_max(logp, axis=-1)
         tokens = tf.where(finished, pad_id, tokens)
@@ -63,9 +72,11 @@ def beam_search(decoder, memory, start_id: int, end_id: int, pad_id: int, max_le
     # For a finished beam, the only continuation is pad at no cost.
     pad_only = tf.where(tf.range(vocab) == pad_id, 0.0, NEG_INF)
     ban = _banned_mask(vocab, banned)
-    for _ in range(length):
+    only_end = _only(vocab, end_id)
+    for i in range(length):
         logits, state, _ = decoder.step(tokens, state, memory)
-        logp = tf.reshape(tf.nn.log_softmax(logits, -1) + ban, [batch, width, vocab])
+        mask = only_end if i == length - 1 else ban
+        logp = tf.reshape(tf.nn.log_softmax(logits, -1) + mask, [batch, width, vocab])
         logp = tf.where(finished[..., None], pad_only[None, None], logp)
         total = tf.reshape(scores[..., None] + logp, [batch, width * vocab])
         scores, flat = tf.math.top_k(total, k=width)

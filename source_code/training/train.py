@@ -48,13 +48,15 @@ class TrainConfig:
     max_length: int | None = None         # words; default: the longest training caption
     glove: str | None = None              # path to a glove.6B.*d.txt-format file
     train_embedding: bool = False
-    attention_weight: float = 1.0         # weight of the grounding loss (when grounding given)
+    attention_weight: float = 1.0         # weight of the attention grounding loss (when grounding given)
+    gradcam_weight: float = 0.0           # weight of the Grad-CAM grounding loss (ditto)
     augment_hflip: bool = True
     augment_vflip: bool = False
     augment_zoom: float = 0.12            # max zoom-in fraction
     augment_photometric: bool = True
     patience: int = 5                     # early stopping on validation loss
     max_train_images: int | None = None
+    captions_per_image: int | None = None  # None: all references; 1: the first one only
     seed: int = 0
     label_smoothing: float = 0.0
 
@@ -147,8 +149,10 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     val_ids = dataset.splits.get("val") or dataset.splits.get("test") or []
     size = cfg.backbone.input_size
     seq = length + 1
-    train_s = build_samples(train_ids, dataset.captions, vocab, seq, grounding, grid, size)
-    val_s = build_samples(val_ids, dataset.captions, vocab, seq, grounding, grid, size)
+    train_caps = {i: dataset.captions[i][: cfg.captions_per_image] for i in train_ids}
+    train_s = build_samples(train_ids, train_caps, vocab, seq, grounding, grid, size)
+    val_caps = {i: dataset.captions[i][: cfg.captions_per_image] for i in val_ids}
+    val_s = build_samples(val_ids, val_caps, vocab, seq, grounding, grid, size)
     log.info("%d training captions on %d images, %d validation captions",
              len(train_s), len(train_ids), len(val_s))
 
@@ -173,41 +177,63 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     dec_vars = model_dec.trainable_variables
     bb_vars = model_bb.trainable_variables if cfg.finetune_backbone else []
 
-    def losses(x, tin, tgt, att, training):
+    def losses(x, tin, tgt, att, training, with_cam: bool = False):
+        """(caption loss, attention grounding loss, Grad-CAM grounding loss)."""
         feats = model_bb(x, training=training) if cfg.finetune_backbone else x
-        logits, alpha = model_dec((feats, tin), training=training)
+        with tf.GradientTape() as inner:
+            inner.watch(feats)
+            logits, alpha = model_dec((feats, tin), training=training)
+            if with_cam:
+                # one grounded word per caption, at random: its Grad-CAM should fall on its object
+                grounded = tf.cast(tf.reduce_sum(att, [2, 3]) > 0, tf.float32)
+                pick = tf.random.categorical(tf.math.log(grounded + 1e-9), 1)[:, 0]
+                pick = tf.one_hot(pick, tf.shape(tgt)[1]) * grounded
+                word_logp = tf.gather(tf.nn.log_softmax(logits), tgt, batch_dims=2)
+                picked = tf.reduce_sum(word_logp * pick)
         mask = tf.cast(tf.not_equal(tgt, vocab.pad_id), tf.float32)
         ce = keras.losses.sparse_categorical_crossentropy(tgt, logits, from_logits=True)
         if cfg.label_smoothing:
             smooth = -tf.reduce_mean(tf.nn.log_softmax(logits), -1)
             ce = (1 - cfg.label_smoothing) * ce + cfg.label_smoothing * smooth
         caption_loss = tf.reduce_sum(ce * mask) / tf.reduce_sum(mask)
+        zero = tf.constant(0.0)
         if att is None:
-            return caption_loss, tf.constant(0.0)
+            return caption_loss, zero, zero
         flat = tf.reshape(att, tf.shape(alpha))
-        grounded = tf.cast(tf.reduce_sum(flat, -1) > 0, tf.float32)
+        grounded_t = tf.cast(tf.reduce_sum(flat, -1) > 0, tf.float32)
         att_ce = -tf.reduce_sum(flat * tf.math.log(alpha + 1e-8), -1)
-        att_loss = tf.reduce_sum(att_ce * grounded) / tf.maximum(tf.reduce_sum(grounded), 1.0)
-        return caption_loss, att_loss
+        att_loss = tf.reduce_sum(att_ce * grounded_t) / tf.maximum(tf.reduce_sum(grounded_t), 1.0)
+        if not with_cam:
+            return caption_loss, att_loss, zero
+        # Textbook Grad-CAM of the picked word (differentiable: the outer tape sees it).
+        g = inner.gradient(picked, feats)
+        cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", feats, tf.reduce_mean(g, [1, 2])))
+        inside = tf.cast(tf.reduce_sum(att * pick[:, :, None, None], 1) > 0, tf.float32)
+        frac_in = tf.reduce_sum(cam * inside, [1, 2]) / (tf.reduce_sum(cam, [1, 2]) + 1e-6)
+        has = tf.cast(tf.reduce_sum(inside, [1, 2]) > 0, tf.float32)
+        cam_loss = -tf.reduce_sum(tf.math.log(frac_in + 1e-3) * has) / tf.maximum(tf.reduce_sum(has), 1.0)
+        return caption_loss, att_loss, cam_loss
+
+    use_cam = has_att and cfg.gradcam_weight > 0
 
     @tf.function(reduce_retracing=True)
     def train_step(x, tin, tgt, tgt_h, tgt_v, att):
         if cfg.finetune_backbone:
             x, tgt, att = augment(x, tgt, tgt_h, tgt_v, att)
         with tf.GradientTape() as tape:
-            cap, attl = losses(x, tin, tgt, att, True)
-            loss = cap + cfg.attention_weight * attl
+            cap, attl, caml = losses(x, tin, tgt, att, True, with_cam=use_cam)
+            loss = cap + cfg.attention_weight * attl + cfg.gradcam_weight * caml
         grads = tape.gradient(loss, dec_vars + bb_vars)
         dec_opt.apply_gradients(zip(grads[:len(dec_vars)], dec_vars))
         if bb_vars:
             bb_opt.apply_gradients(zip(grads[len(dec_vars):], bb_vars))
-        return cap, attl
+        return cap, attl, caml
 
     @tf.function(reduce_retracing=True)
     def val_step(x, tin, tgt, att):
         if cfg.finetune_backbone:
             x = tf.cast(x, tf.float32)
-        return losses(x, tin, tgt, att, False)
+        return losses(x, tin, tgt, att, False)[:2]
 
     def batches(samples: CaptionSamples, images, shuffle: bool, rng):
         order = rng.permutation(len(samples)) if shuffle else np.arange(len(samples))
@@ -240,17 +266,20 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         t0 = time.time()
         bar = tqdm(batches(train_s, train_x, True, rng), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, unit="batch")
-        cap_sum = att_sum = 0.0
+        cap_sum = att_sum = cam_sum = 0.0
         for n, (x, tin, tgt, th, tv, att) in enumerate(bar, 1):
-            cap, attl = train_step(x, tin, tgt, th, tv, att)
+            cap, attl, caml = train_step(x, tin, tgt, th, tv, att)
             cap_sum += float(cap)
             att_sum += float(attl)
+            cam_sum += float(caml)
             if n % 10 == 0:
-                bar.set_postfix(loss=f"{cap_sum / n:.3f}", att=f"{att_sum / n:.3f}")
+                bar.set_postfix(loss=f"{cap_sum / n:.3f}", att=f"{att_sum / n:.3f}",
+                                cam=f"{cam_sum / n:.3f}")
         val = [val_step(x, tin, tgt, att) for x, tin, tgt, _, _, att in
                batches(val_s, val_x, False, rng)]
         val_loss = float(np.mean([float(v[0]) for v in val])) if val else float("nan")
         record = {"epoch": epoch + 1, "loss": cap_sum / max(n, 1), "att_loss": att_sum / max(n, 1),
+                  "gradcam_loss": cam_sum / max(n, 1),
                   "val_loss": val_loss, "seconds": round(time.time() - t0, 1)}
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, record)

@@ -1,0 +1,103 @@
+"""End to end through the CLI: a Flickr8k-layout folder and a GloVe-format file made here,
+train a tiny model, write a bundle, reload it, caption with the same result."""
+import json
+
+import numpy as np
+import pytest
+
+from source_code.cli import main
+from source_code.data.synthetic import generate_scene, write_flickr8k_layout
+
+TINY = ["--backbone", "slim", "--input-size", "64", "--weights", "none", "--width", "0.25",
+        "--depth", "0.25", "--last-stride", "1", "--units", "32", "--min-count", "1",
+        "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flickr8k_layout")
+    write_flickr8k_layout(root, 40, seed=500, image_size=64, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def glove_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("glove") / "glove.6B.8d.txt"
+    rng = np.random.default_rng(0)
+    words = ["a", "small", "large", "red", "green", "blue", "yellow", "circle", "square",
+             "triangle", "left", "of", "above", "the", "dog"]   # "right"/"below" missing on purpose
+    path.write_text("".join(f"{w} " + " ".join(f"{v:.5f}" for v in rng.normal(size=8)) + "\n"
+                            for w in words))
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["attention", "merge"])
+def test_train_through_cli_then_reload_and_caption(dataset, glove_file, tmp_path, capsys, decoder):
+    bundle = tmp_path / f"bundle-{decoder}"
+    code = main(["train", "--data", str(dataset), "--out", str(bundle), "--decoder", decoder,
+                 "--glove", str(glove_file), "--finetune", "--epochs", "2", *TINY])
+    assert code == 0
+    for name in ("config.json", "vocab.txt", "decoder.weights.h5", "backbone.weights.h5"):
+        assert (bundle / name).is_file()
+    card = json.loads((bundle / "config.json").read_text())
+    assert card["decoder"]["kind"] == decoder
+    assert card["glove"]["dim"] == 8 and card["glove"]["frozen"] is True
+    assert 0.7 < card["glove"]["coverage"] < 1.0          # right/below are not in the file
+    assert len(card["training"]["history"]) == 2
+    assert not list(tmp_path.glob(f".bundle-{decoder}*"))  # no staging folder left behind
+
+    image = generate_scene(900, image_size=64).image
+    img_path = tmp_path / "scene.png"
+    from PIL import Image
+    Image.fromarray(image).save(img_path)
+    capsys.readouterr()
+    assert main(["caption", str(img_path), "--bundle", str(bundle)]) == 0
+    cli_caption = capsys.readouterr().out.strip()
+
+    from source_code.model.captioner import Captioner
+    reloaded = Captioner.load(bundle)
+    assert reloaded.caption(image, beam_width=3)[0].text == cli_caption
+
+
+def test_reloaded_bundle_captions_exactly_like_the_trained_model(dataset, tmp_path):
+    from source_code.data.datasets import load_dataset
+    from source_code.model.backbone import BackboneSpec
+    from source_code.model.captioner import Captioner
+    from source_code.training.train import TrainConfig, train
+
+    cfg = TrainConfig(backbone=BackboneSpec("slim", 64, None, 0.25, 0.25, 1),
+                      decoder={"kind": "attention", "units": 32, "embed_dim": 16},
+                      finetune_backbone=True, epochs=1, batch_size=8, min_word_count=1)
+    trained = train(load_dataset("flickr8k", dataset), tmp_path / "b", cfg, progress=False)
+    images = [generate_scene(950 + i, image_size=64).image for i in range(4)]
+    before = [(c.words, c.logprob) for c in trained.caption(images, beam_width=3)]
+    after = [(c.words, c.logprob) for c in Captioner.load(tmp_path / "b").caption(images, beam_width=3)]
+    assert [w for w, _ in before] == [w for w, _ in after]
+    np.testing.assert_allclose([l for _, l in before], [l for _, l in after], atol=1e-5)
+
+
+def test_resume_continues_from_the_last_checkpoint(dataset, tmp_path):
+    out = tmp_path / "resumable"
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--finetune",
+                 "--epochs", "1", *TINY]) == 0
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--finetune",
+                 "--epochs", "2", "--resume", *TINY]) == 0
+    history = json.loads((out / "config.json").read_text())["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_frozen_backbone_training_caches_features(dataset, tmp_path):
+    out = tmp_path / "frozen"
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    cache = out.with_name(out.name + ".work") / "features_train"
+    progress = json.loads((cache / "progress.json").read_text())
+    assert progress["done"] == 32   # 80 % of 40 images
+    assert not (out / "backbone.weights.h5").exists() or json.loads(
+        (out / "config.json").read_text())["backbone_weights_in_bundle"]
+
+
+def test_bad_dataset_path_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "b"), *TINY])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
