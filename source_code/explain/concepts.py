@@ -21,6 +21,10 @@ from .target import caption_target
 log = logging.getLogger(__name__)
 PATCH_SIDE, PATCHES_PER_CONCEPT = 64, 5
 GREY = 117  # ACE fills the outside of a segment with this grey
+# Words too common to name a concept after (they follow every image).
+FUNCTION_WORDS = {"a", "an", "the", "of", "in", "on", "at", "with", "and", "is", "are", "to",
+                  "its", "his", "her", "their", "while", "for", "by", "from", "into", "up",
+                  "left", "right", "above", "below"}
 
 
 def _unit(x):
@@ -126,7 +130,8 @@ def build_concept_bank(captioner, images, captions, n_clusters: int = 20,
     # Name each concept after the words it drives most (significant, TCAV above one half).
     for n, name in enumerate(names):
         top = sorted(((s[name]["tcav"], w) for w, s in word_scores.items()
-                      if s[name]["significant"] and s[name]["tcav"] > 0.5), reverse=True)[:2]
+                      if w not in FUNCTION_WORDS and s[name]["significant"] and s[name]["tcav"] > 0.5),
+                     reverse=True)[:2]
         if top:
             names[n] = f"{name} ({', '.join(w for _, w in top)})"
     for w in word_scores:   # re-key by the final names

@@ -50,6 +50,8 @@ class TrainConfig:
     train_embedding: bool = False
     attention_weight: float = 1.0         # weight of the attention grounding loss (when grounding given)
     gradcam_weight: float = 0.0           # weight of the Grad-CAM grounding loss (ditto)
+    gradcam_start_epoch: int = 0          # the Grad-CAM loss is off before this epoch (captions first)
+    gradcam_ramp_epochs: int = 0          # then rises linearly to its weight over these epochs
     augment_hflip: bool = True
     augment_vflip: bool = False
     augment_zoom: float = 0.12            # max zoom-in fraction
@@ -215,6 +217,13 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         return caption_loss, att_loss, cam_loss
 
     use_cam = has_att and cfg.gradcam_weight > 0
+    cam_weight = tf.Variable(0.0, trainable=False)
+
+    def cam_weight_for(epoch: int) -> float:
+        if epoch < cfg.gradcam_start_epoch:
+            return 0.0
+        ramp = (epoch - cfg.gradcam_start_epoch + 1) / max(cfg.gradcam_ramp_epochs, 1)
+        return cfg.gradcam_weight * min(1.0, ramp)
 
     @tf.function(reduce_retracing=True)
     def train_step(x, tin, tgt, tgt_h, tgt_v, att):
@@ -222,7 +231,7 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
             x, tgt, att = augment(x, tgt, tgt_h, tgt_v, att)
         with tf.GradientTape() as tape:
             cap, attl, caml = losses(x, tin, tgt, att, True, with_cam=use_cam)
-            loss = cap + cfg.attention_weight * attl + cfg.gradcam_weight * caml
+            loss = cap + cfg.attention_weight * attl + cam_weight * caml
         grads = tape.gradient(loss, dec_vars + bb_vars)
         dec_opt.apply_gradients(zip(grads[:len(dec_vars)], dec_vars))
         if bb_vars:
@@ -264,6 +273,7 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     stale = 0
     for epoch in range(int(ckpt.epoch), cfg.epochs):
         t0 = time.time()
+        cam_weight.assign(cam_weight_for(epoch))
         bar = tqdm(batches(train_s, train_x, True, rng), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, unit="batch")
         cap_sum = att_sum = cam_sum = 0.0

@@ -1,0 +1,654 @@
+/* The page: camera / upload / samples -> POST /api/explain -> caption and evidence.
+ * Everything the server sends is put into the page with textContent or as image
+ * sources (data: URLs), never as HTML. */
+(() => {
+  'use strict';
+  document.documentElement.classList.add('js');
+
+  const METHODS = ['gradcam', 'saliency', 'ace'];
+  const $ = (id) => document.getElementById(id);
+  const el = {};
+
+  const state = {
+    stream: null,        // the camera's MediaStream
+    busy: false,         // an explanation is on its way
+    result: null,        // the last /api/explain JSON
+    blob: null,          // the image it explains (re-sent for per-word saliency)
+    frameUrl: null,      // object URL of that image
+    selected: null,      // selected word index, null for the whole caption
+    reference: null,     // reference caption of a sample scene
+    roundTripMs: null,
+    pendingSaliency: new Set(),
+  };
+
+  // -- small helpers ------------------------------------------------------------------
+  function make(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+
+  function showError(message) {
+    el.error.textContent = message || '';
+    el.error.hidden = !message;
+    if (message) el.error.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
+  }
+
+  function clearError() { showError(''); }
+
+  class ServerError extends Error {}
+
+  async function postForm(url, form) {
+    let res;
+    try {
+      res = await fetch(url, { method: 'POST', body: form, headers: { Accept: 'application/json' } });
+    } catch (err) {
+      throw new ServerError('Could not reach the server. Is it still running?');
+    }
+    let body = null;
+    if ((res.headers.get('Content-Type') || '').includes('application/json')) {
+      try { body = await res.json(); } catch (err) { body = null; }
+    }
+    if (!res.ok) {
+      let message = (body && body.error) || `The server answered ${res.status} ${res.statusText}.`;
+      const retry = res.headers.get('Retry-After');
+      if (res.status === 503 && retry) message += ` (retry in about ${retry} s)`;
+      throw new ServerError(capitalize(message));
+    }
+    if (!body) throw new ServerError('The server sent an answer this page cannot read.');
+    return body;
+  }
+
+  function capitalize(s) { return s ? s.charAt(0).toUpperCase() + s.slice(1) : s; }
+
+  function blobToDataUrl(blob) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(blob);
+    });
+  }
+
+  function download(blob, name) {
+    const url = URL.createObjectURL(blob);
+    const a = make('a');
+    a.href = url;
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
+
+  function stamp() {
+    const d = new Date();
+    const p = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}${p(d.getMonth() + 1)}${p(d.getDate())}-${p(d.getHours())}${p(d.getMinutes())}${p(d.getSeconds())}`;
+  }
+
+  // -- model status -------------------------------------------------------------------
+  async function pollHealth() {
+    try {
+      const res = await fetch('/healthz', { headers: { Accept: 'application/json' } });
+      const body = await res.json();
+      if (body.status === 'ok') {
+        setStatus('ready', `model ${(body.model && body.model.name) || 'ready'}`);
+        return;
+      }
+      if (body.status === 'loading') {
+        setStatus('loading', 'model loading…');
+        setTimeout(pollHealth, 2000);
+        return;
+      }
+      setStatus('error', 'model unavailable');
+    } catch (err) {
+      setStatus('error', 'server unreachable');
+      setTimeout(pollHealth, 5000);
+    }
+  }
+
+  function setStatus(kind, text) {
+    el.status.className = `pill pill-${kind}`;
+    el.status.textContent = text;
+  }
+
+  // -- camera -------------------------------------------------------------------------
+  function cameraMessage(err) {
+    switch (err && err.name) {
+      case 'NotAllowedError':
+      case 'SecurityError':
+        return 'Camera permission was denied. Allow camera access for this page in the browser\'s site settings (the camera icon in the address bar), then press Start camera again. You can also upload an image.';
+      case 'NotFoundError':
+      case 'OverconstrainedError':
+        return 'No camera was found. Connect a camera and try again, or upload an image instead.';
+      case 'NotReadableError':
+      case 'AbortError':
+        return 'The camera is busy or blocked: another application (a video call?) may be using it. Close it and press Start camera again.';
+      default:
+        return `The camera could not be started (${(err && (err.message || err.name)) || 'unknown error'}).`;
+    }
+  }
+
+  async function startCamera() {
+    if (state.stream) { stopCamera(); return; }
+    clearError();
+    if (!window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      const port = location.port ? `:${location.port}` : '';
+      showError(`Browsers only allow the camera on localhost or over HTTPS, and this page was opened at ${location.origin}. ` +
+                `Open http://localhost${port} on the machine running the server (or serve it over HTTPS). ` +
+                'Upload and the sample scenes work from anywhere.');
+      return;
+    }
+    el.startCamera.disabled = true;
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({
+        video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false,
+      });
+      state.stream = stream;
+      el.video.srcObject = stream;
+      el.video.hidden = false;
+      el.stageHint.hidden = true;
+      el.stage.classList.add('live');
+      await el.video.play().catch(() => {});
+      stream.getVideoTracks().forEach((t) => t.addEventListener('ended', stopCamera));
+      el.capture.disabled = false;
+      el.startCamera.textContent = 'Stop camera';
+      el.capture.focus();
+    } catch (err) {
+      showError(cameraMessage(err));
+    } finally {
+      el.startCamera.disabled = false;
+    }
+  }
+
+  function stopCamera() {
+    if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
+    state.stream = null;
+    el.video.srcObject = null;
+    el.video.hidden = true;
+    el.stageHint.hidden = false;
+    el.stage.classList.remove('live');
+    el.capture.disabled = true;
+    el.startCamera.textContent = 'Start camera';
+  }
+
+  function capture() {
+    const v = el.video;
+    if (!state.stream || state.busy) return;
+    if (v.readyState < 2 || !v.videoWidth) {
+      showError('The camera has not delivered a picture yet; try again in a moment.');
+      return;
+    }
+    const canvas = make('canvas');
+    canvas.width = v.videoWidth;
+    canvas.height = v.videoHeight;
+    canvas.getContext('2d').drawImage(v, 0, 0, canvas.width, canvas.height);
+    el.stage.classList.add('flash');
+    setTimeout(() => el.stage.classList.remove('flash'), 180);
+    canvas.toBlob((blob) => {
+      if (blob) explain(blob, {});
+      else showError('Could not read a frame from the camera.');
+    }, 'image/png');
+  }
+
+  // -- explaining -----------------------------------------------------------------------
+  function setBusy(busy) {
+    state.busy = busy;
+    el.progress.hidden = !busy;
+    el.resultPanel.setAttribute('aria-busy', String(busy));
+    el.capture.disabled = busy || !state.stream;
+    el.uploadInput.disabled = busy;
+    document.querySelectorAll('.sample').forEach((b) => { b.disabled = busy; });
+    if (busy) {
+      const t0 = performance.now();
+      const tick = () => {
+        if (!state.busy) return;
+        el.progressText.textContent = `Explaining… ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+        state.ticker = setTimeout(tick, 100);
+      };
+      tick();
+    } else {
+      clearTimeout(state.ticker);
+    }
+  }
+
+  function options() {
+    return {
+      saliency_method: el.saliencyMethod ? el.saliencyMethod.value : 'vanilla',
+      adversarial: el.adversarial && !el.adversarial.checked ? '0' : '1',
+    };
+  }
+
+  async function explain(blob, meta) {
+    if (state.busy) return;
+    clearError();
+    setBusy(true);
+    const form = new FormData();
+    form.append('image', blob, blob.name || 'frame.png');
+    const opts = options();
+    Object.keys(opts).forEach((k) => form.append(k, opts[k]));
+    const t0 = performance.now();
+    try {
+      const result = await postForm('/api/explain', form);
+      state.roundTripMs = Math.round(performance.now() - t0);
+      if (state.frameUrl) URL.revokeObjectURL(state.frameUrl);
+      state.frameUrl = URL.createObjectURL(blob);
+      state.blob = blob;
+      state.result = result;
+      state.selected = null;
+      state.reference = meta.reference || null;
+      state.pendingSaliency = new Set();
+      render();
+    } catch (err) {
+      showError(err instanceof ServerError ? err.message : `Something went wrong: ${err.message}`);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  async function requestSaliency(index) {
+    const result = state.result;
+    if (state.pendingSaliency.has(index)) return;
+    state.pendingSaliency.add(index);
+    const form = new FormData();
+    form.append('image', state.blob, state.blob.name || 'frame.png');
+    form.append('methods', 'saliency');
+    form.append('words', String(index));
+    form.append('adversarial', '0');
+    const sal = result.explanations.saliency;
+    form.append('saliency_method', (sal && sal.method) || 'vanilla');
+    try {
+      const answer = await postForm('/api/explain', form);
+      if (state.result !== result) return;              // a newer frame replaced it
+      if (answer.words.join(' ') !== result.words.join(' ')) {
+        throw new ServerError('The model captioned the frame differently the second time; capture it again.');
+      }
+      const map = answer.explanations.saliency && answer.explanations.saliency.words[index];
+      if (map) sal.words[index] = map;
+      if (answer.timings_ms && answer.timings_ms.saliency !== undefined) {
+        result.timings_ms[`saliency (word ${index + 1})`] = answer.timings_ms.saliency;
+        renderTimings();
+      }
+    } catch (err) {
+      if (state.result === result) showError(err.message);
+    } finally {
+      state.pendingSaliency.delete(index);
+      if (state.result === result) renderSelection();
+    }
+  }
+
+  // -- rendering ------------------------------------------------------------------------
+  function render() {
+    const r = state.result;
+    el.emptyState.hidden = true;
+    el.result.hidden = false;
+    el.frame.src = state.frameUrl;
+
+    el.caption.replaceChildren();
+    r.words.forEach((word, i) => {
+      const b = make('button', 'caption-word', word);
+      b.type = 'button';
+      b.dataset.index = String(i);
+      b.setAttribute('aria-pressed', 'false');
+      b.title = `Evidence for “${word}”`;
+      el.caption.appendChild(b);
+      if (i < r.words.length - 1) el.caption.appendChild(document.createTextNode(' '));
+    });
+    if (!r.words.length) el.caption.appendChild(make('span', 'muted', '(the model wrote an empty caption)'));
+
+    el.reference.hidden = !state.reference;
+    el.reference.textContent = state.reference ? `reference: ${state.reference}` : '';
+    el.logprob.textContent = typeof r.logprob === 'number' ? `log p = ${r.logprob.toFixed(2)}` : '';
+
+    renderAce();
+    renderAdversarial();
+    renderTimings();
+    renderSelection();
+    el.result.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
+  }
+
+  function currentMap(section, index) {
+    if (!section) return undefined;
+    if (index === null) return section.caption;
+    return (section.words || [])[index];
+  }
+
+  function renderSelection() {
+    const r = state.result;
+    if (!r) return;
+    const sel = state.selected;
+    const ex = r.explanations || {};
+    el.caption.querySelectorAll('.caption-word').forEach((b) => {
+      const on = Number(b.dataset.index) === sel;
+      b.classList.toggle('selected', on);
+      b.setAttribute('aria-pressed', String(on));
+    });
+    el.wholeCaption.setAttribute('aria-pressed', String(sel === null));
+    el.selectionLabel.textContent = sel === null
+      ? 'Evidence for the whole caption'
+      : `Evidence for “${r.words[sel]}” (word ${sel + 1} of ${r.words.length})`;
+
+    METHODS.forEach((m) => {
+      const card = $(`card-${m}`);
+      const img = $(`overlay-${m}`);
+      const spinner = card.querySelector('.card-spinner');
+      const missing = card.querySelector('.card-missing');
+      const score = $(`score-${m}`);
+      const section = ex[m];
+      card.classList.toggle('unavailable', !section);
+      spinner.hidden = true;
+      missing.textContent = '';
+      score.textContent = '';
+      if (!section) {
+        img.removeAttribute('src');
+        missing.textContent = r.words.length ? 'not available for this model' : 'no caption to explain';
+        return;
+      }
+      const map = currentMap(section, sel);
+      if (map) {
+        img.src = map.overlay;
+        card.classList.remove('stale');
+        if (typeof map.score === 'number') score.textContent = `log p ${map.score.toFixed(2)}`;
+      } else if (m === 'saliency' && sel !== null) {
+        spinner.hidden = false;                    // keep the old picture, dimmed, meanwhile
+        card.classList.add('stale');
+        requestSaliency(sel);
+      } else {
+        img.removeAttribute('src');
+        missing.textContent = 'not computed';
+      }
+    });
+
+    const att = ex.attention;
+    el.cardAttention.hidden = !att;
+    if (att) {
+      const map = currentMap(att, sel);
+      if (map) el.overlayAttention.src = map.overlay;
+      el.attentionNote.textContent = att.note || '';
+    }
+    renderAceSegments();
+  }
+
+  function renderAce() {
+    const ace = (state.result.explanations || {}).ace;
+    el.aceSection.hidden = !ace;
+    el.aceConcepts.replaceChildren();
+    if (!ace) return;
+    const concepts = ace.concepts || [];
+    const top = Math.max(1e-9, ...concepts.map((c) => Math.abs(c.importance || 0)));
+    concepts.forEach((c) => {
+      const row = make('div', 'concept');
+      const head = make('div', 'concept-head');
+      head.appendChild(make('strong', null, c.name));
+      head.appendChild(make('span', 'muted', `importance ${Number(c.importance || 0).toFixed(3)}`));
+      row.appendChild(head);
+      const bar = make('div', 'bar');
+      const fill = make('span');
+      fill.style.width = `${Math.round(100 * Math.abs(c.importance || 0) / top)}%`;
+      bar.appendChild(fill);
+      row.appendChild(bar);
+      const patches = make('div', 'patches');
+      (c.patches || []).forEach((src) => {
+        const img = make('img');
+        img.src = src;
+        img.alt = `example patch of ${c.name}`;
+        patches.appendChild(img);
+      });
+      row.appendChild(patches);
+      el.aceConcepts.appendChild(row);
+    });
+    el.aceNote.textContent = ace.note || (concepts.length ? '' : 'No known concept matched this frame.');
+  }
+
+  function renderAceSegments() {
+    el.aceSegments.replaceChildren();
+    const ace = state.result && (state.result.explanations || {}).ace;
+    if (!ace) return;
+    const map = currentMap(ace, state.selected);
+    ((map && map.segments) || []).forEach((s) => {
+      const concept = s.concept ? ` (${s.concept})` : '';
+      el.aceSegments.appendChild(make('li', null,
+        `region ${s.segment}${concept}: importance ${Number(s.importance).toFixed(4)}`));
+    });
+  }
+
+  function renderAdversarial() {
+    const ace = (state.result.explanations || {}).ace;
+    const adv = ace && ace.adversarial;
+    el.advSection.hidden = !adv;
+    el.advChanges.replaceChildren();
+    if (!adv) return;
+    const whole = adv.all_pixels || adv;
+    const perturbation = adv.perturbation || whole.perturbation;
+    if (whole.perturbed_image) el.advImage.src = whole.perturbed_image; else el.advImage.removeAttribute('src');
+    if (perturbation) el.advPerturbation.src = perturbation.overlay; else el.advPerturbation.removeAttribute('src');
+    el.advEpsilon.textContent = adv.epsilon !== undefined ? `±${Math.round(adv.epsilon)}/255 per pixel` : '';
+    el.advCaption.textContent = adv.new_caption || '';
+    const changes = adv.changed_words || [];
+    el.advVerdict.textContent = changes.length
+      ? `${changes.length} change${changes.length > 1 ? 's' : ''}: the caption is fragile`
+      : 'unchanged: the caption held';
+    el.advVerdict.className = `verdict ${changes.length ? 'bad' : 'good'}`;
+    changes.forEach((c) => {
+      const li = make('li');
+      li.appendChild(make('span', 'before', (c.before || []).join(' ') || '∅'));
+      li.appendChild(document.createTextNode(' → '));
+      li.appendChild(make('span', 'after', (c.after || []).join(' ') || '∅'));
+      el.advChanges.appendChild(li);
+    });
+    const salient = adv.salient_pixels;
+    el.advSalient.textContent = salient
+      ? `Only the ${Math.round(100 * (salient.fraction_of_pixels || 0))} % most salient pixels perturbed: “${salient.new_caption}”` +
+        (salient.caption_changed ? ' (changed)' : ' (unchanged)')
+      : '';
+  }
+
+  function renderTimings() {
+    const t = state.result.timings_ms || {};
+    el.timings.replaceChildren();
+    const entries = Object.entries(t).filter(([k]) => k !== 'total');
+    const max = Math.max(1, ...entries.map(([, v]) => v));
+    const row = (name, ms, total) => {
+      const tr = make('tr', total ? 'total' : null);
+      const th = make('th', null, name.replace(/_/g, ' '));
+      th.scope = 'row';
+      const bar = make('td', 'bar-cell');
+      if (!total) {
+        const fill = make('span', 'time-bar');
+        fill.style.width = `${Math.max(2, Math.round(100 * ms / max))}%`;
+        bar.appendChild(fill);
+      }
+      tr.append(th, bar, make('td', 'ms', `${Math.round(ms)} ms`));
+      el.timings.appendChild(tr);
+    };
+    entries.forEach(([k, v]) => row(k, v, false));
+    if (t.total !== undefined) row('total (server)', t.total, true);
+    if (state.roundTripMs !== null) row('round trip (browser)', state.roundTripMs, true);
+  }
+
+  // -- saving and speaking --------------------------------------------------------------
+  async function downloadJson() {
+    if (!state.result) return;
+    const payload = {
+      saved_at: new Date().toISOString(),
+      reference: state.reference,
+      frame: state.blob ? await blobToDataUrl(state.blob) : null,
+      result: state.result,
+    };
+    download(new Blob([JSON.stringify(payload, null, 1)], { type: 'application/json' }),
+             `caption-explanation-${stamp()}.json`);
+  }
+
+  function loadImage(src) {
+    return new Promise((resolve) => {
+      if (!src) { resolve(null); return; }
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => resolve(null);
+      img.src = src;
+    });
+  }
+
+  async function downloadPng() {
+    if (!state.result) return;
+    const tiles = [['frame', el.frame]].concat(METHODS.map((m) => [m, $(`overlay-${m}`)]));
+    if (!el.cardAttention.hidden) tiles.push(['attention (not an attribution)', el.overlayAttention]);
+    const images = await Promise.all(tiles.map(([, img]) => loadImage(img.getAttribute('src'))));
+    const side = 256, pad = 16, head = 64, foot = 28;
+    const canvas = make('canvas');
+    canvas.width = pad + tiles.length * (side + pad);
+    canvas.height = head + side + foot + pad;
+    const g = canvas.getContext('2d');
+    g.fillStyle = '#ffffff';
+    g.fillRect(0, 0, canvas.width, canvas.height);
+    g.fillStyle = '#111827';
+    g.font = '600 20px system-ui, sans-serif';
+    g.fillText(state.result.caption || '(empty caption)', pad, 30);
+    g.font = '14px system-ui, sans-serif';
+    g.fillStyle = '#4b5563';
+    g.fillText(el.selectionLabel.textContent, pad, 52);
+    tiles.forEach(([name], i) => {
+      const x = pad + i * (side + pad);
+      const img = images[i];
+      if (img) {
+        const s = Math.min(side / img.naturalWidth, side / img.naturalHeight);
+        const w = img.naturalWidth * s, h = img.naturalHeight * s;
+        g.drawImage(img, x + (side - w) / 2, head + (side - h) / 2, w, h);
+      } else {
+        g.strokeStyle = '#d1d5db';
+        g.strokeRect(x, head, side, side);
+      }
+      g.fillStyle = '#111827';
+      g.fillText(name === 'gradcam' ? 'Grad-CAM' : name === 'ace' ? 'ACE' : name, x, head + side + 20);
+    });
+    canvas.toBlob((blob) => { if (blob) download(blob, `caption-overlays-${stamp()}.png`); }, 'image/png');
+  }
+
+  function speak() {
+    if (!state.result || !('speechSynthesis' in window)) return;
+    window.speechSynthesis.cancel();
+    const u = new SpeechSynthesisUtterance(state.result.caption || 'The model wrote an empty caption.');
+    u.lang = 'en-US';
+    window.speechSynthesis.speak(u);
+  }
+
+  // -- inputs ---------------------------------------------------------------------------
+  function takeFile(file) {
+    if (!file) return;
+    if (file.type && !file.type.startsWith('image/')) {
+      showError(`“${file.name}” is not an image. Choose a JPEG, PNG, GIF, WebP, BMP or TIFF file.`);
+      return;
+    }
+    explain(file, {});
+  }
+
+  async function explainSample(button) {
+    if (state.busy) return;
+    try {
+      const res = await fetch(button.dataset.url);
+      if (!res.ok) throw new Error(`the sample could not be loaded (${res.status})`);
+      const blob = await res.blob();
+      explain(new File([blob], `sample-${button.value}.png`, { type: 'image/png' }),
+              { reference: button.dataset.caption });
+    } catch (err) {
+      showError(`Could not load the sample scene: ${err.message}`);
+    }
+  }
+
+  function typingIn(target) {
+    const tag = (target && target.tagName) || '';
+    return ['INPUT', 'TEXTAREA', 'SELECT'].includes(tag) || (target && target.isContentEditable);
+  }
+
+  function onKey(e) {
+    if (e.ctrlKey || e.metaKey || e.altKey || !state.stream) return;
+    const key = e.key.toLowerCase();
+    if (key === 'c' && !typingIn(e.target)) {
+      e.preventDefault();
+      capture();
+    } else if (key === ' ' && !typingIn(e.target)) {
+      const tag = (e.target && e.target.tagName) || '';
+      if (['BUTTON', 'A', 'SUMMARY'].includes(tag) && e.target !== el.capture) return;
+      e.preventDefault();
+      capture();
+    }
+  }
+
+  function bind() {
+    [
+      ['error', 'error'], ['status', 'model-status'], ['stage', 'stage'], ['stageHint', 'stage-hint'],
+      ['video', 'preview'], ['startCamera', 'start-camera'], ['capture', 'capture'],
+      ['uploadForm', 'upload-form'], ['uploadInput', 'upload-input'], ['samplesForm', 'samples-form'],
+      ['saliencyMethod', 'saliency-method'], ['adversarial', 'adversarial'],
+      ['resultPanel', 'result-panel'], ['progress', 'progress'], ['progressText', 'progress-text'],
+      ['emptyState', 'empty-state'], ['result', 'result'], ['caption', 'caption'], ['speak', 'speak'],
+      ['wholeCaption', 'whole-caption'], ['selectionLabel', 'selection-label'], ['reference', 'reference'],
+      ['logprob', 'logprob'], ['frame', 'frame'], ['cardAttention', 'card-attention'],
+      ['overlayAttention', 'overlay-attention'], ['attentionNote', 'attention-note'],
+      ['aceSection', 'ace-section'], ['aceConcepts', 'ace-concepts'], ['aceNote', 'ace-note'],
+      ['aceSegments', 'ace-segments'], ['advSection', 'adversarial-section'], ['advImage', 'adv-image'],
+      ['advPerturbation', 'adv-perturbation'], ['advEpsilon', 'adv-epsilon'], ['advCaption', 'adv-caption'],
+      ['advVerdict', 'adv-verdict'], ['advChanges', 'adv-changes'], ['advSalient', 'adv-salient'],
+      ['timings', 'timings'], ['downloadJson', 'download-json'], ['downloadPng', 'download-png'],
+    ].forEach(([key, id]) => { el[key] = $(id); });
+
+    el.startCamera.addEventListener('click', startCamera);
+    el.capture.addEventListener('click', capture);
+    document.addEventListener('keydown', onKey);
+
+    el.uploadForm.addEventListener('submit', (e) => {
+      e.preventDefault();
+      takeFile(el.uploadInput.files[0]);
+    });
+    el.uploadInput.addEventListener('change', () => {
+      takeFile(el.uploadInput.files[0]);
+      el.uploadInput.value = '';
+    });
+    el.samplesForm.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const button = e.submitter || document.activeElement;
+      if (button && button.classList.contains('sample')) explainSample(button);
+    });
+
+    ['dragenter', 'dragover'].forEach((type) => el.stage.addEventListener(type, (e) => {
+      e.preventDefault();
+      el.stage.classList.add('dragging');
+    }));
+    ['dragleave', 'drop'].forEach((type) => el.stage.addEventListener(type, () => {
+      el.stage.classList.remove('dragging');
+    }));
+    el.stage.addEventListener('drop', (e) => {
+      e.preventDefault();
+      const file = e.dataTransfer && e.dataTransfer.files[0];
+      if (file) takeFile(file); else showError('Drop an image file here.');
+    });
+    document.addEventListener('paste', (e) => {
+      const item = [...((e.clipboardData && e.clipboardData.items) || [])].find((i) => i.type.startsWith('image/'));
+      if (item) { e.preventDefault(); takeFile(item.getAsFile()); }
+    });
+
+    el.caption.addEventListener('click', (e) => {
+      const b = e.target.closest('.caption-word');
+      if (!b || !state.result) return;
+      const i = Number(b.dataset.index);
+      state.selected = state.selected === i ? null : i;
+      renderSelection();
+    });
+    el.wholeCaption.addEventListener('click', () => { state.selected = null; renderSelection(); });
+    el.downloadJson.addEventListener('click', downloadJson);
+    el.downloadPng.addEventListener('click', downloadPng);
+    if ('speechSynthesis' in window) el.speak.addEventListener('click', speak);
+    else el.speak.hidden = true;
+  }
+
+  function init() {
+    bind();
+    pollHealth();
+    // A result rendered by the server (the form was posted before scripts ran) stays as is.
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
+  else init();
+})();
