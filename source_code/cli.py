@@ -70,7 +70,8 @@ def _train_config(args):
         max_train_images=args.max_train_images, seed=args.seed,
         captions_per_image=args.captions_per_image, augment_hflip=not args.no_hflip,
         attention_weight=args.attention_weight, gradcam_weight=args.gradcam_weight,
-        gradcam_start_epoch=args.gradcam_start_epoch, gradcam_ramp_epochs=args.gradcam_ramp_epochs)
+        gradcam_start_epoch=args.gradcam_start_epoch, gradcam_ramp_epochs=args.gradcam_ramp_epochs,
+        strategy=args.strategy)
 
 
 def cmd_train(args) -> int:
@@ -84,7 +85,7 @@ def cmd_train(args) -> int:
     captioner = train(dataset, args.out, cfg, grounding_file=grounding, resume=args.resume,
                       progress=not args.quiet,
                       extra_card={"name": Path(args.out).name,
-                                  "training_command": " ".join(["python -m source_code"] + sys.argv[1:])})
+                                  "training_command": " ".join(["python -m source_code"] + args.argv)})
     print(f"bundle written to {args.out} ({captioner.config['training']['seconds']:.0f} s)")
     return 0
 
@@ -256,6 +257,17 @@ def cmd_faithfulness(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Write the bundle as a SavedModel for TensorFlow Serving."""
+    from .model.export import PIXELS_SIGNATURE, SERVING_SIGNATURE, export_saved_model
+    captioner = _load_captioner(args.bundle)
+    out = export_saved_model(captioner, args.out, beam_width=args.beam)
+    print(f"SavedModel written to {out} (signatures {SERVING_SIGNATURE}: encoded images, "
+          f"{PIXELS_SIGNATURE}: {captioner.input_size}x{captioner.input_size} pixels; "
+          f"beam {args.beam})")
+    return 0
+
+
 def cmd_fetch(args) -> int:
     from .data.fetch import run_fetch
     return run_fetch(args)
@@ -317,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--captions-per-image", type=int, default=None,
                    help="train on the first N reference captions of each image (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
+                   help="default: one device; mirrored: all GPUs of this host; multiworker: several "
+                        "hosts described by $TF_CONFIG (set it on every host before starting)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -391,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_faithfulness)
 
+    p = sub.add_parser("export", help="export a bundle as a SavedModel for TensorFlow Serving")
+    _add_bundle(p)
+    p.add_argument("--out", required=True,
+                   help="SavedModel folder to write (for TF Serving: MODELS/NAME/VERSION, e.g. exports/captioner/1)")
+    p.add_argument("--beam", type=int, default=3, help="beam width baked into the export (1: greedy)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("fetch", help="download a dataset or pretrained weights")
     from .data.fetch import add_fetch_arguments
     add_fetch_arguments(p)
@@ -400,7 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     _quiet_tensorflow()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv   # recorded in model cards
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if hasattr(args, "bundle") and args.bundle is None:

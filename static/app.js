@@ -51,7 +51,8 @@
       try { body = await res.json(); } catch (err) { body = null; }
     }
     if (!res.ok) {
-      let message = (body && body.error) || `The server answered ${res.status} ${res.statusText}.`;
+      let message = (body && body.error) ||
+        (res.status === 413 ? 'The image is too large to upload.' : `The server answered ${res.status} ${res.statusText}.`);
       const retry = res.headers.get('Retry-After');
       if (res.status === 503 && retry) message += ` (retry in about ${retry} s)`;
       throw new ServerError(capitalize(message));
@@ -59,6 +60,8 @@
     if (!body) throw new ServerError('The server sent an answer this page cannot read.');
     return body;
   }
+
+  function fixed2(x) { return (Math.abs(x) < 0.005 ? 0 : x).toFixed(2); }   // no "-0.00"
 
   function capitalize(s) { return s ? s.charAt(0).toUpperCase() + s.slice(1) : s; }
 
@@ -144,7 +147,7 @@
     el.startCamera.disabled = true;
     try {
       const stream = await navigator.mediaDevices.getUserMedia({
-        video: { width: { ideal: 640 }, height: { ideal: 480 } }, audio: false,
+        video: true, audio: false,
       });
       state.stream = stream;
       el.video.srcObject = stream;
@@ -224,6 +227,11 @@
   async function explain(blob, meta) {
     if (state.busy) return;
     clearError();
+    const maxBytes = Number(el.uploadForm.dataset.maxBytes || 0);
+    if (maxBytes && blob.size > maxBytes) {
+      showError(`The image is too large (${(blob.size / 1048576).toFixed(1)} MB); the limit is ${(maxBytes / 1048576).toFixed(0)} MB.`);
+      return;
+    }
     setBusy(true);
     const form = new FormData();
     form.append('image', blob, blob.name || 'frame.png');
@@ -300,7 +308,7 @@
 
     el.reference.hidden = !state.reference;
     el.reference.textContent = state.reference ? `reference: ${state.reference}` : '';
-    el.logprob.textContent = typeof r.logprob === 'number' ? `log p = ${r.logprob.toFixed(2)}` : '';
+    el.logprob.textContent = typeof r.logprob === 'number' ? `log p = ${fixed2(r.logprob)}` : '';
 
     renderAce();
     renderAdversarial();
@@ -350,7 +358,7 @@
       if (map) {
         img.src = map.overlay;
         card.classList.remove('stale');
-        if (typeof map.score === 'number') score.textContent = `log p ${map.score.toFixed(2)}`;
+        if (typeof map.score === 'number') score.textContent = `log p ${fixed2(map.score)}`;
       } else if (m === 'saliency' && sel !== null) {
         spinner.hidden = false;                    // keep the old picture, dimmed, meanwhile
         card.classList.add('stale');
@@ -570,7 +578,7 @@
       capture();
     } else if (key === ' ' && !typingIn(e.target)) {
       const tag = (e.target && e.target.tagName) || '';
-      if (['BUTTON', 'A', 'SUMMARY'].includes(tag) && e.target !== el.capture) return;
+      if (['BUTTON', 'A', 'SUMMARY'].includes(tag)) return;   // Space presses the focused control
       e.preventDefault();
       capture();
     }

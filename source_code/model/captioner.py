@@ -168,20 +168,24 @@ class Captioner:
         """Raw pixels [B, S, S, 3] -> feature map A [B, h, w, C]."""
         return self._features(tf.convert_to_tensor(pixels, tf.float32))
 
+    def search_function(self, beam_width: int = 1, length_penalty: float = 0.0):
+        """The (uncompiled) search: feature map A -> (tokens [B, L], token log-probs [B, L]),
+        L = max_length + 1; greedy for beam_width <= 1. Start, pad and unk are never chosen."""
+        v, n = self.vocab, self.max_length
+        banned = (v.start_id, v.pad_id, v.unk_id)
+        if beam_width <= 1:
+            return lambda A: greedy_search(self.decoder, self.decoder.encode(A),
+                                           v.start_id, v.end_id, v.pad_id, n, banned)
+        return lambda A: beam_search(self.decoder, self.decoder.encode(A), v.start_id,
+                                     v.end_id, v.pad_id, n, int(beam_width),
+                                     float(length_penalty), banned)
+
     def decode_features(self, feature_map, beam_width: int = 1,
                         length_penalty: float = 0.0) -> list[Caption]:
         key = (int(beam_width), float(length_penalty))
         if key not in self._searches:
-            v, n = self.vocab, self.max_length
-            banned = (v.start_id, v.pad_id, v.unk_id)
-            if beam_width <= 1:
-                fn = lambda A: greedy_search(self.decoder, self.decoder.encode(A),
-                                             v.start_id, v.end_id, v.pad_id, n, banned)
-            else:
-                fn = lambda A: beam_search(self.decoder, self.decoder.encode(A), v.start_id,
-                                           v.end_id, v.pad_id, n, int(beam_width),
-                                           float(length_penalty), banned)
-            self._searches[key] = tf.function(fn, reduce_retracing=True)
+            self._searches[key] = tf.function(self.search_function(beam_width, length_penalty),
+                                              reduce_retracing=True)
         tokens, logps = self._searches[key](tf.convert_to_tensor(feature_map, tf.float32))
         return [self._to_caption(t, l) for t, l in zip(tokens.numpy(), logps.numpy())]
 

@@ -9,12 +9,20 @@ Two modes share one loop:
 
 Checkpoints after every epoch allow ``--resume``; early stopping watches the
 validation loss. The result is a bundle (see ``model.captioner``).
+
+Several devices (``TrainConfig.strategy``, see :func:`make_strategy`): the model,
+the optimizers and the train step are built inside ``strategy.scope()``; each
+global batch is split evenly over the replicas, the step runs with
+``strategy.run`` and its losses are averaged with ``strategy.reduce``. The
+default strategy keeps the single-device loop exactly as it is.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,11 +69,50 @@ class TrainConfig:
     captions_per_image: int | None = None  # None: all references; 1: the first one only
     seed: int = 0
     label_smoothing: float = 0.0
+    strategy: str = "default"             # "default" | "mirrored" | "multiworker" (see make_strategy)
 
     def to_dict(self):
         d = asdict(self)
         d["backbone"] = self.backbone.to_dict()
         return d
+
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+def make_strategy(name: str):
+    """The ``tf.distribute`` strategy for ``TrainConfig.strategy``; None for "default"
+    (one device, the plain loop).
+
+    * "mirrored": ``MirroredStrategy`` over every GPU of this host; without a GPU,
+      over its logical CPU devices (one unless configured otherwise).
+    * "multiworker": ``MultiWorkerMirroredStrategy`` over several hosts, described by
+      the ``TF_CONFIG`` environment variable, which must be set before this call
+      (and this call must come before any other TensorFlow work in the process).
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+    if name == "default":
+        return None
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
+    if not os.environ.get("TF_CONFIG"):
+        log.warning("strategy 'multiworker' without TF_CONFIG: training on this host alone")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _worker_role(strategy) -> tuple[bool, int]:
+    """(is this the chief, task index): the chief writes checkpoints and the bundle;
+    other workers write theirs to a scratch folder (all must save: saving may
+    need collectives)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True, 0
+    task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return (task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)), task_id
 
 
 def prepare_vocabulary(dataset: CaptionDataset, cfg: TrainConfig) -> tuple[Vocabulary, int]:
@@ -132,9 +179,24 @@ def _lr_schedule(cfg: TrainConfig, total_steps: int, base: float):
 
 def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=None,
           resume: bool = False, progress: bool = True, extra_card: dict | None = None) -> Captioner:
+    # Created first: a multi-worker strategy must exist before any other TF work.
+    strategy = make_strategy(cfg.strategy)
+    distributed = strategy is not None
+    replicas = strategy.num_replicas_in_sync if distributed else 1
+    if cfg.batch_size % replicas:
+        raise ValueError(f"batch size {cfg.batch_size} does not split evenly over "
+                         f"{replicas} replicas: use a multiple of {replicas}")
+    chief, task_id = _worker_role(strategy) if distributed else (True, 0)
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")     # checkpoints and caches
     work.mkdir(parents=True, exist_ok=True)
+    # Non-chief workers save into a scratch folder of their own.
+    save_dir = work if chief else work / f"worker-{task_id}"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    scope = strategy.scope if distributed else contextlib.nullcontext   # a fresh one per `with`
+    if distributed:
+        log.info("strategy %s: %d replicas, %d images per replica and step",
+                 cfg.strategy, replicas, cfg.batch_size // replicas)
     t_start = time.time()
     tf.keras.utils.set_random_seed(cfg.seed)
     vocab, length = prepare_vocabulary(dataset, cfg)
@@ -143,7 +205,8 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     decoder_cfg = dict(cfg.decoder, train_embedding=cfg.train_embedding if matrix is not None else True)
     if matrix is not None:
         decoder_cfg["embed_dim"] = matrix.shape[1]
-    captioner = Captioner.build(vocab, cfg.backbone, decoder_cfg, length, matrix)
+    with scope():
+        captioner = Captioner.build(vocab, cfg.backbone, decoder_cfg, length, matrix)
     grid = captioner.grid
     grounding = load_grounding(grounding_file) if grounding_file else None
 
@@ -163,16 +226,17 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         val_x = load_images([dataset.image_path(i) for i in val_ids], size, progress)
     else:
         from .features import cached_features
-        train_x = cached_features(captioner, dataset, train_ids, work / "features_train", progress)
-        val_x = cached_features(captioner, dataset, val_ids, work / "features_val", progress)
+        train_x = cached_features(captioner, dataset, train_ids, save_dir / "features_train", progress)
+        val_x = cached_features(captioner, dataset, val_ids, save_dir / "features_val", progress)
 
     steps_per_epoch = max(len(train_s) // cfg.batch_size, 1)
     total = steps_per_epoch * cfg.epochs
-    dec_opt = keras.optimizers.AdamW(_lr_schedule(cfg, total, cfg.learning_rate),
-                                     weight_decay=cfg.weight_decay, clipnorm=5.0)
-    bb_opt = keras.optimizers.AdamW(
-        _lr_schedule(cfg, total, cfg.backbone_learning_rate or cfg.learning_rate),
-        weight_decay=cfg.weight_decay, clipnorm=5.0) if cfg.finetune_backbone else None
+    with scope():
+        dec_opt = keras.optimizers.AdamW(_lr_schedule(cfg, total, cfg.learning_rate),
+                                         weight_decay=cfg.weight_decay, clipnorm=5.0)
+        bb_opt = keras.optimizers.AdamW(
+            _lr_schedule(cfg, total, cfg.backbone_learning_rate or cfg.learning_rate),
+            weight_decay=cfg.weight_decay, clipnorm=5.0) if cfg.finetune_backbone else None
     augment = _Augmenter(cfg, size)
     has_att = train_s.attention is not None and cfg.decoder.get("kind") == "attention"
     model_dec, model_bb = captioner.decoder, captioner.backbone
@@ -217,7 +281,8 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         return caption_loss, att_loss, cam_loss
 
     use_cam = has_att and cfg.gradcam_weight > 0
-    cam_weight = tf.Variable(0.0, trainable=False)
+    with scope():
+        cam_weight = tf.Variable(0.0, trainable=False)
 
     def cam_weight_for(epoch: int) -> float:
         if epoch < cfg.gradcam_start_epoch:
@@ -225,18 +290,47 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         ramp = (epoch - cfg.gradcam_start_epoch + 1) / max(cfg.gradcam_ramp_epochs, 1)
         return cfg.gradcam_weight * min(1.0, ramp)
 
-    @tf.function(reduce_retracing=True)
-    def train_step(x, tin, tgt, tgt_h, tgt_v, att):
+    def replica_step(x, tin, tgt, tgt_h, tgt_v, att):
         if cfg.finetune_backbone:
             x, tgt, att = augment(x, tgt, tgt_h, tgt_v, att)
         with tf.GradientTape() as tape:
             cap, attl, caml = losses(x, tin, tgt, att, True, with_cam=use_cam)
             loss = cap + cfg.attention_weight * attl + cam_weight * caml
+            if replicas > 1:   # the optimizers sum the replicas' gradients
+                loss = loss / replicas
         grads = tape.gradient(loss, dec_vars + bb_vars)
         dec_opt.apply_gradients(zip(grads[:len(dec_vars)], dec_vars))
         if bb_vars:
             bb_opt.apply_gradients(zip(grads[len(dec_vars):], bb_vars))
         return cap, attl, caml
+
+    if not distributed:
+        train_step = tf.function(replica_step, reduce_retracing=True)
+    else:
+        with scope():   # optimizer slots are created here, mirrored, not inside the step
+            dec_opt.build(dec_vars)
+            if bb_vars:
+                bb_opt.build(bb_vars)
+        per_replica = cfg.batch_size // replicas
+
+        def split(batch):
+            """One global batch -> this worker's replicas' slices (each worker draws
+            the same global batches: same seed; every replica takes its own share)."""
+            present = tuple(t for t in batch if t is not None)
+
+            def value_fn(ctx):
+                i = ctx.replica_id_in_sync_group
+                return tuple(t[i * per_replica: (i + 1) * per_replica] for t in present)
+            return strategy.experimental_distribute_values_from_function(value_fn)
+
+        @tf.function(reduce_retracing=True)
+        def distributed_step(batch):
+            step = replica_step if has_att else (lambda *b: replica_step(*b, None))
+            out = strategy.run(step, args=batch)
+            return tuple(strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for v in out)
+
+        def train_step(*batch):
+            return distributed_step(split(batch))
 
     @tf.function(reduce_retracing=True)
     def val_step(x, tin, tgt, att):
@@ -262,12 +356,13 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     ckpt = tf.train.Checkpoint(decoder=model_dec, backbone=model_bb, dec_opt=dec_opt,
                                epoch=tf.Variable(0), best=tf.Variable(np.inf),
                                **({"bb_opt": bb_opt} if bb_opt else {}))
-    manager = tf.train.CheckpointManager(ckpt, work / "checkpoints", max_to_keep=2)
+    manager = tf.train.CheckpointManager(ckpt, save_dir / "checkpoints", max_to_keep=2)
     best_dir = work / "best"
     history = []
     if resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint)
-        history = json.loads((work / "history.json").read_text()) if (work / "history.json").exists() else []
+        history = (json.loads((save_dir / "history.json").read_text())
+                   if (save_dir / "history.json").exists() else [])
         log.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(ckpt.epoch))
     rng = np.random.default_rng(cfg.seed + int(ckpt.epoch))
     stale = 0
@@ -296,26 +391,28 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         ckpt.epoch.assign(epoch + 1)
         if not val or val_loss < float(ckpt.best):
             ckpt.best.assign(val_loss if val else 0.0)
-            model_dec.save_weights(str(work / "best_decoder.weights.h5"))
-            model_bb.save_weights(str(work / "best_backbone.weights.h5"))
+            model_dec.save_weights(str(save_dir / "best_decoder.weights.h5"))
+            model_bb.save_weights(str(save_dir / "best_backbone.weights.h5"))
             stale = 0
         else:
             stale += 1
         manager.save()
-        (work / "history.json").write_text(json.dumps(history, indent=1))
+        (save_dir / "history.json").write_text(json.dumps(history, indent=1))
         if stale >= cfg.patience:
             log.info("early stopping: validation loss has not improved for %d epochs", stale)
             break
-    if (work / "best_decoder.weights.h5").exists():
-        model_dec.load_weights(str(work / "best_decoder.weights.h5"))
-        model_bb.load_weights(str(work / "best_backbone.weights.h5"))
+    if (save_dir / "best_decoder.weights.h5").exists():
+        model_dec.load_weights(str(save_dir / "best_decoder.weights.h5"))
+        model_bb.load_weights(str(save_dir / "best_backbone.weights.h5"))
     captioner.config.update({
         "training": dict(cfg.to_dict(), dataset=dataset.name, train_images=len(train_ids),
                          train_captions=len(train_s), epochs_run=len(history),
-                         seconds=round(time.time() - t_start, 1), history=history),
+                         seconds=round(time.time() - t_start, 1), history=history,
+                         **({"replicas": replicas} if distributed else {})),
         "backbone_trained": cfg.finetune_backbone,
         **({"glove": glove_card} if glove_card else {}),
         **(extra_card or {}),
     })
-    captioner.save(out_dir)
+    if chief:
+        captioner.save(out_dir)
     return captioner

@@ -36,6 +36,7 @@ from flask import (Blueprint, Flask, Request, Response, current_app, jsonify, re
                    render_template, request, url_for)
 from werkzeug.exceptions import HTTPException
 
+from ..explain.pipeline import SALIENCY_METHODS, ExplainError, parse_methods
 from .imaging import DEFAULT_MAX_PIXELS, ImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -177,13 +178,27 @@ def ace_available() -> bool:
 
 
 # -- model loading ---------------------------------------------------------------------
+def warm_up(explainer):
+    """Run every compiled function once so the first visitor does not wait for tracing."""
+    if not hasattr(explainer, "warm_up"):
+        return
+    try:
+        explainer.warm_up()
+    except ImportError:          # a build without ACE: warm up what there is
+        import numpy as np
+        size = explainer.captioner.input_size
+        frame = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        explainer.explain(frame, methods="gradcam,saliency", words="0")
+        explainer.caption(frame)
+
+
 def _load_explainer(bundle, beam_width):
     from ..explain.pipeline import Explainer
     from ..model.captioner import Captioner
     return Explainer(Captioner.load(bundle), beam_width=beam_width)
 
 
-def _prepare_model(service: Service, explainer, bundle, warm_up: bool):
+def _prepare_model(service: Service, explainer, bundle, warm: bool):
     """Load (when no explainer was given) and warm up in a background thread."""
     state = service.model
 
@@ -194,17 +209,17 @@ def _prepare_model(service: Service, explainer, bundle, warm_up: bool):
             if ex is None:
                 log.info("loading model bundle %s", bundle)
                 ex = _load_explainer(bundle, service.config["BEAM_WIDTH"])
-            if warm_up and hasattr(ex, "warm_up"):
+            if warm:
                 log.info("warming up the model")
                 with service.queue.worker:
-                    ex.warm_up()
+                    warm_up(ex)
             state.ready(ex)
             log.info("model ready (%.1f s)", time.perf_counter() - t0)
         except Exception:
             log.exception("the model could not be loaded from %s", bundle)
             state.failed("the model could not be loaded; see the server log")
 
-    if explainer is not None and not warm_up:
+    if explainer is not None and not warm:
         state.ready(explainer)
         return
     threading.Thread(target=work, name="model-loader", daemon=True).start()
@@ -256,7 +271,6 @@ def _flag(name: str, default: bool) -> bool:
 
 def _explain_options() -> dict:
     """The optional form fields of /api/explain and /explain, validated before any model work."""
-    from ..explain.pipeline import SALIENCY_METHODS, parse_methods
     raw = request.form.get("methods")
     methods = parse_methods(raw)                     # ExplainError -> 400
     if not (raw or "").strip() and not ace_available():
@@ -316,6 +330,7 @@ def _page(**context):
         "index.html", samples=_samples(), legend_url=_legend_url(),
         method_labels=METHOD_LABELS, method_hints=METHOD_HINTS,
         max_upload_mb=service.config["MAX_CONTENT_LENGTH"] / (1024 * 1024),
+        max_upload_bytes=int(service.config["MAX_CONTENT_LENGTH"]),
         model_status=service.model.status, model_card=service.model.card, **context)
 
 
@@ -423,8 +438,6 @@ def _http_message(exc: HTTPException) -> str:
 
 
 def _register_errors(app: Flask):
-    from ..explain.pipeline import ExplainError
-
     @app.errorhandler(ApiError)
     def on_api_error(exc: ApiError):
         return _error(exc.status, exc.message, exc.headers)

@@ -1,0 +1,205 @@
+"""Latency of every step against the backbone's own cost, and against the naive pipeline.
+
+    python bench/latency.py --model l      # EfficientNetV2L at 480, random weights (timing only)
+    python bench/latency.py --model default
+    python bench/latency.py --model default --server --requests 50   # + /api/explain and RSS
+
+Medians after warm-up, in one run, on whatever device TensorFlow picks (CPU or GPU).
+Ratios are printed against one backbone forward (F) and forward+backward (FB).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def median_ms(fn, runs: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def build_model(name: str, tmp: Path):
+    from source_code.model.captioner import Captioner
+    if name == "default":
+        return Captioner.load(REPO / "models" / "default")
+    from source_code.model.backbone import BackboneSpec
+    from source_code.text.vocabulary import Vocabulary
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(7996)])
+    cap = Captioner.build(vocab, BackboneSpec(name, 480 if name == "l" else 384, None),
+                          {"kind": "attention", "units": 512, "embed_dim": 300}, 34)
+    return cap
+
+
+def scene_image(size):
+    from source_code.data.synthetic import generate_scene
+    return generate_scene(4242, image_size=size, n_objects=2).image
+
+
+def step_timings(cap, runs: int) -> dict:
+    from source_code.explain import gradcam as G
+    from source_code.explain import saliency as S
+    from source_code.explain.ace import explain_with_concepts
+    from source_code.explain.adversarial import adversarial_check
+    from source_code.explain.pipeline import Explainer
+    from source_code.explain.render import display_frame
+    from source_code.explain.target import caption_target
+
+    image = scene_image(cap.input_size)
+    pixels = cap.preprocess(image)
+    fmap = cap.features(pixels)
+    caption = cap.decode_features(fmap, 3)[0]
+    words = caption.words or ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9"]
+    if not caption.words:   # random weights may write nothing: explain a 9-word caption
+        from source_code.model.captioner import Caption
+        ids = [cap.vocab.index(w) for w in words]
+        caption = Caption(words, ids, [], 0.0)
+    target = caption_target(cap, words)
+    explainer = Explainer(cap)
+
+    def fwd_bwd():
+        x = tf.convert_to_tensor(pixels)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(cap.backbone(x, training=False))
+        return tape.gradient(y, x).numpy()
+
+    grads = G.word_gradients(cap, fmap, target)
+    pix_grad = S.pixel_gradients(cap, pixels, target)
+    frame = display_frame(image)
+    t = {}
+    t["backbone forward"] = median_ms(lambda: cap.features(pixels).numpy(), runs)
+    t["forward+backward"] = median_ms(fwd_bwd, runs)
+    t["greedy decode"] = median_ms(lambda: cap.decode_features(fmap, 1), runs * 3)
+    t["beam-3 decode"] = median_ms(lambda: cap.decode_features(fmap, 3), runs * 3)
+    t["caption only (fwd + beam-3)"] = median_ms(lambda: explainer.caption(image), runs)
+    t["Grad-CAM, caption"] = median_ms(
+        lambda: G.cam_from(fmap, tf.reduce_sum(G.word_gradients(cap, fmap, target)[1], 0, keepdims=True)), runs)
+    t["Grad-CAM, caption + all words"] = median_ms(lambda: G.gradcam(cap, fmap, target), runs)
+    t["vanilla saliency, caption"] = median_ms(lambda: S.vanilla(cap, pixels, target), runs)
+    t["SmoothGrad (n=16), caption"] = median_ms(lambda: S.smoothgrad(cap, pixels, target), 1)
+    t["Integrated Gradients (m=32)"] = median_ms(lambda: S.integrated_gradients(cap, pixels, target), 1)
+    t["ACE at request time"] = median_ms(
+        lambda: explain_with_concepts(explainer, image, frame, pixels, target, fmap, grads), runs)
+    t["adversarial check"] = median_ms(
+        lambda: adversarial_check(explainer, pixels, caption, frame, gradient=pix_grad[:1]), runs)
+    t["full explain (default methods)"] = median_ms(lambda: explainer.explain(image), runs)
+    return t
+
+
+def naive_timing(cap, runs: int) -> dict:
+    sys.path.insert(0, str(REPO / "bench"))
+    from naive import NaivePipeline
+    naive = NaivePipeline(cap)
+    image = scene_image(cap.input_size)
+    return {"naive caption (predict per token, beam 3)": median_ms(lambda: naive.caption(image), runs),
+            "naive full explain": median_ms(lambda: naive.explain(image), runs)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_timing(bundle: Path, requests: int) -> dict:
+    import psutil
+    import urllib.request
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--bundle",
+                             str(bundle)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if json.loads(urllib.request.urlopen(base + "/healthz", timeout=2).read())["status"] == "ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        rss = lambda: sum(p.memory_info().rss for p in [psutil.Process(proc.pid)]) / 2**20
+        idle = rss()
+        from PIL import Image
+        buf = io.BytesIO()
+        Image.fromarray(scene_image(480)).save(buf, "PNG")
+        body, boundary = buf.getvalue(), "benchboundary"
+        data = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"s.png\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + body + f"\r\n--{boundary}--\r\n".encode()
+        times, after_warm = [], None
+        for i in range(requests):
+            req = urllib.request.Request(base + "/api/explain", data=data, headers={
+                "Content-Type": f"multipart/form-data; boundary={boundary}"})
+            t0 = time.perf_counter()
+            urllib.request.urlopen(req, timeout=600).read()
+            times.append(1000 * (time.perf_counter() - t0))
+            if i == 2:
+                after_warm = rss()
+        return {"/api/explain median ms": statistics.median(times), "RSS idle MB": idle,
+                "RSS after 3 requests MB": after_warm, f"RSS after {requests} requests MB": rss()}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="latency benchmark")
+    p.add_argument("--model", default="default", help="default (the bundle) or l / s / b0 (random weights)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--naive", action="store_true", help="also time the naive pipeline")
+    p.add_argument("--server", action="store_true", help="also time /api/explain and RSS (default bundle or --bundle)")
+    p.add_argument("--bundle", default=None, help="bundle for --server (default: models/default)")
+    p.add_argument("--requests", type=int, default=50)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    cap = build_model(args.model, Path("/tmp"))
+    print(f"model: {args.model}, input {cap.input_size}, grid {cap.grid}; machine {platform.machine()}, "
+          f"{os.cpu_count()} cores, TF {tf.__version__}, GPU: {bool(tf.config.list_physical_devices('GPU'))}")
+    t = step_timings(cap, args.runs)
+    if args.naive:
+        t.update(naive_timing(cap, 1))
+    F, FB = t["backbone forward"], t["forward+backward"]
+    print(f"{'step':42s} {'median ms':>10s} {'x F':>7s} {'x (F+FB)':>9s}")
+    for name, ms in t.items():
+        print(f"{name:42s} {ms:10.1f} {ms / F:7.2f} {ms / (F + FB):9.2f}")
+    checks = {
+        "beam-3 <= 5 % of F": t["beam-3 decode"] / F <= 0.05,
+        "Grad-CAM all words adds <= 10 % to caption-only":
+            t["Grad-CAM, caption + all words"] <= 0.10 * t["caption only (fwd + beam-3)"],
+        "full explain <= 2.5 x (F + FB)": t["full explain (default methods)"] <= 2.5 * (F + FB),
+    }
+    if args.naive:
+        speedup = t["naive full explain"] / t["full explain (default methods)"]
+        checks[f"x{speedup:.1f} faster than naive (target >= 5)"] = speedup >= 5
+    for name, ok in checks.items():
+        print(f"  {'met   ' if ok else 'MISSED'} {name}")
+    if args.server:
+        s = server_timing(Path(args.bundle) if args.bundle else REPO / "models" / "default", args.requests)
+        for k, v in s.items():
+            print(f"{k:42s} {v:10.1f}")
+        t.update(s)
+    if args.json:
+        Path(args.json).write_text(json.dumps(t, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""`python app.py` as a person runs it: a real waitress server in a subprocess on a free
+loopback port, and the one-line failure for a bundle that cannot be loaded."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 120
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    for name in ("CAPTION_HOST", "CAPTION_PORT", "CAPTION_BUNDLE"):
+        env.pop(name, None)
+    return env
+
+
+def get(url: str, timeout: float = 10):
+    """(status, headers, body bytes), for any status."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as res:
+            return res.status, res.headers, res.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+def post_image(url: str, png: bytes):
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"f.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as res:
+            return res.status, json.loads(res.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def wait_for_health(base: str, proc: subprocess.Popen, timeout: float = STARTUP_TIMEOUT) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited early with code {proc.returncode}")
+        try:
+            status, _, body = get(f"{base}/healthz", timeout=2)
+            if status == 200:
+                return json.loads(body)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"/healthz did not answer ok within {timeout} s")
+
+
+@pytest.fixture()
+def server_log(tmp_path):
+    return tmp_path / "server.log"
+
+
+def test_app_serves_and_stops(tiny_bundle, server_log):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(server_log, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--bundle", str(tiny_bundle),
+                                 "--threads", "4", "--queue-size", "2"],
+                                cwd=REPO, env=server_env(), stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            health = wait_for_health(base, proc)
+            assert health["status"] == "ok"
+            assert health["model"]["name"] == "tiny-attention"
+
+            status, headers, page = get(f"{base}/")
+            assert status == 200 and b'id="start-camera"' in page
+            assert headers["X-Frame-Options"] == "DENY" and "nosniff" in headers["X-Content-Type-Options"]
+
+            status, _, png = get(f"{base}/samples/0.png")
+            assert status == 200 and png[:4] == b"\x89PNG"
+            status, body = post_image(f"{base}/api/caption", png)
+            assert status == 200 and "caption" in body and "words" in body
+            status, body = post_image(f"{base}/api/caption", b"not an image")
+            assert status == 400 and "not an image" in body["error"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    log = server_log.read_text(errors="replace")
+    assert "loading model" in log
+    assert f"open http://127.0.0.1:{port} in your browser" in log
+    assert log.index("loading model") < log.index("open http://")
+    assert proc.returncode == 0, log[-2000:]
+    assert "Traceback" not in log
+
+
+def run_failing_start(*args, timeout: float = 90):
+    proc = subprocess.run([sys.executable, "app.py", "--port", str(free_port()), *args], cwd=REPO,
+                          env=server_env(), capture_output=True, text=True, timeout=timeout)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    return proc, errors
+
+
+def test_corrupt_bundle_is_one_clear_line(tiny_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "decoder.weights.h5").write_bytes(b"these are not weights")
+    proc, errors = run_failing_start("--bundle", str(broken))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert len(errors) == 1 and str(broken) in errors[0], proc.stderr
+    assert "weights" in errors[0]
+
+
+def test_missing_bundle_is_one_clear_line(tmp_path):
+    missing = tmp_path / "nothing-here"
+    proc, errors = run_failing_start("--bundle", str(missing))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert errors == [f"error: model bundle not found: {missing} is not a directory"], proc.stderr
+
+
+# -- the command line, in process (no server is started) ------------------------------------------
+def load_app_module():
+    spec = importlib.util.spec_from_file_location("serve_app", REPO / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_loopback_detection():
+    app_module = load_app_module()
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"):
+        assert app_module.is_loopback(host), host
+    for host in ("0.0.0.0", "::", "192.168.1.20", "example.org"):
+        assert not app_module.is_loopback(host), host
+
+
+def test_environment_and_the_non_loopback_warning(monkeypatch, tmp_path, caplog, capfd):
+    app_module = load_app_module()
+    missing = tmp_path / "env-bundle"
+    monkeypatch.setenv("CAPTION_BUNDLE", str(missing))
+    monkeypatch.setenv("CAPTION_HOST", "0.0.0.0")
+    monkeypatch.setenv("CAPTION_PORT", "4999")
+    args = app_module.build_parser().parse_args([])
+    assert (args.host, args.port, args.bundle) == ("0.0.0.0", 4999, str(missing))
+    with caplog.at_level(logging.INFO):
+        assert app_module.main([]) == 2              # warns, then fails on the missing bundle
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "0.0.0.0" in warning and "explicit choice" in warning
+    assert "localhost or over HTTPS" in warning
+    assert str(missing) in capfd.readouterr().err
+
+
+def test_bad_port_from_the_environment(monkeypatch):
+    app_module = load_app_module()
+    monkeypatch.setenv("CAPTION_PORT", "forty-two")
+    with pytest.raises(SystemExit) as info:
+        app_module.build_parser()
+    assert info.value.code == 2

@@ -1,0 +1,280 @@
+"""The whole product in a real browser: Chromium's fake camera plays a synthetic scene,
+the page captures a frame, the server captions and explains it, and the caption shown
+must be the scene's (up to the order of a two-object caption).
+
+Runs against the bundled default model (models/default). CAPTION_E2E_BUNDLE=DIR runs it
+against another bundle, and then only checks that some caption is shown. Skipped when
+Debian's Chromium or Playwright is missing, except under CI=true, where that fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from source_code.data.synthetic import canonical_caption, generate_scene
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO / "models" / "default"
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = REPO / "docs" / "screenshot.png"
+SCENE_SEED = 50_000_002          # held out from training; two large objects side by side
+FRAME_SIDE = 320
+STARTUP_TIMEOUT = 180            # seconds: loading and warming up the model
+EXPLAIN_TIMEOUT_MS = 120_000
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the browser test must run)")
+    pytest.skip(reason)
+
+
+def _bundle() -> tuple[Path, bool]:
+    """(bundle dir, whether it is the default model, whose caption is checked word by word)."""
+    override = os.environ.get("CAPTION_E2E_BUNDLE")
+    if override:
+        return Path(override), False
+    if not (DEFAULT_BUNDLE / "config.json").exists():
+        pytest.fail(f"the bundled default model is missing: {DEFAULT_BUNDLE} "
+                    "(python -m source_code train-default builds it; CAPTION_E2E_BUNDLE=DIR "
+                    "runs this test against another bundle)")
+    return DEFAULT_BUNDLE, True
+
+
+def write_y4m(path: Path, rgb: np.ndarray, frames: int = 10) -> Path:
+    """A YUV4MPEG2 clip (4:2:0, BT.601 limited range) showing ``rgb`` still."""
+    h, w = rgb.shape[:2]
+    assert h % 2 == 0 and w % 2 == 0
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+
+    def half(c):  # 2 x 2 averages: the chroma planes of 4:2:0
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, half(cb), half(cr))]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A0:0 C420jpeg\n".encode("ascii"))
+        for _ in range(frames):
+            f.write(b"FRAME\n")
+            for p in planes:
+                f.write(p.tobytes())
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(base: str, proc: subprocess.Popen, log_path: Path):
+    deadline = time.time() + STARTUP_TIMEOUT
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with code {proc.returncode}:\n"
+                                 + log_path.read_text(errors="replace")[-3000:])
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as res:
+                if res.status == 200:
+                    return json.loads(res.read())
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the server was not ready within {STARTUP_TIMEOUT} s")
+
+
+@pytest.fixture(scope="module")
+def browser_tools():
+    if not CHROMIUM.exists():
+        _unavailable(f"Debian's Chromium is not installed at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright for Python is not installed")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return generate_scene(SCENE_SEED, image_size=160, jpeg_quality=0)
+
+
+@pytest.fixture(scope="module")
+def server(browser_tools, tmp_path_factory):
+    bundle, is_default = _bundle()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("CAPTION_HOST", None)
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port),
+                                 "--bundle", str(bundle)],
+                                cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        health = wait_for_health(base, proc, log_path)
+        yield {"base": base, "health": health, "is_default": is_default, "log": log_path}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(browser_tools, scene, tmp_path_factory):
+    frame = np.asarray(Image.fromarray(scene.image).resize((FRAME_SIDE, FRAME_SIDE), Image.BILINEAR))
+    clip = write_y4m(tmp_path_factory.mktemp("camera") / "scene.y4m", frame)
+    with browser_tools() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-first-run"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_y4m_writer_round_trips(tmp_path):
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[...] = (255, 0, 0)
+    data = write_y4m(tmp_path / "red.y4m", rgb, frames=2).read_bytes()
+    header, rest = data.split(b"\n", 1)
+    assert header == b"YUV4MPEG2 W4 H4 F10:1 Ip A0:0 C420jpeg"
+    frame = rest[len(b"FRAME\n"): len(b"FRAME\n") + 24]
+    assert rest.count(b"FRAME\n") == 2
+    y, u, v = frame[0], frame[16], frame[20]
+    assert (y, u, v) == (81, 90, 240)      # BT.601 limited-range red
+
+
+def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
+    page = browser.new_page(viewport={"width": 1440, "height": 960})
+    console_errors = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: console_errors.append(str(e)))
+    page.goto(server["base"] + "/")
+    page.wait_for_function("document.getElementById('model-status').textContent.startsWith('model ')"
+                           " && !document.getElementById('model-status').textContent.includes('loading')")
+
+    page.click("#start-camera")
+    page.wait_for_function("() => { const v = document.getElementById('preview');"
+                           " return v && v.readyState >= 2 && v.videoWidth > 0; }", timeout=30_000)
+    page.wait_for_timeout(300)          # let a few frames through
+    assert page.is_enabled("#capture")
+
+    with page.expect_response(lambda r: r.url.endswith("/api/explain"), timeout=EXPLAIN_TIMEOUT_MS) as info:
+        page.click("#capture")
+    response = info.value
+    assert response.status == 200, response.text()[:500]
+    result = response.json()
+    page.wait_for_selector("#caption .caption-word", timeout=30_000)
+
+    # The frame the server saw is the fake camera's, whole.
+    assert result["image"] == {"width": FRAME_SIDE, "height": FRAME_SIDE}
+
+    shown = " ".join(page.inner_text("#caption").split())
+    assert shown == result["caption"]
+    if server["is_default"]:
+        assert canonical_caption(shown) == canonical_caption(scene.caption), (shown, scene.caption)
+    else:
+        assert shown, "the page shows no caption"
+        warnings.warn(f"CAPTION_E2E_BUNDLE is set: caption {shown!r} not compared with {scene.caption!r}")
+
+    def src(element_id):
+        return page.get_attribute(f"#{element_id}", "src") or ""
+
+    for method in ("gradcam", "saliency"):
+        assert src(f"overlay-{method}").startswith("data:image/png"), method
+    if "ace" in result["explanations"]:
+        assert src("overlay-ace").startswith("data:image/png")
+        assert page.is_visible("#ace-section")
+        if "adversarial" in result["explanations"]["ace"]:
+            assert page.is_visible("#adversarial-section")
+            assert page.inner_text("#adv-caption").strip()
+    else:   # PENDING until ACE lands in the pipeline: the page must say so, not break
+        warnings.warn("PENDING: the server's answer has no 'ace' section; #overlay-ace not checked")
+        assert "not available" in page.inner_text("#card-ace")
+    if "attention" in result["explanations"]:
+        assert page.is_visible("#card-attention")
+        assert "attention (not an attribution)" in page.inner_text("#card-attention")
+    assert page.locator("#timings tr").count() >= 3
+    assert not page.is_visible("#error")
+
+    # Selecting a word shows that word's evidence; saliency for it is fetched on demand.
+    before = {m: src(f"overlay-{m}") for m in ("gradcam", "saliency")}
+    word = page.locator("#caption .caption-word").nth(min(2, len(result["words"]) - 1))
+    word.click()
+    assert "selected" in (word.get_attribute("class") or "")
+    page.wait_for_function("(old) => document.getElementById('overlay-gradcam').src !== old",
+                           arg=before["gradcam"], timeout=10_000)
+    page.wait_for_function("(old) => { const c = document.getElementById('card-saliency');"
+                           " return document.getElementById('overlay-saliency').src !== old"
+                           " && !c.classList.contains('stale'); }",
+                           arg=before["saliency"], timeout=EXPLAIN_TIMEOUT_MS)
+    assert src("overlay-gradcam").startswith("data:image/png")
+    assert "Evidence for" in page.inner_text("#selection-label")
+    assert not page.is_visible("#error")
+
+    # Saving happens in the browser: the JSON holds the result and the frame.
+    with page.expect_download() as download:
+        page.click("#download-json")
+    saved = json.loads(Path(download.value.path()).read_text())
+    assert saved["result"]["caption"] == result["caption"]
+    assert saved["frame"].startswith("data:image/png;base64,")
+    with page.expect_download() as download:
+        page.click("#download-png")
+    assert Path(download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(tmp_path / "screenshot.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert not console_errors, console_errors
+    page.close()
+
+
+def test_camera_errors_are_explained(server, browser):
+    page = browser.new_page()
+    # An insecure origin: no navigator.mediaDevices at all.
+    page.add_init_script("Object.defineProperty(navigator, 'mediaDevices', {value: undefined});")
+    page.goto(server["base"] + "/")
+    page.click("#start-camera")
+    assert "localhost or over HTTPS" in page.inner_text("#error")
+    page.close()
+
+    page = browser.new_page()
+    page.add_init_script("navigator.mediaDevices.getUserMedia = () => "
+                         "Promise.reject(new DOMException('denied', 'NotAllowedError'));")
+    page.goto(server["base"] + "/")
+    page.click("#start-camera")
+    assert "permission was denied" in page.inner_text("#error")
+    page.close()
+
+
+def test_server_errors_are_shown_in_plain_words(server, browser, tmp_path):
+    tiny = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (200, 0, 0)).save(tiny)
+    page = browser.new_page()
+    page.goto(server["base"] + "/")
+    page.set_input_files("#upload-input", str(tiny))
+    page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    assert "too small" in page.inner_text("#error")
+    page.close()

@@ -1,0 +1,172 @@
+"""Explainers against independent computations: the textbook Grad-CAM, tf-keras-vis,
+hand-checkable properties of saliency, ACE plumbing and the adversarial check."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from source_code.explain import gradcam as G
+from source_code.explain import saliency as S
+from source_code.explain.target import caption_target, word_scores_from_pixels
+
+CAPTION = "a small red circle above a large blue square"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from conftest import make_tiny_captioner
+    return make_tiny_captioner(seed=21)
+
+
+@pytest.fixture(scope="module")
+def image():
+    from source_code.data.synthetic import generate_scene
+    return generate_scene(123, image_size=64, n_objects=2).image
+
+
+def test_per_word_gradcam_equals_textbook_computation(tiny, image):
+    """One tiled decoder pass gives the same maps as a GradientTape on the backbone's
+    top_activation layer, run word by word through the whole model from pixels."""
+    target = caption_target(tiny, CAPTION)
+    pixels = tiny.preprocess(image)
+    ours = G.gradcam(tiny, tiny.features(pixels), target)
+    bb = tiny.backbone
+    to_activation = tf.keras.Model(bb.inputs, bb.get_layer("top_activation").output)
+    for t in range(target.n_words):
+        with tf.GradientTape() as tape:
+            acts = to_activation(pixels, training=False)
+            tape.watch(acts)
+            logits, _ = tiny.decoder((acts, target.tokens_in))
+            s_t = tf.nn.log_softmax(logits)[0, t, target.token_ids[t]]
+        g = tape.gradient(s_t, acts)
+        weights = tf.reduce_mean(g, axis=[1, 2])
+        textbook = tf.nn.relu(tf.einsum("bhwc,bc->bhw", acts, weights)).numpy()[0]
+        np.testing.assert_allclose(ours["words"][t], textbook, rtol=1e-4, atol=1e-6)
+    # the caption's map uses the gradient of s = sum_t s_t
+    with tf.GradientTape() as tape:
+        acts = to_activation(pixels, training=False)
+        tape.watch(acts)
+        logits, _ = tiny.decoder((acts, target.tokens_in))
+        s = tf.reduce_sum(tf.gather(tf.nn.log_softmax(logits)[0, :target.n_words],
+                                    list(target.token_ids), batch_dims=1))
+    g = tape.gradient(s, acts)
+    textbook = tf.nn.relu(tf.einsum("bhwc,bc->bhw", acts, tf.reduce_mean(g, [1, 2]))).numpy()[0]
+    np.testing.assert_allclose(ours["caption"], textbook, rtol=1e-4, atol=1e-6)
+
+
+def test_word_scores_are_teacher_forced_logprobs(tiny, image):
+    target = caption_target(tiny, CAPTION)
+    pixels = tiny.preprocess(image)
+    scores = word_scores_from_pixels(tiny, pixels, target).numpy()[0]
+    logits, _ = tiny.decoder((tiny.features(pixels), target.tokens_in))
+    logp = tf.nn.log_softmax(logits).numpy()[0]
+    expected = [logp[t, w] for t, w in enumerate(target.token_ids)]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """A small Keras CNN classifier with a named last conv activation."""
+    tf.keras.utils.set_random_seed(0)
+    inp = tf.keras.Input((32, 32, 3))
+    x = tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = tf.keras.layers.Conv2D(16, 3, strides=2, padding="same", name="last_conv")(x)
+    x = tf.keras.layers.Activation("relu", name="last_act")(x)
+    x = tf.keras.layers.GlobalAveragePooling2D()(x)
+    out = tf.keras.layers.Dense(4)(x)
+    return tf.keras.Model(inp, out)
+
+
+def test_gradcam_matches_tf_keras_vis_on_a_classifier(classifier):
+    tkv = pytest.importorskip("tf_keras_vis.gradcam")
+    x = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    cls = 2
+    reference = tkv.Gradcam(classifier, clone=True)(
+        lambda out: out[:, cls], x, penultimate_layer="last_act",
+        seek_penultimate_conv_layer=False, expand_cam=False, normalize_cam=False)
+    to_act = tf.keras.Model(classifier.inputs, [classifier.get_layer("last_act").output,
+                                                classifier.output])
+    with tf.GradientTape() as tape:
+        acts, out = to_act(tf.constant(x))
+        score = out[:, cls]
+    grads = tape.gradient(score, acts)
+    ours = G.cam_from(acts, grads)
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_vanilla_saliency_matches_tf_keras_vis_on_a_classifier(classifier):
+    tkv = pytest.importorskip("tf_keras_vis.saliency")
+    x = np.random.default_rng(1).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    reference = tkv.Saliency(classifier, clone=True)(lambda out: out[:, 1], x, normalize_map=False)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        score = classifier(xt)[:, 1]
+    ours = S.vanilla_from_gradients(tape.gradient(score, xt))
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-8)
+
+
+def test_gradcam_plus_plus_only_changes_the_weights(tiny, image):
+    target = caption_target(tiny, CAPTION)
+    fmap = tiny.features(tiny.preprocess(image))
+    grads = G.word_gradients(tiny, fmap, target)
+    plain = G.gradcam(tiny, fmap, target, gradients=grads)
+    pp = G.gradcam(tiny, fmap, target, plus_plus=True, gradients=grads)
+    assert pp["words"].shape == plain["words"].shape
+    assert np.all(pp["words"] >= 0)
+    np.testing.assert_allclose(pp["scores"], plain["scores"])
+
+
+def test_integrated_gradients_completeness(tiny, image):
+    """IG attributions sum (before the absolute value) to s(x) - s(baseline), up to the
+    midpoint-rule error."""
+    target = caption_target(tiny, CAPTION)
+    pixels = tiny.preprocess(image)
+    x = tf.convert_to_tensor(pixels)
+    steps = 64
+    alphas = (tf.range(steps, dtype=tf.float32) + 0.5) / steps
+    path = alphas[:, None, None, None] * x
+    grads = tf.concat([S._gradients(tiny, path[i:i + 16], target, [None] * 16)
+                       for i in range(0, steps, 16)], 0)
+    total = float(tf.reduce_sum(x[0] * tf.reduce_mean(grads, 0)))
+    s_x = float(tf.reduce_sum(word_scores_from_pixels(tiny, x, target)))
+    s_0 = float(tf.reduce_sum(word_scores_from_pixels(tiny, tf.zeros_like(x), target)))
+    assert total == pytest.approx(s_x - s_0, rel=0.05, abs=0.02)
+    ig = S.integrated_gradients(tiny, pixels, target, steps=8)
+    assert ig.shape == (tiny.input_size, tiny.input_size) and np.all(ig >= 0)
+
+
+def test_smoothgrad_is_deterministic_and_shaped(tiny, image):
+    target = caption_target(tiny, CAPTION)
+    pixels = tiny.preprocess(image)
+    a = S.smoothgrad(tiny, pixels, target, word=2, samples=4)
+    b = S.smoothgrad(tiny, pixels, target, word=2, samples=4)
+    np.testing.assert_allclose(a, b)
+    assert a.shape == (tiny.input_size, tiny.input_size)
+
+
+def test_fgsm_lowers_the_caption_likelihood_within_epsilon(tiny, image):
+    from source_code.explain.adversarial import caption_gradient, perturb
+    target = caption_target(tiny, CAPTION)
+    pixels = tiny.preprocess(image)
+    s0, g = caption_gradient(tiny, pixels, target)
+    x = perturb(tiny, pixels, target, "fgsm", epsilon=4.0, gradient=g)
+    assert float(tf.reduce_max(tf.abs(x - pixels))) <= 4.0 + 1e-4
+    s1, _ = caption_gradient(tiny, x, target)
+    assert float(tf.reduce_sum(s1)) < float(tf.reduce_sum(s0))
+    xs = perturb(tiny, pixels, target, "pgd", epsilon=4.0, steps=3, salient_fraction=0.1)
+    changed = np.any(np.abs((xs - pixels).numpy()[0]) > 1e-3, axis=-1)
+    assert changed.mean() <= 0.1 + 0.02
+
+
+def test_ace_request_time_plumbing(tiny, image):
+    from source_code.explain.ace import coverage, region_embeddings, segment, segment_importance
+    labels = segment(image, 15)
+    cover = coverage(labels, (4, 4))
+    np.testing.assert_allclose(cover.sum(0), 1.0, atol=1e-6)   # every cell fully covered once
+    fmap = np.random.default_rng(0).normal(size=(4, 4, 5)).astype(np.float32)
+    emb = region_embeddings(fmap, cover)
+    assert emb.shape == (len(cover), 5)
+    grads = np.random.default_rng(1).normal(size=(3, 4, 4, 5)).astype(np.float32)
+    imp = segment_importance(fmap, grads, cover)
+    # importances add up to the whole map's gradient x activation
+    np.testing.assert_allclose(imp.sum(1), np.einsum("thwc,hwc->t", grads, fmap), rtol=1e-4)
