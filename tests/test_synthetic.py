@@ -20,6 +20,7 @@ from source_code.data.synthetic import (
     canonical_caption,
     degrade,
     equivalent_captions,
+    reading_order_caption,
     generate_scene,
     parse_caption,
     swap_caption_for_flip,
@@ -359,7 +360,10 @@ def test_write_flickr8k_layout(tmp_path):
     assert [r["file"] for r in records] == names
     for record in records:
         scene = generate_scene(record["seed"], image_size=record["image_size"])
-        assert record["caption"] == scene.caption == tokens[record["file"]][0]
+        assert record["caption"] == scene.caption
+        # the first reference reads the scene left to right, top to bottom
+        assert tokens[record["file"]][0] == reading_order_caption(scene.caption)
+        assert parse_caption(tokens[record["file"]][0])[1] in (None, "left of", "above")
         assert record["relation"] == scene.relation
         assert len(tokens[record["file"]]) == (2 if scene.relation else 1)
         assert {canonical_caption(c) for c in tokens[record["file"]]} == {canonical_caption(scene.caption)}
