@@ -28,16 +28,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-
-def median_ms(fn, runs: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
+sys.path.insert(0, str(REPO / "bench"))
+from decode_vs_backbone import median_ms  # noqa: E402
 
 
 def build_model(name: str, tmp: Path):
