@@ -45,6 +45,31 @@ def _load_captioner(path):
     return Captioner.load(path)
 
 
+def write_all_or_nothing(out: Path, files: dict) -> None:
+    """Write ``files`` (name -> bytes) into ``out``: first into a temporary folder
+    inside it, then moved in, so a full disk or any other write error leaves no
+    partial file behind (and no ``out`` folder that this call created)."""
+    import shutil
+    import tempfile
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        for name in files:
+            os.replace(tmp / name, out / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            try:
+                out.rmdir()        # only if empty
+            except OSError:
+                pass
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 # -- commands -------------------------------------------------------------------
 def cmd_synth(args) -> int:
     from .data.synthetic import write_flickr8k_layout
@@ -186,6 +211,7 @@ def cmd_caption(args) -> int:
 def cmd_explain(args) -> int:
     """Caption an image and write overlays (PNG) and the API's JSON to --out."""
     import base64
+    import re
     from .explain.pipeline import Explainer
     from .web.imaging import decode_image
     image = decode_image(Path(args.image).read_bytes())
@@ -193,23 +219,27 @@ def cmd_explain(args) -> int:
     result = explainer.explain(image, methods=args.methods, words=args.words,
                                saliency_method=args.saliency, adversarial=not args.no_adversarial,
                                caption=args.caption)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    files = {}
 
-    def write_png(name, url):
-        (out / name).write_bytes(base64.b64decode(url.split(",", 1)[1]))
+    def add_png(name, url):
+        files[name] = base64.b64decode(url.split(",", 1)[1])
 
     for method, section in result["explanations"].items():
         if section.get("caption"):
-            write_png(f"{method}_caption.png", section["caption"]["overlay"])
+            add_png(f"{method}_caption.png", section["caption"]["overlay"])
         for i, m in enumerate(section.get("words") or []):
-            if m:
-                write_png(f"{method}_word{i:02d}_{result['words'][i]}.png", m["overlay"])
-    tmp = out / ".explanation.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out / "explanation.json")
+            if m:   # a word of the bundle's vocab.txt never becomes a path
+                word = re.sub(r"[^\w-]", "_", result["words"][i])[:40]
+                add_png(f"{method}_word{i:02d}_{word}.png", m["overlay"])
+    files["explanation.json"] = json.dumps(result, indent=1).encode()
+    try:
+        write_all_or_nothing(Path(args.out), files)
+    except OSError as exc:
+        print(f"error: could not write the results to {args.out}: {exc.strerror or exc}; "
+              "nothing was written", file=sys.stderr)
+        return 1
     print(result["caption"])
-    print(f"wrote overlays and explanation.json to {out}")
+    print(f"wrote overlays and explanation.json to {args.out}")
     return 0
 
 

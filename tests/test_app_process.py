@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from load import stop_server  # noqa: E402  (SIGTERM, then kill after 20 s)
 STARTUP_TIMEOUT = 120
 
 
@@ -101,12 +102,7 @@ def test_app_serves_and_stops(tiny_bundle, server_log):
             status, body = post_image(f"{base}/api/caption", b"not an image")
             assert status == 400 and "not an image" in body["error"]
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_server(proc)
     log = server_log.read_text(errors="replace")
     assert "loading model" in log
     assert f"open http://127.0.0.1:{port} in your browser" in log

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from PIL import Image
 from source_code.data.synthetic import canonical_caption, generate_scene
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from load import stop_server  # noqa: E402  (SIGTERM, then kill after 20 s)
 DEFAULT_BUNDLE = REPO / "models" / "default"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO / "docs" / "screenshot.png"
@@ -130,12 +131,7 @@ def server(browser_tools, tmp_path_factory):
         health = wait_for_health(base, proc, log_path)
         yield {"base": base, "health": health, "is_default": is_default, "log": log_path}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

@@ -113,6 +113,12 @@ class ConceptBank:
         meta = json.loads((root / "bank.json").read_text())
         with np.load(root / "bank.npz", allow_pickle=False) as z:  # never unpickle a bundle
             centroids, cavs = z["centroids"], z["cavs"]
+        for names in meta.get("patches", {}).values():
+            for name in names:       # example patches are served: never a path out of patches/
+                if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                    from ..model.captioner import BundleError
+                    raise BundleError(f"concept bank {root} names a patch outside its "
+                                      f"patches folder: {name!r}")
         return cls(meta["names"], centroids, cavs, meta["word_scores"], meta["info"],
                    meta.get("patches", {}), root)
 

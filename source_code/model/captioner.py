@@ -10,7 +10,11 @@ A bundle is a directory::
     concepts/              ACE concept bank (optional)
 
 Loading rebuilds the architecture from our own code and reads weights only:
-nothing in a bundle is executed (no pickles, no serialized layers).
+nothing in a bundle is executed (no pickles, no serialized layers). Before
+anything is read, ``check_data_only`` refuses a bundle that holds something which
+*could* run code in other loaders (a pickle, a whole Keras model with its layers,
+a serialized Keras object in config.json), so such a bundle fails loudly instead
+of being half-trusted.
 """
 from __future__ import annotations
 
@@ -34,10 +38,57 @@ BUNDLE_FORMAT = 1
 CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.txt"
 DECODER_WEIGHTS, BACKBONE_WEIGHTS = "decoder.weights.h5", "backbone.weights.h5"
 DECODER_KEYS = ("kind", "embed_dim", "units", "dropout", "train_embedding")
+# File kinds that carry code (pickles and their cousins, whole Keras models, Python).
+CODE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".dill", ".keras", ".py", ".pyc", ".so")
+PICKLE_MAGIC = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
 
 
 class BundleError(ValueError):
     """A bundle directory is missing, incomplete or inconsistent."""
+
+
+def check_data_only(bundle_dir: Path) -> None:
+    """Raise BundleError unless every file of the bundle is plain data: no pickle (by
+    name or by content, nor inside an .npz), no whole Keras model (a ``.keras`` file
+    or an .h5 file with a ``model_config``, such as one holding a Lambda layer), and
+    no serialized Keras object (``class_name``) in config.json."""
+    import h5py
+
+    def refuse(path: Path, why: str):
+        raise BundleError(f"model bundle {bundle_dir} is refused: {path.relative_to(bundle_dir)} "
+                          f"{why}; a bundle holds settings and weights only, and loading "
+                          f"never runs code from it")
+
+    for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
+        if path.suffix.lower() in CODE_SUFFIXES:
+            refuse(path, "is a kind of file that can carry code")
+        with open(path, "rb") as fh:
+            if fh.read(2) in PICKLE_MAGIC:
+                refuse(path, "is a pickle")
+        if path.suffix == ".npz":
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    for key in z.files:
+                        z[key]          # reading an object array raises ValueError
+            except ValueError:
+                refuse(path, "holds pickled objects")
+        elif path.suffix == ".h5":
+            try:
+                with h5py.File(path, "r") as f:
+                    model_config = f.attrs.get("model_config")
+            except OSError:
+                continue            # not HDF5 at all: the weights loader says so
+            if model_config is not None:
+                lam = " with a Lambda layer" if b"Lambda" in _as_bytes(model_config) else ""
+                refuse(path, f"is a whole Keras model{lam}, not weights")
+    config_text = (bundle_dir / CONFIG_FILE).read_bytes()
+    if b'"class_name"' in config_text:
+        lam = " (a Lambda layer)" if b'"Lambda"' in config_text else ""
+        refuse(bundle_dir / CONFIG_FILE, f"holds a serialized Keras object{lam}")
+
+
+def _as_bytes(value) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 @dataclass
@@ -120,6 +171,7 @@ class Captioner:
         for name in (CONFIG_FILE, VOCAB_FILE, DECODER_WEIGHTS):
             if not (bundle_dir / name).is_file():
                 raise BundleError(f"model bundle {bundle_dir} is missing {name}")
+        check_data_only(bundle_dir)
         try:
             config = json.loads((bundle_dir / CONFIG_FILE).read_text())
             spec = BackboneSpec.from_dict(config["backbone"])

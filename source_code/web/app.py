@@ -245,7 +245,9 @@ def _uploaded_image():
     if upload is None and "image" in request.form:
         raise ApiError(400, "the field 'image' must be a file upload, not text")
     if upload is None:
-        got = sorted(set(request.files) | set(request.form))
+        # a part without a name (Content-Disposition: form-data; filename="x") arrives
+        # under the key None, which broke the join below into a 500
+        got = sorted({name[:40] for name in (*request.files, *request.form) if name})[:5]
         hint = f" (received: {', '.join(got)})" if got else ""
         raise ApiError(400, f"no image received: send it in the form field 'image'{hint}")
     data = upload.read()

@@ -4,9 +4,11 @@
 through. It never writes anything to disk and it refuses, with a message a
 person can act on, everything it cannot turn into a faithful picture:
 
-* empty bodies, bytes that are not an image, truncated files (a cut-off JPEG is
-  an error, never a half-grey picture: Pillow's ``LOAD_TRUNCATED_IMAGES`` must
-  stay False, which is its default and which this module never changes);
+* empty bodies, bytes that are not an image, images in any format outside
+  ``ALLOWED_FORMATS`` (no other Pillow decoder, such as EPS through Ghostscript,
+  ever sees an upload), truncated files (a cut-off JPEG is an error, never a
+  half-grey picture: Pillow's ``LOAD_TRUNCATED_IMAGES`` must stay False, which
+  is its default and which this module never changes);
 * more than ``max_bytes`` bytes, or more than ``max_pixels`` pixels (checked
   from the header, before any pixel is decoded, so a "decompression bomb" costs
   nothing; Pillow's own bomb error and warning are reported the same way). Both
@@ -38,6 +40,10 @@ DEFAULT_MAX_PIXELS = 40_000_000           # 40 megapixels
 MIN_SIDE = 16                             # pixels, on the shorter side
 
 SUPPORTED = "JPEG, PNG, GIF, WebP, BMP or TIFF"
+# The Pillow formats behind SUPPORTED (the JPEG opener also reads MPO, the JPEG with
+# extra pictures that phones write). Pillow would otherwise try some 40 formats, EPS
+# among them, whose load() runs Ghostscript on the upload: only these see untrusted bytes.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 _TRANSPARENT_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 
@@ -77,7 +83,7 @@ def decode_image(data: bytes, max_bytes: int | None = DEFAULT_MAX_BYTES,
         raise ImageTooLarge(f"the image file is too large ({_bytes(len(data))}); "
                             f"the limit is {_bytes(max_bytes)}")
     try:
-        im = Image.open(io.BytesIO(bytes(data)))
+        im = Image.open(io.BytesIO(bytes(data)), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         raise ImageError(f"this file is not an image this server can read "
                          f"(send a {SUPPORTED} file)") from None
@@ -112,7 +118,9 @@ def decode_image(data: bytes, max_bytes: int | None = DEFAULT_MAX_BYTES,
             rgb = _to_rgb(_upright(im))
         except ImageError:
             raise
-        except Exception as exc:
+        except (ValueError, OSError, TypeError) as exc:  # what Pillow raises for a mode it
+            # cannot convert; anything else (MemoryError, a bug) is not the upload's fault
+            # and must stay a 500, not read as "colour mode not supported"
             log.debug("image conversion failed: %r", exc)
             raise ImageError(f"images in colour mode {im.mode} are not supported; "
                              "save it as an RGB JPEG or PNG") from None
