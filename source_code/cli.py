@@ -279,6 +279,8 @@ def cmd_faithfulness(args) -> int:
                                n_objects=2)
     report = faithfulness_report(captioner, scenes, deletion_scenes=args.deletion_scenes,
                                  progress=not args.quiet)
+    if args.json:   # kept even if the sanity check below fails
+        Path(args.json).write_text(json.dumps(report, indent=1))
     report["sanity_spearman_trained_vs_random"] = sanity_check(
         captioner, randomized_copy(captioner), scenes[: args.sanity_scenes])
     print(json.dumps(report, indent=1))

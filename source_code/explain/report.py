@@ -34,9 +34,13 @@ def _word_maps(captioner, scene, caption, methods, rng):
     if "attention" in methods and captioner.decoder.kind == "attention":
         _, alpha = captioner.decoder((fmap, target.tokens_in))
         maps["attention"] = alpha.numpy()[0, : target.n_words].reshape(-1, *captioner.grid)
-    if "smoothgrad" in methods:
-        maps["smoothgrad"] = np.stack([saliency_lib.smoothgrad(captioner, pixels, target, t)
-                                       for t in range(target.n_words)])
+    scored = [t for t, w in enumerate(target.words) if w in CATEGORY]
+    if "smoothgrad" in methods and scored:
+        # Only the words the pointing game and deletion score: SmoothGrad is the
+        # report's costliest step, and other words' maps would go unused.
+        sal = {t: saliency_lib.smoothgrad(captioner, pixels, target, t) for t in scored}
+        blank = np.zeros_like(sal[scored[0]])
+        maps["smoothgrad"] = np.stack([sal.get(t, blank) for t in range(target.n_words)])
     if "random" in methods:
         maps["random"] = rng.random((target.n_words,) + captioner.grid)
     return pixels, fmap, target, grads, maps
