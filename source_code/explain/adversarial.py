@@ -17,7 +17,7 @@ import difflib
 import numpy as np
 import tensorflow as tf
 
-from .target import caption_target, word_scores_from_pixels
+from .target import caption_target, score_gradients, scores_and_attention
 
 EPSILON = 8.0            # grey levels (of 255)
 PGD_STEPS = 5
@@ -25,11 +25,11 @@ SALIENT_FRACTION = 0.1
 
 
 def caption_gradient(captioner, pixels, target) -> tuple[tf.Tensor, tf.Tensor]:
+    """(s [N], ds/dx [N, S, S, 3]) for the whole caption."""
     x = tf.convert_to_tensor(pixels, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        s = tf.reduce_sum(word_scores_from_pixels(captioner, x, target), -1)
-    return s, tape.gradient(s, x)
+    weights = np.ones((int(x.shape[0]), target.n_words), np.float32)
+    scores, grad = score_gradients(captioner, x, target, weights, from_pixels=True)
+    return tf.reduce_sum(scores, -1), grad
 
 
 def perturb(captioner, pixels, target, method: str = "fgsm", epsilon: float = EPSILON,
@@ -84,8 +84,7 @@ def adversarial_check(explainer, pixels, caption, frame, method: str = "fgsm",
                     gradient=gradient)
         feats = captioner.features(x)
         new = captioner.decode_features(feats, explainer.beam_width)[0]
-        s_new = float(tf.reduce_sum(captioner.word_logprobs(feats, target.tokens_in, target.targets)
-                                    [:, : target.n_words]))
+        s_new = float(tf.reduce_sum(scores_and_attention(captioner, feats, target)[0]))
         delta = np.abs((x - tf.convert_to_tensor(pixels, tf.float32)).numpy()[0]).mean(-1)
         perturbed = np.clip(x.numpy()[0], 0, 255).astype(np.uint8)
         report[name] = {

@@ -15,19 +15,16 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .target import CaptionTarget, word_scores_from_features
+from .target import CaptionTarget, bucket_length, score_gradients
 
 
 def word_gradients(captioner, feature_map, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
     """feature_map [1, h, w, C] -> (scores [T], gradients [T, h, w, C]) with row t = ds_t/dA."""
     n = target.n_words
-    tiled = tf.tile(tf.convert_to_tensor(feature_map), [n, 1, 1, 1])
-    with tf.GradientTape() as tape:
-        tape.watch(tiled)
-        scores = word_scores_from_features(captioner, tiled, target)   # [T, T]
-        own = tf.linalg.diag_part(scores)                               # row t, word t
-        total = tf.reduce_sum(own)
-    return own, tape.gradient(total, tiled)
+    rows = bucket_length(n)   # padded rows weigh 0: the compiled graph is reused across lengths
+    tiled = tf.tile(tf.convert_to_tensor(feature_map, tf.float32), [rows, 1, 1, 1])
+    scores, grads = score_gradients(captioner, tiled, target, np.eye(rows, n), from_pixels=False)
+    return tf.linalg.diag_part(scores[:n]), grads[:n]
 
 
 def gradcam_weights(activations, gradients, plus_plus: bool = False):

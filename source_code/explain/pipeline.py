@@ -17,7 +17,7 @@ from . import gradcam as gradcam_lib
 from . import saliency as saliency_lib
 from .maps import json_grid
 from .render import data_url, display_frame, overlay
-from .target import caption_target
+from .target import caption_target, scores_and_attention
 
 METHODS = ("gradcam", "saliency", "ace")
 SALIENCY_METHODS = ("vanilla", "smoothgrad", "integrated_gradients")
@@ -174,12 +174,11 @@ class Explainer:
             target = caption_target(self.captioner, words)
         except ValueError as exc:
             raise ExplainError(str(exc)) from None
-        logps = self.captioner.word_logprobs(feature_map, target.tokens_in, target.targets)
-        logps = [float(v) for v in logps.numpy()[0]]
+        logps = [float(v) for v in scores_and_attention(self.captioner, feature_map, target)[0].numpy()[0]]
         return Caption(words, list(target.token_ids), logps, sum(logps))
 
     def _attention(self, frame, feature_map, target) -> dict:
-        _, alpha = self.captioner.decoder((feature_map, target.tokens_in), training=False)
+        _, alpha = scores_and_attention(self.captioner, feature_map, target)
         gh, gw = self.captioner.grid
         maps = alpha.numpy()[0, : target.n_words].reshape(-1, gh, gw)
         return {"note": ATTENTION_NOTE, "caption": self._map(frame, maps.mean(0)),

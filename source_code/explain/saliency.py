@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .target import CaptionTarget, word_scores_from_pixels
+from .target import CaptionTarget, score_gradients
 
 SMOOTHGRAD_SAMPLES, SMOOTHGRAD_NOISE = 16, 0.15
 IG_STEPS = 32
@@ -27,17 +27,13 @@ IG_STEPS = 32
 def _gradients(captioner, pixels, target: CaptionTarget, words: list[int | None]):
     """pixels [N, S, S, 3], words[i] = word index for row i (None = whole caption)
     -> d s_{words[i]} / d pixels[i], [N, S, S, 3]."""
-    onehot = np.zeros((len(words), target.n_words), np.float32)
+    weights = np.zeros((len(words), target.n_words), np.float32)
     for i, w in enumerate(words):
-        onehot[i, :] = 1.0 if w is None else 0.0
-        if w is not None:
-            onehot[i, w] = 1.0
-    x = tf.convert_to_tensor(pixels, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        scores = word_scores_from_pixels(captioner, x, target)
-        total = tf.reduce_sum(scores * onehot)
-    return tape.gradient(total, x)
+        if w is None:
+            weights[i, :] = 1.0
+        else:
+            weights[i, w] = 1.0
+    return score_gradients(captioner, pixels, target, weights, from_pixels=True)[1]
 
 
 def _batched(fn, rows: int, batch_size: int):
