@@ -125,14 +125,24 @@ class ConceptBank:
     def patch_paths(self, name: str) -> list[Path]:
         return [self.root / "patches" / p for p in self.patches.get(name, [])] if self.root else []
 
+    def patch_url(self, path: Path) -> str:
+        """A patch as a PNG data URL, decoded and re-encoded once (never the file's own
+        bytes: what reaches the page is always a clean PNG), then kept."""
+        cache = self.__dict__.setdefault("_patch_urls", {})
+        if path not in cache:
+            from PIL import Image
+
+            from .render import data_url
+            with Image.open(path) as im:
+                cache[path] = data_url(np.asarray(im.convert("RGB")))
+        return cache[path]
+
 
 def explain_with_concepts(explainer, image, frame, pixels, target, feature_map=None,
                           gradients=None) -> dict:
     """Request-time ACE for the caption and each word (see the module docstring)."""
-    from PIL import Image
-
     from .gradcam import word_gradients
-    from .render import data_url, overlay
+    from .render import overlay_url_later, resolve
     from .maps import json_grid
 
     captioner = explainer.captioner
@@ -170,7 +180,7 @@ def explain_with_concepts(explainer, image, frame, pixels, target, feature_map=N
                 entry["tcav"] = bank.word_scores.get(word, {}).get(bank.names[k])
             top.append(entry)
         m = seg_map(importance)
-        return {"heatmap": json_grid(m), "overlay": data_url(overlay(frame, m)), "segments": top}
+        return {"heatmap": json_grid(m), "overlay": overlay_url_later(frame, m), "segments": top}
 
     result = {"caption": describe(imp_caption),
               "words": [describe(imp_words[t], w) for t, w in enumerate(target.words)],
@@ -186,11 +196,10 @@ def explain_with_concepts(explainer, image, frame, pixels, target, feature_map=N
                 "importance": round(float(imp_caption[mask].sum()), 4),
                 "segments": int(mask.sum()),
                 "word_tcav": {w: bank.word_scores.get(w, {}).get(name) for w in target.words},
-                "patches": [data_url(np.asarray(Image.open(p).convert("RGB")))
-                            for p in bank.patch_paths(name)[:4]],
+                "patches": [bank.patch_url(p) for p in bank.patch_paths(name)[:4]],
             })
         result["concepts"] = sorted(concepts, key=lambda c: -c["importance"])
     else:
         result["concepts"] = []
         result["note"] = "this bundle has no concept bank: segments are scored, not named"
-    return result
+    return resolve(result)

@@ -16,7 +16,7 @@ import tensorflow as tf
 from . import gradcam as gradcam_lib
 from . import saliency as saliency_lib
 from .maps import json_grid
-from .render import data_url, display_frame, overlay
+from .render import display_frame, overlay_url_later, resolve
 from .target import caption_target, scores_and_attention
 
 METHODS = ("gradcam", "saliency", "ace")
@@ -85,7 +85,7 @@ class Explainer:
 
     # -- helpers ----------------------------------------------------------------
     def _map(self, frame, heatmap, score=None) -> dict:
-        out = {"heatmap": json_grid(heatmap), "overlay": data_url(overlay(frame, heatmap))}
+        out = {"heatmap": json_grid(heatmap), "overlay": overlay_url_later(frame, heatmap)}
         if score is not None:
             out["score"] = round(float(score), 4)
         return out
@@ -161,6 +161,8 @@ class Explainer:
                     from .adversarial import adversarial_check
                     ex["ace"]["adversarial"] = adversarial_check(self, pixels, caption, frame,
                                                                  gradient=caption_pixel_grad)
+        with timer("render"):   # overlays still being drawn on the render pool
+            result = resolve(result)
         timer.ms["total"] = round(1000 * (time.perf_counter() - t_all), 1)
         result["timings_ms"] = timer.ms
         return result

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 from matplotlib import colormaps
@@ -33,6 +35,28 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+# A full explanation renders about a hundred overlays; colormapping (numpy) and PNG
+# encoding (Pillow) release the GIL, so a small pool renders them side by side.
+_RENDER_POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                  thread_name_prefix="overlay")
+
+
+def overlay_url_later(frame: np.ndarray, heatmap: np.ndarray) -> Future:
+    """The overlay's PNG data URL, rendered on the pool; ``resolve`` collects it."""
+    return _RENDER_POOL.submit(lambda: data_url(overlay(frame, heatmap)))
+
+
+def resolve(tree):
+    """``tree`` (nested dicts/lists) with every Future replaced by its result."""
+    if isinstance(tree, Future):
+        return tree.result()
+    if isinstance(tree, dict):
+        return {k: resolve(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [resolve(v) for v in tree]
+    return tree
 
 
 def legend(cmap: str = DEFAULT_CMAP, width: int = 256, height: int = 12) -> np.ndarray:
