@@ -55,7 +55,7 @@ def step_timings(cap, runs: int) -> dict:
     from source_code.explain.adversarial import adversarial_check
     from source_code.explain.pipeline import Explainer
     from source_code.explain.render import display_frame
-    from source_code.explain.target import caption_target
+    from source_code.explain.target import caption_target, score_gradients
 
     image = scene_image(cap.input_size)
     pixels = cap.preprocess(image)
@@ -87,8 +87,9 @@ def step_timings(cap, runs: int) -> dict:
     t["forward+backward"] = median_ms(fwd_bwd, runs)
     t.update(decode_timings(cap, fmap, runs * 3))
     t["caption only (fwd + beam-3)"] = median_ms(lambda: explainer.caption(image), runs)
+    caption_only = np.ones((1, target.n_words), np.float32)   # one row scoring s = sum of s_t
     t["Grad-CAM, caption"] = median_ms(
-        lambda: G.cam_from(fmap, tf.reduce_sum(G.word_gradients(cap, fmap, target)[1], 0, keepdims=True)), runs)
+        lambda: G.cam_from(fmap, score_gradients(cap, fmap, target, caption_only, False)[1]), runs)
     t["Grad-CAM, caption + all words"] = median_ms(lambda: G.gradcam(cap, fmap, target), runs)
     t["vanilla saliency, caption"] = median_ms(lambda: S.vanilla(cap, pixels, target), runs)
     t["SmoothGrad (n=16), caption"] = median_ms(lambda: S.smoothgrad(cap, pixels, target), 1)
@@ -190,9 +191,16 @@ def main(argv=None):
         f"beam-3 <= 5 % of F, as the model decodes ({100 * t['beam-3 decode'] / F:.1f} %)":
             t["beam-3 decode"] / F <= 0.05,
         f"beam-3 <= 5 % of F, {typical[15:]} ({100 * t[typical] / F:.1f} %)": t[typical] / F <= 0.05,
-        "Grad-CAM all words adds <= 10 % to caption-only":
+        # "Adds at most 10 %", read both ways: over Grad-CAM of the caption alone, and
+        # as a share of the caption-only request (forward + beam-3).
+        f"Grad-CAM all words adds <= 10 % over Grad-CAM caption-only "
+        f"({100 * (t['Grad-CAM, caption + all words'] / t['Grad-CAM, caption'] - 1):+.1f} %)":
+            t["Grad-CAM, caption + all words"] <= 1.10 * t["Grad-CAM, caption"],
+        f"Grad-CAM all words <= 10 % of caption-only time "
+        f"({100 * t['Grad-CAM, caption + all words'] / t['caption only (fwd + beam-3)']:.0f} %)":
             t["Grad-CAM, caption + all words"] <= 0.10 * t["caption only (fwd + beam-3)"],
-        "full explain <= 2.5 x (F + FB)": t["full explain (default methods)"] <= 2.5 * (F + FB),
+        f"full explain <= 2.5 x (F + FB) ({t['full explain (default methods)'] / (F + FB):.2f} x)":
+            t["full explain (default methods)"] <= 2.5 * (F + FB),
     }
     if args.naive:
         speedup = t["naive full explain"] / t["full explain (default methods)"]
