@@ -67,7 +67,7 @@ def select(scores: tf.Tensor, word: int | None) -> tf.Tensor:
 
 
 LENGTH_BUCKET = 8
-_compiled = weakref.WeakKeyDictionary()   # captioner -> its compiled gradient functions
+_compiled = weakref.WeakKeyDictionary()   # captioner -> {(kind, length): compiled function}
 
 
 def bucket_length(n_words: int) -> int:
@@ -75,32 +75,57 @@ def bucket_length(n_words: int) -> int:
     return -(-(n_words + 1) // LENGTH_BUCKET) * LENGTH_BUCKET
 
 
-def _gradient_functions(captioner):
-    fns = _compiled.get(captioner)
-    if fns is None:
-        def scores_and_gradient(inputs, from_pixels, tokens_in, targets, weights):
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                fmap = captioner.backbone(inputs, training=False) if from_pixels else inputs
-                b = tf.shape(inputs)[0]
-                scores = captioner.word_logprobs(fmap, tf.tile(tokens_in, [b, 1]),
-                                                 tf.tile(targets, [b, 1]))
-                total = tf.reduce_sum(scores * weights)
-            return scores, tape.gradient(total, inputs)
+def compiled_function(captioner, kind: str, length: int):
+    """The compiled function ``kind`` ("features", "pixels": scores and gradients;
+    "forward": scores and attention) for padded captions of ``length`` positions.
+    The batch size is left open, so one graph serves every batch of that length."""
+    fns = _compiled.setdefault(captioner, {})
+    if (kind, length) not in fns:
+        tokens = tf.TensorSpec([1, length], tf.int32)
+        fmap_shape = tuple(captioner.backbone.output_shape[1:])
+        if kind == "forward":
+            def forward(fmap, tokens_in, targets):
+                b = tf.shape(fmap)[0]
+                tokens_in, targets = tf.tile(tokens_in, [b, 1]), tf.tile(targets, [b, 1])
+                logits, attention = captioner.decoder((fmap, tokens_in), training=False)
+                scores = tf.gather(tf.nn.log_softmax(logits, axis=-1), targets, batch_dims=2)
+                return scores, attention
+            fn = tf.function(forward, input_signature=[
+                tf.TensorSpec((None,) + fmap_shape, tf.float32), tokens, tokens])
+        else:
+            from_pixels = kind == "pixels"
+            size = captioner.input_size
 
-        def scores_and_attention(fmap, tokens_in, targets):
-            b = tf.shape(fmap)[0]
-            tokens_in, targets = tf.tile(tokens_in, [b, 1]), tf.tile(targets, [b, 1])
-            logits, attention = captioner.decoder((fmap, tokens_in), training=False)
-            scores = tf.gather(tf.nn.log_softmax(logits, axis=-1), targets, batch_dims=2)
-            return scores, attention
+            def scores_and_gradient(inputs, tokens_in, targets, weights):
+                with tf.GradientTape() as tape:
+                    tape.watch(inputs)
+                    fmap = captioner.backbone(inputs, training=False) if from_pixels else inputs
+                    b = tf.shape(inputs)[0]
+                    scores = captioner.word_logprobs(fmap, tf.tile(tokens_in, [b, 1]),
+                                                     tf.tile(targets, [b, 1]))
+                    total = tf.reduce_sum(scores * weights)
+                return scores, tape.gradient(total, inputs)
+            shape = (None, size, size, 3) if from_pixels else (None,) + fmap_shape
+            fn = tf.function(scores_and_gradient, input_signature=[
+                tf.TensorSpec(shape, tf.float32), tokens, tokens,
+                tf.TensorSpec([None, length], tf.float32)])
+        fns[(kind, length)] = fn
+    return fns[(kind, length)]
 
-        fns = {from_pixels: tf.function(lambda x, t_in, t_out, w, p=from_pixels:
-                                        scores_and_gradient(x, p, t_in, t_out, w))
-               for from_pixels in (False, True)}
-        fns["forward"] = tf.function(scores_and_attention)
-        _compiled[captioner] = fns
-    return fns
+
+def warm_up_all_lengths(captioner) -> None:
+    """Run every function once for every caption length the model can write (its
+    maximum length): tracing and TensorFlow's graph optimisation happen on the
+    first run, so no request waits for them."""
+    size, fmap_shape = captioner.input_size, tuple(captioner.backbone.output_shape[1:])
+    for length in range(LENGTH_BUCKET, bucket_length(captioner.max_length) + 1, LENGTH_BUCKET):
+        tokens = tf.fill([1, length], captioner.vocab.pad_id)
+        weights = tf.zeros([1, length])
+        compiled_function(captioner, "features", length)(
+            tf.zeros((1,) + fmap_shape), tokens, tokens, weights)
+        compiled_function(captioner, "pixels", length)(
+            tf.zeros((1, size, size, 3)), tokens, tokens, weights)
+        compiled_function(captioner, "forward", length)(tf.zeros((1,) + fmap_shape), tokens, tokens)
 
 
 def _padded_inputs(captioner, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
@@ -114,7 +139,7 @@ def scores_and_attention(captioner, feature_map, target: CaptionTarget) -> tuple
     """Compiled teacher forcing: feature_map [B, h, w, C] -> (s_t [B, T],
     attention weights [B, T, h * w]; zeros for a merge decoder)."""
     tokens_in, targets = _padded_inputs(captioner, target)
-    scores, attention = _gradient_functions(captioner)["forward"](
+    scores, attention = compiled_function(captioner, "forward", int(tokens_in.shape[1]))(
         tf.convert_to_tensor(feature_map, tf.float32), tokens_in, targets)
     return scores[:, : target.n_words], attention[:, : target.n_words]
 
@@ -128,6 +153,7 @@ def score_gradients(captioner, inputs, target: CaptionTarget, weights,
     weights = np.asarray(weights, np.float32)
     padded = np.zeros((weights.shape[0], length), np.float32)
     padded[:, :n] = weights
-    scores, grads = _gradient_functions(captioner)[from_pixels](
+    kind = "pixels" if from_pixels else "features"
+    scores, grads = compiled_function(captioner, kind, length)(
         tf.convert_to_tensor(inputs, tf.float32), tokens_in, targets, tf.constant(padded))
     return scores[:, :n], grads
