@@ -2,7 +2,9 @@
 default model for integration tests."""
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -14,6 +16,15 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO / "models" / "default"
 SYNTH_WORDS = ["a", "small", "large", "red", "green", "blue", "yellow", "circle", "square",
                "triangle", "left", "right", "of", "above", "below"]
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip archive (deflated) of {member name: data}, in memory: fixture downloads."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
 
 
 def make_tiny_captioner(kind: str = "attention", input_size: int = 64, seed: int = 0):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import zip_bytes
 from source_code.data import fetch as F
 
 
@@ -104,19 +105,11 @@ def _fast_retries(monkeypatch):
 # --------------------------------------------------------------------------- #
 # Fixture archives
 # --------------------------------------------------------------------------- #
-def _zip_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def _flickr_text_zip() -> bytes:
     token = "".join(
         f"{i:04d}_img.jpg#{k}\ta caption number {k} for image {i}\n" for i in range(40) for k in range(5)
     )
-    return _zip_bytes(
+    return zip_bytes(
         {
             "Flickr8k.token.txt": token.encode(),
             "Flickr_8k.trainImages.txt": b"".join(f"{i:04d}_img.jpg\n".encode() for i in range(30)),
@@ -132,7 +125,7 @@ def _glove_zip() -> bytes:
     rng = random.Random(0)
     words = ["the", "a", "dog", "runs", "on", "grass"] + [f"w{i}" for i in range(2000)]
     lines = "".join(w + " " + " ".join(f"{rng.uniform(-1, 1):.5f}" for _ in range(10)) + "\n" for w in words)
-    return _zip_bytes({"glove.6B.10d.txt": lines.encode()})
+    return zip_bytes({"glove.6B.10d.txt": lines.encode()})
 
 
 def _incompressible(n: int, seed: int = 1) -> bytes:

@@ -17,13 +17,13 @@ import http.server
 import io
 import json
 import threading
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import zip_bytes
 from source_code.cli import main
 from source_code.data import fetch as F
 from source_code.data.synthetic import generate_scene
@@ -59,14 +59,6 @@ def _describe(scene) -> list[str]:
     return caps
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def _write_mirror(root: Path) -> dict[str, bytes]:
     images, tokens = {}, []
     for i in range(N_IMAGES):
@@ -89,8 +81,8 @@ def _write_mirror(root: Path) -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     glove = "".join(f"{w} " + " ".join(f"{v:.5f}" for v in rng.normal(0, 0.4, 50)) + "\n"
                     for w in ["the", ",", "."] + words)
-    files = {"Flickr8k_Dataset.zip": _zip(images), "Flickr8k_text.zip": _zip(text),
-             "glove.6B.zip": _zip({"glove.6B.50d.txt": glove.encode()})}
+    files = {"Flickr8k_Dataset.zip": zip_bytes(images), "Flickr8k_text.zip": zip_bytes(text),
+             "glove.6B.zip": zip_bytes({"glove.6B.50d.txt": glove.encode()})}
     root.mkdir(parents=True)
     for name, data in files.items():
         (root / name).write_bytes(data)
