@@ -61,11 +61,6 @@ def word_scores_from_pixels(captioner, pixels, target: CaptionTarget) -> tf.Tens
     return word_scores_from_features(captioner, captioner.backbone(pixels, training=False), target)
 
 
-def select(scores: tf.Tensor, word: int | None) -> tf.Tensor:
-    """scores [B, T] -> [B]: s_word, or the caption's s (sum over words) when word is None."""
-    return tf.reduce_sum(scores, -1) if word is None else scores[:, word]
-
-
 LENGTH_BUCKET = 8
 _compiled = weakref.WeakKeyDictionary()   # captioner -> {(kind, length): compiled function}
 
