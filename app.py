@@ -68,21 +68,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX=2 would), unless the environment
-    already sets it. glibc gives threads that allocate at the same time arenas of their
-    own, up to 8 per core, and keeps their freed memory: with waitress' request threads
-    calling into TensorFlow, the server's RSS under load was about 300 MB (some 30 %)
-    higher and kept creeping up (bench/load.py). Must run before the threads start."""
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)      # -8: M_ARENA_MAX
-    except (OSError, AttributeError):                      # not glibc: nothing to do
-        pass
-
-
 @contextmanager
 def quiet_native_stderr(enabled: bool = True):
     """Hide what native libraries print straight to file descriptor 2 while
@@ -122,7 +107,8 @@ def load_explainer(bundle: str, verbose: bool):
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    limit_malloc_arenas()
+    from source_code.web.memory import configure_process_memory
+    configure_process_memory()      # before TensorFlow is imported: see its docstring
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

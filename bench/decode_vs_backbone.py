@@ -55,11 +55,22 @@ FLICKR8K_MAX_LENGTH = 34
 TYPICAL_CAPTION_TOKENS = 12   # Flickr8k's mean cleaned caption (~11 words) + the end token
 
 
+def synthetic_word(i: int) -> str:
+    """The i-th word of a made-up vocabulary: letters only ("wa", "wb", ... "wba"), so
+    captions of these words survive caption cleaning and can be explained as text."""
+    letters = ""
+    while True:
+        i, r = divmod(i, 26)
+        letters = chr(ord("a") + r) + letters
+        if i == 0:
+            return "w" + letters
+
+
 def random_captioner(variant: str = "l", size: int = 480, decoder: str = "attention",
                      vocab_size: int = FLICKR8K_VOCAB, units: int = 512, embed_dim: int = 300,
                      max_length: int = FLICKR8K_MAX_LENGTH) -> Captioner:
     """EfficientNetV2 + decoder with random weights: for timing only."""
-    words = [f"w{i}" for i in range(vocab_size - 4)]
+    words = [synthetic_word(i) for i in range(vocab_size - 4)]
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + words)
     return Captioner.build(vocab, BackboneSpec(variant, size, None),
                            {"kind": decoder, "units": units, "embed_dim": embed_dim}, max_length)

@@ -170,3 +170,51 @@ def test_ace_request_time_plumbing(tiny, image):
     imp = segment_importance(fmap, grads, cover)
     # importances add up to the whole map's gradient x activation
     np.testing.assert_allclose(imp.sum(1), np.einsum("thwc,hwc->t", grads, fmap), rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["attention", "merge"])
+def test_teacher_forcing_loop_for_any_length_equals_the_unrolled_one(kind, image):
+    """The decoder teacher-forces in a tf.while_loop when the caption length is only
+    known at run time (the explainers' compiled graphs); same logits and attention."""
+    from conftest import make_tiny_captioner
+    cap = make_tiny_captioner(kind, seed=5)
+    fmap = cap.features(cap.preprocess(image))
+    tokens = caption_target(cap, CAPTION).tokens_in
+    unrolled = cap.decoder((fmap, tokens))
+    any_length = tf.function(lambda f, t: cap.decoder((f, t)), input_signature=[
+        tf.TensorSpec(fmap.shape, tf.float32), tf.TensorSpec([1, None], tf.int32)])
+    for got, want in zip(any_length(fmap, tokens), unrolled):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_one_compiled_graph_per_kind_serves_every_caption_length(tiny, image):
+    from source_code.explain.target import compiled_function
+    pixels = tiny.preprocess(image)
+    fmap = tiny.features(pixels)
+    maps = {}
+    for caption in ("a red circle", CAPTION, "a large blue square left of a small red circle"):
+        target = caption_target(tiny, caption)
+        maps[caption] = G.gradcam(tiny, fmap, target)["words"]
+        S.vanilla(tiny, pixels, target)
+        assert maps[caption].shape[0] == target.n_words
+    for kind in ("features", "pixels"):
+        assert compiled_function(tiny, kind).experimental_get_tracing_count() == 1, kind
+    # a word's map does not depend on what the caption says after it (causal decoder)
+    np.testing.assert_allclose(maps["a red circle"][:2],
+                               G.gradcam(tiny, fmap, caption_target(tiny, "a red square"))["words"][:2],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_overlay_colours_are_matplotlibs_colormap():
+    """The overlay's lookup-table colouring matches calling the matplotlib colormap."""
+    from matplotlib import colormaps
+
+    from source_code.explain.maps import normalize, resize_map
+    from source_code.explain.render import OVERLAY_ALPHA, overlay
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    heatmap = rng.random((6, 5))
+    m = np.clip(resize_map(normalize(heatmap), 48, 40), 0, 1)
+    a = OVERLAY_ALPHA * (0.35 + 0.65 * m[..., None])
+    expected = frame * (1 - a) + colormaps["jet"](m)[..., :3] * 255 * a
+    assert np.abs(overlay(frame, heatmap).astype(float) - expected).max() <= 1.0

@@ -38,6 +38,10 @@ REQUEST_RESOLUTION = 50      # the segmentation shown and ranked per request
 SLIC_COMPACTNESS = 20.0
 BANK_DIR = "concepts"
 MATCH_MIN_COSINE = 0.5       # a segment farther than this from every concept is "unmatched"
+# Request-time SLIC runs on the input scaled down to at most this side (the labels
+# then span the image at that size): at 480 px it took 165 ms, at 240 px 26 ms,
+# for segments of the same count.
+REQUEST_SLIC_MAX_SIDE = 256
 
 
 def segment(image: np.ndarray, n_segments: int) -> np.ndarray:
@@ -45,6 +49,16 @@ def segment(image: np.ndarray, n_segments: int) -> np.ndarray:
     labels = slic(image, n_segments=n_segments, compactness=SLIC_COMPACTNESS, start_label=0,
                   channel_axis=-1)
     return labels
+
+
+def _at_most(image: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    from PIL import Image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
 def coverage(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -147,8 +161,8 @@ def explain_with_concepts(explainer, image, frame, pixels, target, feature_map=N
 
     captioner = explainer.captioner
     size = captioner.input_size
-    small = np.asarray(pixels[0]).astype(np.uint8)                 # the model's input view
-    labels = segment(small, REQUEST_RESOLUTION)
+    view = np.asarray(pixels[0]).astype(np.uint8)                  # the model's input view
+    labels = segment(_at_most(view, REQUEST_SLIC_MAX_SIDE), REQUEST_RESOLUTION)
     if feature_map is None:
         feature_map = captioner.features(pixels)
     grid = captioner.grid

@@ -15,16 +15,15 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .target import CaptionTarget, bucket_length, score_gradients
+from .target import CaptionTarget, score_gradients
 
 
 def word_gradients(captioner, feature_map, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
     """feature_map [1, h, w, C] -> (scores [T], gradients [T, h, w, C]) with row t = ds_t/dA."""
     n = target.n_words
-    rows = bucket_length(n)   # padded rows weigh 0: the compiled graph is reused across lengths
-    tiled = tf.tile(tf.convert_to_tensor(feature_map, tf.float32), [rows, 1, 1, 1])
-    scores, grads = score_gradients(captioner, tiled, target, np.eye(rows, n), from_pixels=False)
-    return tf.linalg.diag_part(scores[:n]), grads[:n]
+    tiled = tf.tile(tf.convert_to_tensor(feature_map, tf.float32), [n, 1, 1, 1])
+    scores, grads = score_gradients(captioner, tiled, target, np.eye(n), from_pixels=False)
+    return tf.linalg.diag_part(scores), grads
 
 
 def gradcam_weights(activations, gradients, plus_plus: bool = False):

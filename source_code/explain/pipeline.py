@@ -211,8 +211,8 @@ class Explainer:
 
     def warm_up(self):
         """Trace every compiled function once, so the first user request is fast."""
-        from .target import warm_up_all_lengths
-        warm_up_all_lengths(self.captioner)
+        from .target import warm_up_compiled
+        warm_up_compiled(self.captioner)
         size = self.captioner.input_size
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)

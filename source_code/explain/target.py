@@ -8,9 +8,8 @@ compute all s_t from pixels (through the backbone) or from the feature map
 
 The gradients every explainer needs go through two compiled functions per
 model (``score_gradients``): run eagerly, a backward pass through the backbone
-costs several times its compiled cost. Captions are padded with pad tokens to a
-multiple of ``LENGTH_BUCKET`` positions (the decoder is causal, and padded
-positions weigh 0), so a handful of graphs serve every caption length.
+costs several times its compiled cost. Their caption length is left open, so
+one graph of each serves every caption.
 """
 from __future__ import annotations
 
@@ -61,22 +60,21 @@ def word_scores_from_pixels(captioner, pixels, target: CaptionTarget) -> tf.Tens
     return word_scores_from_features(captioner, captioner.backbone(pixels, training=False), target)
 
 
-LENGTH_BUCKET = 8
-_compiled = weakref.WeakKeyDictionary()   # captioner -> {(kind, length): compiled function}
+_compiled = weakref.WeakKeyDictionary()   # captioner -> {kind: compiled function}
+FUNCTION_KINDS = ("features", "pixels", "forward")
 
 
-def bucket_length(n_words: int) -> int:
-    """Teacher-forcing positions (words + end) rounded up to a multiple of LENGTH_BUCKET."""
-    return -(-(n_words + 1) // LENGTH_BUCKET) * LENGTH_BUCKET
-
-
-def compiled_function(captioner, kind: str, length: int):
+def compiled_function(captioner, kind: str):
     """The compiled function ``kind`` ("features", "pixels": scores and gradients;
-    "forward": scores and attention) for padded captions of ``length`` positions.
-    The batch size is left open, so one graph serves every batch of that length."""
+    "forward": scores and attention). Batch size and caption length are left open
+    (the decoder then teacher-forces in a tf.while_loop), so one graph per kind
+    serves every request: each graph through a large backbone holds its own
+    buffers, and graphs per length multiplied the server's memory."""
     fns = _compiled.setdefault(captioner, {})
-    if (kind, length) not in fns:
-        tokens = tf.TensorSpec([1, length], tf.int32)
+    if kind not in fns:
+        if kind not in FUNCTION_KINDS:
+            raise ValueError(f"unknown function kind {kind!r}")
+        tokens = tf.TensorSpec([1, None], tf.int32)
         fmap_shape = tuple(captioner.backbone.output_shape[1:])
         if kind == "forward":
             def forward(fmap, tokens_in, targets):
@@ -92,7 +90,7 @@ def compiled_function(captioner, kind: str, length: int):
             size = captioner.input_size
 
             def scores_and_gradient(inputs, tokens_in, targets, weights):
-                with tf.GradientTape() as tape:
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(inputs)
                     fmap = captioner.backbone(inputs, training=False) if from_pixels else inputs
                     b = tf.shape(inputs)[0]
@@ -103,39 +101,27 @@ def compiled_function(captioner, kind: str, length: int):
             shape = (None, size, size, 3) if from_pixels else (None,) + fmap_shape
             fn = tf.function(scores_and_gradient, input_signature=[
                 tf.TensorSpec(shape, tf.float32), tokens, tokens,
-                tf.TensorSpec([None, length], tf.float32)])
-        fns[(kind, length)] = fn
-    return fns[(kind, length)]
+                tf.TensorSpec([None, None], tf.float32)])
+        fns[kind] = fn
+    return fns[kind]
 
 
-def warm_up_all_lengths(captioner) -> None:
-    """Run every function once for every caption length the model can write (its
-    maximum length): tracing and TensorFlow's graph optimisation happen on the
-    first run, so no request waits for them."""
+def warm_up_compiled(captioner) -> None:
+    """Run every compiled function once: tracing and TensorFlow's graph optimisation
+    happen on the first run, so no request waits for them."""
     size, fmap_shape = captioner.input_size, tuple(captioner.backbone.output_shape[1:])
-    for length in range(LENGTH_BUCKET, bucket_length(captioner.max_length) + 1, LENGTH_BUCKET):
-        tokens = tf.fill([1, length], captioner.vocab.pad_id)
-        weights = tf.zeros([1, length])
-        compiled_function(captioner, "features", length)(
-            tf.zeros((1,) + fmap_shape), tokens, tokens, weights)
-        compiled_function(captioner, "pixels", length)(
-            tf.zeros((1, size, size, 3)), tokens, tokens, weights)
-        compiled_function(captioner, "forward", length)(tf.zeros((1,) + fmap_shape), tokens, tokens)
-
-
-def _padded_inputs(captioner, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
-    n, length = target.n_words, bucket_length(target.n_words)
-    pad = [[0, 0], [0, length - (n + 1)]]
-    return (tf.pad(target.tokens_in, pad, constant_values=captioner.vocab.pad_id),
-            tf.pad(target.targets, pad, constant_values=captioner.vocab.pad_id))
+    tokens = tf.fill([1, 2], captioner.vocab.pad_id)
+    weights = tf.zeros([1, 2])
+    compiled_function(captioner, "features")(tf.zeros((1,) + fmap_shape), tokens, tokens, weights)
+    compiled_function(captioner, "pixels")(tf.zeros((1, size, size, 3)), tokens, tokens, weights)
+    compiled_function(captioner, "forward")(tf.zeros((1,) + fmap_shape), tokens, tokens)
 
 
 def scores_and_attention(captioner, feature_map, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
     """Compiled teacher forcing: feature_map [B, h, w, C] -> (s_t [B, T],
     attention weights [B, T, h * w]; zeros for a merge decoder)."""
-    tokens_in, targets = _padded_inputs(captioner, target)
-    scores, attention = compiled_function(captioner, "forward", int(tokens_in.shape[1]))(
-        tf.convert_to_tensor(feature_map, tf.float32), tokens_in, targets)
+    scores, attention = compiled_function(captioner, "forward")(
+        tf.convert_to_tensor(feature_map, tf.float32), target.tokens_in, target.targets)
     return scores[:, : target.n_words], attention[:, : target.n_words]
 
 
@@ -143,12 +129,12 @@ def score_gradients(captioner, inputs, target: CaptionTarget, weights,
                     from_pixels: bool) -> tuple[tf.Tensor, tf.Tensor]:
     """Row i of ``inputs`` (pixels [N, S, S, 3] or feature maps [N, h, w, C]) scores
     S_i = sum_t weights[i, t] * s_t. Returns (s_t for every row [N, T], dS_i/d inputs_i)."""
-    n, length = target.n_words, bucket_length(target.n_words)
-    tokens_in, targets = _padded_inputs(captioner, target)
+    n = target.n_words
     weights = np.asarray(weights, np.float32)
-    padded = np.zeros((weights.shape[0], length), np.float32)
+    padded = np.zeros((weights.shape[0], n + 1), np.float32)   # the end token weighs 0
     padded[:, :n] = weights
     kind = "pixels" if from_pixels else "features"
-    scores, grads = compiled_function(captioner, kind, length)(
-        tf.convert_to_tensor(inputs, tf.float32), tokens_in, targets, tf.constant(padded))
+    scores, grads = compiled_function(captioner, kind)(
+        tf.convert_to_tensor(inputs, tf.float32), target.tokens_in, target.targets,
+        tf.constant(padded))
     return scores[:, :n], grads

@@ -113,12 +113,31 @@ class CaptionDecoder(keras.Model):
         feature_map, tokens_in = inputs
         memory = self.encode(feature_map, training=training)
         state = self.initial_state(memory)
+        if tokens_in.shape[1] is None:   # a graph built for captions of any length
+            return self._teacher_forcing_loop(tokens_in, state, memory, training)
         logits, attention = [], []
         for t in range(tokens_in.shape[1]):
             step_logits, state, step_att = self.step(tokens_in[:, t], state, memory, training)
             logits.append(step_logits)
             attention.append(step_att)
         return tf.stack(logits, axis=1), tf.stack(attention, axis=1)
+
+    def _teacher_forcing_loop(self, tokens_in, state, memory, training):
+        """Teacher forcing as a tf.while_loop, for a length known only at run time: one
+        compiled graph (and one copy of its cached buffers) then serves every length."""
+        steps = tf.shape(tokens_in)[1]
+        dtype = self.logits_layer.compute_dtype
+        logits = tf.TensorArray(dtype, size=steps, element_shape=[None, self.vocab_size])
+        attention = tf.TensorArray(dtype, size=steps, element_shape=[None, self.grid_cells])
+
+        def body(t, state, logits, attention):
+            step_logits, state, step_att = self.step(tokens_in[:, t], state, memory, training)
+            return t + 1, state, logits.write(t, step_logits), attention.write(t, step_att)
+
+        _, _, logits, attention = tf.while_loop(lambda t, *_: t < steps, body,
+                                                (tf.constant(0), state, logits, attention))
+        return (tf.transpose(logits.stack(), [1, 0, 2]),
+                tf.transpose(attention.stack(), [1, 0, 2]))
 
     def build_for(self, feature_shape, max_len: int):
         """Create all weights by running once on zeros of the given feature shape."""

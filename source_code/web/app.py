@@ -38,6 +38,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..explain.pipeline import SALIENCY_METHODS, ExplainError, parse_methods
 from .imaging import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from .memory import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,10 @@ class WorkQueue:
             self.pending += 1
         try:
             with self.worker:
-                yield
+                try:
+                    yield
+                finally:
+                    release_free_memory()   # the request's peak need not stay resident
         finally:
             with self._count:
                 self.pending -= 1
@@ -190,6 +194,8 @@ def warm_up(explainer):
         frame = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
         explainer.explain(frame, methods="gradcam,saliency", words="0")
         explainer.caption(frame)
+    finally:
+        release_free_memory()
 
 
 def _load_explainer(bundle, beam_width):
