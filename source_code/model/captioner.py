@@ -239,13 +239,14 @@ class Captioner:
             self._searches[key] = tf.function(self.search_function(beam_width, length_penalty),
                                               reduce_retracing=True)
         tokens, logps = self._searches[key](tf.convert_to_tensor(feature_map, tf.float32))
-        return [self._to_caption(t, l) for t, l in zip(tokens.numpy(), logps.numpy())]
+        return [self.caption_from_search(t, l) for t, l in zip(tokens.numpy(), logps.numpy())]
 
     def caption(self, images, beam_width: int = 3, length_penalty: float = 0.0) -> list[Caption]:
         return self.decode_features(self.features(self.preprocess(images)), beam_width,
                                     length_penalty)
 
-    def _to_caption(self, tokens, logps) -> Caption:
+    def caption_from_search(self, tokens, logps) -> Caption:
+        """One row of a search's (tokens, token log-probs) as a Caption."""
         ids, lps = [], []
         for tok, lp in zip(tokens.tolist(), logps.tolist()):
             lps.append(lp)

@@ -72,7 +72,7 @@ class CaptionModule(tf.Module):
 
         def caption_features(pixels):
             tokens, logps = search(backbone(pixels, training=False))
-            # As Captioner._to_caption: the words are those before the first end/pad
+            # As Captioner.caption_from_search: the words are those before the first end/pad
             # token (at most max_length); the total includes that stop token.
             is_stop = tf.reduce_any(tf.equal(tokens[..., None], stop_ids), -1)
             stops_before = tf.cumsum(tf.cast(is_stop, tf.int32), axis=1, exclusive=True)
