@@ -240,3 +240,15 @@ def test_caption_and_gradient_in_one_pass_equal_the_separate_calls(default_capti
     separate = S.pixel_gradients(cap, pixels, caption_target(cap, caption.words))
     np.testing.assert_allclose(grad.numpy(), separate.numpy(), rtol=1e-4,
                                atol=1e-6 * float(np.abs(separate.numpy()).max()))
+
+
+def test_saliency_batches_shrink_with_the_input_size(tiny, image):
+    """Backward passes keep every activation: large inputs go through one at a time,
+    with the same maps as any other batching."""
+    from types import SimpleNamespace
+    assert S.batch_size_for(SimpleNamespace(input_size=160)) == 8
+    assert S.batch_size_for(SimpleNamespace(input_size=480)) == 1
+    pixels, target = tiny.preprocess(image), caption_target(tiny, CAPTION)
+    np.testing.assert_allclose(S.smoothgrad(tiny, pixels, target, samples=4, batch_size=1),
+                               S.smoothgrad(tiny, pixels, target, samples=4, batch_size=3),
+                               rtol=1e-4, atol=1e-7)

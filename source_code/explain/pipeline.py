@@ -2,7 +2,9 @@
 
 Data flows one way: frame -> pixels -> feature map A (one backbone pass) ->
 caption -> explanations (Grad-CAM from A through the decoder; saliency and ACE
-through the backbone) -> JSON-ready dicts with heatmaps and overlays. Nothing
+through the backbone) -> JSON-ready dicts with heatmaps and overlays. When the
+caption's pixel gradient is needed (saliency, the adversarial check), the pass
+that captions also backpropagates, so the backbone runs forward once. Nothing
 here knows about HTTP.
 """
 from __future__ import annotations
