@@ -83,18 +83,17 @@ def decode_timings(cap: Captioner, feats, runs: int,
     ``typical_tokens`` tokens (the search built with that length limit)."""
     out = {"greedy decode": median_ms(lambda: cap.decode_features(feats, 1), runs),
            "beam-3 decode": median_ms(lambda: cap.decode_features(feats, 3), runs)}
-    max_length = cap.max_length
-    try:
-        cap.max_length = typical_tokens - 1   # the last step may only end the caption
-        cap._searches.clear()
-        out[f"greedy decode, {typical_tokens}-token caption"] = median_ms(
-            lambda: cap.decode_features(feats, 1), runs)
-        out[f"beam-3 decode, {typical_tokens}-token caption"] = median_ms(
-            lambda: cap.decode_features(feats, 3), runs)
-    finally:
-        cap.max_length = max_length
-        cap._searches.clear()
+    typical = with_max_length(cap, typical_tokens - 1)   # the last step may only end it
+    out[f"greedy decode, {typical_tokens}-token caption"] = median_ms(
+        lambda: typical.decode_features(feats, 1), runs)
+    out[f"beam-3 decode, {typical_tokens}-token caption"] = median_ms(
+        lambda: typical.decode_features(feats, 3), runs)
     return out
+
+
+def with_max_length(cap: Captioner, max_length: int) -> Captioner:
+    """The same model (weights shared) whose search stops after ``max_length`` words."""
+    return Captioner(cap.backbone, cap.decoder, cap.vocab, dict(cap.config, max_length=max_length))
 
 
 def main(argv=None):

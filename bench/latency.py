@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from decode_vs_backbone import (TYPICAL_CAPTION_TOKENS, decode_timings, median_ms,  # noqa: E402
-                                random_captioner)
+                                random_captioner, with_max_length)
 
 
 def build_model(name: str):
@@ -54,13 +54,11 @@ def typical_captioner(cap):
     search's length limit) where the model's own run to its maximum length, as a
     decoder with random weights never writes the end token: a trained model's
     captions have Flickr8k's mean length. Returns ``cap`` itself when its captions end."""
-    from source_code.model.captioner import Captioner
     image = scene_image(cap.input_size)
     words = cap.decode_features(cap.features(cap.preprocess(image)), 3)[0].words
     if 0 < len(words) < cap.max_length:
         return cap
-    config = dict(cap.config, max_length=TYPICAL_CAPTION_TOKENS - 1)
-    return Captioner(cap.backbone, cap.decoder, cap.vocab, config)
+    return with_max_length(cap, TYPICAL_CAPTION_TOKENS - 1)
 
 
 def step_timings(cap, runs: int) -> dict:

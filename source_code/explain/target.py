@@ -6,8 +6,9 @@ A ``CaptionTarget`` holds the teacher-forcing inputs; the functions below
 compute all s_t from pixels (through the backbone) or from the feature map
 (decoder only, which is what Grad-CAM differentiates).
 
-The gradients every explainer needs go through two compiled functions per
-model (``score_gradients``): run eagerly, a backward pass through the backbone
+The gradients every explainer needs go through compiled functions
+(``compiled_function``; ``score_gradients``, ``scores_and_attention``,
+``caption_and_gradient``): run eagerly, a backward pass through the backbone
 costs several times its compiled cost. Their caption length is left open, so
 one graph of each serves every caption.
 """
@@ -65,11 +66,12 @@ FUNCTION_KINDS = ("features", "pixels", "forward", "words")
 
 
 def compiled_function(captioner, kind: str):
-    """The compiled function ``kind`` ("features", "pixels": scores and gradients;
-    "forward": scores and attention; "words": every word's feature-map gradient). Batch size and caption length are left open
-    (the decoder then teacher-forces in a tf.while_loop), so one graph per kind
-    serves every request: each graph through a large backbone holds its own
-    buffers, and graphs per length multiplied the server's memory."""
+    """The compiled function ``kind``: "features" and "pixels" (scores and gradients,
+    from feature maps or pixels), "forward" (scores and attention) or "words" (every
+    word's feature-map gradient). Caption length (and batch size) are left open, the
+    decoder then teacher-forcing in a tf.while_loop, so one graph per kind serves
+    every request: each graph through a large backbone holds its own buffers, and
+    graphs per caption length multiplied the server's memory."""
     fns = _compiled.setdefault(captioner, {})
     if kind not in fns:
         if kind not in FUNCTION_KINDS:
@@ -119,12 +121,12 @@ def compiled_function(captioner, kind: str):
 
 
 def warm_up_compiled(captioner) -> None:
-    """Run every compiled function once: tracing and TensorFlow's graph optimisation
-    happen on the first run, so no request waits for them."""
+    """Run every compiled function a request uses once: tracing and TensorFlow's graph
+    optimisation happen on the first run, so no request waits for them. ("features"
+    serves direct callers of ``score_gradients``, not the pipeline.)"""
     size, fmap_shape = captioner.input_size, tuple(captioner.backbone.output_shape[1:])
     tokens = tf.fill([1, 2], captioner.vocab.pad_id)
     weights = tf.zeros([1, 2])
-    compiled_function(captioner, "features")(tf.zeros((1,) + fmap_shape), tokens, tokens, weights)
     compiled_function(captioner, "pixels")(tf.zeros((1, size, size, 3)), tokens, tokens, weights)
     compiled_function(captioner, "forward")(tf.zeros((1,) + fmap_shape), tokens, tokens)
     compiled_function(captioner, "words")(tf.zeros((1,) + fmap_shape), tokens, tokens)
