@@ -51,16 +51,6 @@ def segment(image: np.ndarray, n_segments: int) -> np.ndarray:
     return labels
 
 
-def _at_most(image: np.ndarray, max_side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    if max(h, w) <= max_side:
-        return image
-    from PIL import Image
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-
-
 def coverage(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """[n_segments, gh, gw]: fraction of each feature cell covered by each segment."""
     gh, gw = grid
@@ -156,13 +146,13 @@ def explain_with_concepts(explainer, image, frame, pixels, target, feature_map=N
                           gradients=None) -> dict:
     """Request-time ACE for the caption and each word (see the module docstring)."""
     from .gradcam import word_gradients
-    from .render import overlay_url_later, resolve
+    from .render import display_frame, overlay_url_later, resolve
     from .maps import json_grid
 
     captioner = explainer.captioner
     size = captioner.input_size
     view = np.asarray(pixels[0]).astype(np.uint8)                  # the model's input view
-    labels = segment(_at_most(view, REQUEST_SLIC_MAX_SIDE), REQUEST_RESOLUTION)
+    labels = segment(display_frame(view, REQUEST_SLIC_MAX_SIDE), REQUEST_RESOLUTION)
     if feature_map is None:
         feature_map = captioner.features(pixels)
     grid = captioner.grid

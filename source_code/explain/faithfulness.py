@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 from scipy import stats
 
 from .maps import resize_map
-from .target import word_scores_from_pixels
+from .target import scores_and_attention
 
 STEPS = 16
 BLUR_RADIUS = 8
@@ -54,7 +54,7 @@ def deletion_insertion(captioner, pixels, target, word_maps: dict, steps: int = 
             batch_del.append(np.where(keep, fill, x))
             batch_ins.append(np.where(keep, x, blurred))
         batch = tf.constant(np.stack(batch_del + batch_ins), tf.float32)
-        probs = np.exp(word_scores_from_pixels(captioner, batch, target).numpy()[:, i])
+        probs = np.exp(scores_and_attention(captioner, captioner.features(batch), target)[0].numpy()[:, i])
         out["deletion"][i] = float(probs[: steps + 1].mean())
         out["insertion"][i] = float(probs[steps + 1:].mean())
     return out

@@ -79,7 +79,8 @@ def legend(cmap: str = DEFAULT_CMAP, width: int = 256, height: int = 12) -> np.n
 
 
 def display_frame(frame: np.ndarray, max_side: int = 480) -> np.ndarray:
-    """The frame scaled down (aspect kept) so overlays stay small in JSON."""
+    """The frame scaled down (aspect kept) to at most ``max_side`` pixels a side: so
+    overlays stay small in JSON, and request-time segmentation stays cheap."""
     h, w = frame.shape[:2]
     if max(h, w) <= max_side:
         return frame

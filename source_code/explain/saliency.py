@@ -45,8 +45,9 @@ def _gradients(captioner, pixels, target: CaptionTarget, words: list[int | None]
     return score_gradients(captioner, pixels, target, weights, from_pixels=True)[1]
 
 
-def _batched(fn, rows: int, batch_size: int):
-    batch_size = max(1, int(batch_size))
+def _batched(fn, rows: int, captioner, batch_size: int | None):
+    """fn(a, b) over rows a:b in batches (default: sized by the input's pixels)."""
+    batch_size = max(1, int(batch_size or batch_size_for(captioner)))
     return tf.concat([fn(s, min(s + batch_size, rows)) for s in range(0, rows, batch_size)], 0)
 
 
@@ -55,7 +56,7 @@ def pixel_gradients(captioner, pixels, target, words=(None,), batch_size: int | 
     words = list(words)
     x = tf.repeat(tf.convert_to_tensor(pixels, tf.float32), len(words), 0)
     return _batched(lambda a, b: _gradients(captioner, x[a:b], target, words[a:b]), len(words),
-                    batch_size or batch_size_for(captioner))
+                    captioner, batch_size)
 
 
 def vanilla_from_gradients(gradients) -> np.ndarray:
@@ -74,7 +75,7 @@ def smoothgrad(captioner, pixels, target, word=None, samples: int = SMOOTHGRAD_S
     rng = tf.random.Generator.from_seed(seed)
     noisy = x + rng.normal(tf.concat([[samples], tf.shape(x)[1:]], 0)) * (noise * 255.0)
     g = _batched(lambda a, b: _gradients(captioner, noisy[a:b], target, [word] * (b - a)),
-                 samples, batch_size or batch_size_for(captioner))
+                 samples, captioner, batch_size)
     return tf.reduce_mean(tf.reduce_max(tf.abs(g), -1), 0).numpy()
 
 
@@ -86,6 +87,6 @@ def integrated_gradients(captioner, pixels, target, word=None, steps: int = IG_S
     alphas = (tf.range(steps, dtype=tf.float32) + 0.5) / steps
     path = x0 + alphas[:, None, None, None] * (x - x0)
     g = _batched(lambda a, b: _gradients(captioner, path[a:b], target, [word] * (b - a)),
-                 steps, batch_size or batch_size_for(captioner))
+                 steps, captioner, batch_size)
     attributions = (x - x0)[0] * tf.reduce_mean(g, 0)
     return tf.abs(tf.reduce_sum(attributions, -1)).numpy()
