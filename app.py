@@ -36,15 +36,16 @@ def _env_int(name: str, default: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from source_code.cli import BUNDLE_ENV, default_bundle
+    from source_code.model.bundles import BUNDLE_ENV, DEFAULT_NAME
     p = argparse.ArgumentParser(prog="python app.py",
                                 description="Serve the explainable-captioning web app.")
     p.add_argument("--host", default=os.environ.get("CAPTION_HOST") or DEFAULT_HOST,
                    help="address to listen on (default: $CAPTION_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, default=_env_int("CAPTION_PORT", DEFAULT_PORT),
                    help="port (default: $CAPTION_PORT or 4200)")
-    p.add_argument("--bundle", default=str(default_bundle()),
-                   help=f"model bundle directory (default: ${BUNDLE_ENV} or models/default)")
+    p.add_argument("--bundle", default=None,
+                   help=f"model bundle: a name under models/ (objects, shapes) or a directory "
+                        f"(default: ${BUNDLE_ENV} or {DEFAULT_NAME})")
     p.add_argument("--threads", type=int, default=8,
                    help="request threads; keep it above --queue-size + 1 so that a full "
                         "queue is answered 503 at once (default: 8)")
@@ -125,6 +126,8 @@ def main(argv=None) -> int:
                     "can upload images but not use their camera unless you put HTTPS in front.",
                     args.host)
 
+    from source_code.model.bundles import resolve_bundle
+    args.bundle = str(resolve_bundle(args.bundle))
     log.info("loading model from %s ...", args.bundle)
     explainer = load_explainer(args.bundle, args.verbose)
     if explainer is None:

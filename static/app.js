@@ -112,6 +112,27 @@
     }
   }
 
+  // The model picker: the server loads the chosen shipped bundle, then the page reloads
+  // (samples and vocabulary belong to the bundle).
+  async function switchBundle(name) {
+    setStatus('loading', 'model loading…');
+    try {
+      const res = await fetch('/api/bundle', {
+        method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+        body: JSON.stringify({ name }) });
+      if (!res.ok) throw new Error((await res.json()).error || `HTTP ${res.status}`);
+      const waitReady = async () => {
+        const body = await (await fetch('/healthz', { headers: { Accept: 'application/json' } })).json();
+        if (body.status === 'ok') { window.location.reload(); return; }
+        if (body.status === 'loading') { setTimeout(waitReady, 1000); return; }
+        setStatus('error', 'model unavailable');
+      };
+      waitReady();
+    } catch (err) {
+      setStatus('error', `could not switch model: ${err.message}`);
+    }
+  }
+
   function setStatus(kind, text) {
     el.status.className = `pill pill-${kind}`;
     el.status.textContent = text;
@@ -309,6 +330,10 @@
     el.reference.hidden = !state.reference;
     el.reference.textContent = state.reference ? `reference: ${state.reference}` : '';
     el.logprob.textContent = typeof r.logprob === 'number' ? `log p = ${fixed2(r.logprob)}` : '';
+    // A frame unlike the model's training world: the caption is shown as a guess.
+    el.unfamiliar.hidden = r.familiar !== false;
+    el.caption.classList.toggle('guess', r.familiar === false);
+    el.familiarity.textContent = typeof r.familiarity === 'number' ? r.familiarity.toFixed(2) : '';
 
     renderAce();
     renderAdversarial();
@@ -593,7 +618,7 @@
       ['resultPanel', 'result-panel'], ['progress', 'progress'], ['progressText', 'progress-text'],
       ['emptyState', 'empty-state'], ['result', 'result'], ['caption', 'caption'], ['speak', 'speak'],
       ['wholeCaption', 'whole-caption'], ['selectionLabel', 'selection-label'], ['reference', 'reference'],
-      ['logprob', 'logprob'], ['frame', 'frame'], ['cardAttention', 'card-attention'],
+      ['logprob', 'logprob'], ['unfamiliar', 'unfamiliar'], ['familiarity', 'familiarity'], ['frame', 'frame'], ['cardAttention', 'card-attention'],
       ['overlayAttention', 'overlay-attention'], ['attentionNote', 'attention-note'],
       ['aceSection', 'ace-section'], ['aceConcepts', 'ace-concepts'], ['aceNote', 'ace-note'],
       ['aceSegments', 'ace-segments'], ['advSection', 'adversarial-section'], ['advImage', 'adv-image'],
@@ -603,6 +628,8 @@
     ].forEach(([key, id]) => { el[key] = $(id); });
 
     el.startCamera.addEventListener('click', startCamera);
+    const picker = document.getElementById('bundle-picker');
+    if (picker) picker.addEventListener('change', () => switchBundle(picker.value));
     el.capture.addEventListener('click', capture);
     document.addEventListener('keydown', onKey);
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = REPO / "models" / "default"
+SHAPES_BUNDLE = REPO / "models" / "shapes"
 SYNTH_WORDS = ["a", "small", "large", "red", "green", "blue", "yellow", "circle", "square",
                "triangle", "left", "right", "of", "above", "below"]
 
@@ -50,9 +50,9 @@ def tiny_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def default_captioner():
+def shapes_captioner():
     from source_code.model.captioner import Captioner
 
-    if not (DEFAULT_BUNDLE / "config.json").exists():
-        pytest.fail(f"the bundled default model is missing: {DEFAULT_BUNDLE}")
-    return Captioner.load(DEFAULT_BUNDLE)
+    if not (SHAPES_BUNDLE / "config.json").exists():
+        pytest.fail(f"the bundled shapes model is missing: {SHAPES_BUNDLE}")
+    return Captioner.load(SHAPES_BUNDLE)

@@ -2,7 +2,7 @@
 the page captures a frame, the server captions and explains it, and the caption shown
 must be the scene's (up to the order of a two-object caption).
 
-Runs against the bundled default model (models/default). CAPTION_E2E_BUNDLE=DIR runs it
+Runs against the bundled default model (models/shapes). CAPTION_E2E_BUNDLE=DIR runs it
 against another bundle, and then only checks that some caption is shown. Skipped when
 Debian's Chromium or Playwright is missing, except under CI=true, where that fails.
 """
@@ -28,7 +28,7 @@ from source_code.data.synthetic import canonical_caption, generate_scene
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 from load import stop_server  # noqa: E402  (SIGTERM, then kill after 20 s)
-DEFAULT_BUNDLE = REPO / "models" / "default"
+SHAPES_BUNDLE = REPO / "models" / "shapes"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO / "docs" / "screenshot.png"
 SCENE_SEED = 50_000_002          # held out from training; two large objects side by side
@@ -48,11 +48,11 @@ def _bundle() -> tuple[Path, bool]:
     override = os.environ.get("CAPTION_E2E_BUNDLE")
     if override:
         return Path(override), False
-    if not (DEFAULT_BUNDLE / "config.json").exists():
-        pytest.fail(f"the bundled default model is missing: {DEFAULT_BUNDLE} "
+    if not (SHAPES_BUNDLE / "config.json").exists():
+        pytest.fail(f"the bundled default model is missing: {SHAPES_BUNDLE} "
                     "(python -m source_code train-default builds it; CAPTION_E2E_BUNDLE=DIR "
                     "runs this test against another bundle)")
-    return DEFAULT_BUNDLE, True
+    return SHAPES_BUNDLE, True
 
 
 def write_y4m(path: Path, rgb: np.ndarray, frames: int = 10) -> Path:

@@ -12,34 +12,34 @@ def scenes():
     return [generate_scene(FRESH_SEED + i, n_objects=2) for i in range(12)]
 
 
-def test_gradcam_points_at_the_named_objects(default_captioner, scenes):
+def test_gradcam_points_at_the_named_objects(shapes_captioner, scenes):
     from source_code.explain import gradcam as G
     from source_code.explain.pointing import pointing_game
     from source_code.explain.target import caption_target
 
     def explain(scene):
-        fmap = default_captioner.features(default_captioner.preprocess(scene.image))
-        caption = default_captioner.decode_features(fmap, 3)[0].text
-        return caption, G.gradcam(default_captioner, fmap, caption_target(default_captioner, caption))["words"]
+        fmap = shapes_captioner.features(shapes_captioner.preprocess(scene.image))
+        caption = shapes_captioner.decode_features(fmap, 3)[0].text
+        return caption, G.gradcam(shapes_captioner, fmap, caption_target(shapes_captioner, caption))["words"]
 
     result = pointing_game(explain, scenes)
     assert result["all"]["words"] >= 60
     assert result["all"]["hit_rate"] >= 0.75, result   # 200-scene figure in the README
 
 
-def test_sanity_check_randomised_model_gives_different_maps(default_captioner, scenes):
+def test_sanity_check_randomised_model_gives_different_maps(shapes_captioner, scenes):
     from source_code.explain.faithfulness import randomized_copy
     from source_code.explain.report import sanity_check
 
-    result = sanity_check(default_captioner, randomized_copy(default_captioner), scenes[:4])
+    result = sanity_check(shapes_captioner, randomized_copy(shapes_captioner), scenes[:4])
     assert result["gradcam"] < 0.5, result
     assert result["saliency"] < 0.5, result
 
 
-def test_full_explanation_with_concepts(default_captioner, scenes):
+def test_full_explanation_with_concepts(shapes_captioner, scenes):
     from source_code.explain.pipeline import Explainer
 
-    explainer = Explainer(default_captioner)
+    explainer = Explainer(shapes_captioner)
     assert explainer.concept_bank is not None, "the default bundle ships a concept bank"
     out = explainer.explain(scenes[0].image, words="all")
     n = len(out["words"])

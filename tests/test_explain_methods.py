@@ -225,12 +225,12 @@ def test_overlay_colours_are_matplotlibs_colormap():
 
 
 @pytest.mark.parametrize("beam_width", [1, 3])
-def test_caption_and_gradient_in_one_pass_equal_the_separate_calls(default_captioner, beam_width):
+def test_caption_and_gradient_in_one_pass_equal_the_separate_calls(shapes_captioner, beam_width):
     """The fused pass (one backbone forward for the caption and its saliency gradient)
     gives the caption the search gives and the gradient the saliency function gives."""
     from source_code.data.synthetic import generate_scene
     from source_code.explain.target import caption_and_gradient
-    cap = default_captioner
+    cap = shapes_captioner
     pixels = cap.preprocess(generate_scene(77, image_size=cap.input_size, n_objects=2).image)
     fmap, caption, grad = caption_and_gradient(cap, pixels, beam_width)
     expected = cap.decode_features(cap.features(pixels), beam_width)[0]

@@ -233,7 +233,7 @@ def test_fuzzed_multipart_bodies_never_break_the_server(app, body, url):  # noqa
 # -- paths and query strings ------------------------------------------------------------------------
 SEGMENTS = ["..", "%2e%2e", "%2E%2E", ".%2e", "%252e%252e", "%2f", "%5c", "\\", "%00", ".", "",
             "static", "samples", "api", "app.py", "etc", "passwd", "0.png", "style.css", "app.js",
-            "templates", "index.html", "models", "default", "config.json", "\u2025", "%c0%ae%c0%ae"]
+            "templates", "index.html", "models", "shapes", "config.json", "\u2025", "%c0%ae%c0%ae"]
 STATIC_FILES = {p.read_bytes() for p in (REPO / "static").rglob("*") if p.is_file()}
 
 
@@ -268,7 +268,7 @@ TRAVERSALS = ["/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py
               "/static/%252e%252e/app.py", "/static/./../source_code/web/app.py",
               "/static/%c0%ae%c0%ae/app.py", "/static/app.js%00.png",
               "/samples/..%2f..%2fapp.py", "/samples/%2e%2e/0.png", "/templates/index.html",
-              "/models/default/config.json", "/source_code/web/app.py", "/app.py", "/.git/config"]
+              "/models/shapes/config.json", "/source_code/web/app.py", "/app.py", "/.git/config"]
 
 
 @pytest.mark.parametrize("path", TRAVERSALS)

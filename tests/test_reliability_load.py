@@ -11,12 +11,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 import load as bench  # noqa: E402
 
-from conftest import DEFAULT_BUNDLE  # noqa: E402
+from conftest import SHAPES_BUNDLE  # noqa: E402
 
 
 def test_the_server_under_load(tmp_path):
     log = tmp_path / "server.log"
-    report = bench.load_test(DEFAULT_BUNDLE, clients=6, duration=45, timeout=60, queue_size=2,
+    report = bench.load_test(SHAPES_BUNDLE, clients=6, duration=45, timeout=60, queue_size=2,
                              threads=6, rss_interval=1, warm_up_s=20, log_path=log)
     table = bench.format_report(report)
     print(table)

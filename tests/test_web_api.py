@@ -134,6 +134,38 @@ def test_healthz(client):
     assert body["model"]["name"].startswith("tiny") and "backbone" in body["model"]
 
 
+def test_healthz_lists_the_shipped_bundles(client):
+    bundles = {b["name"]: b for b in client.get("/healthz").get_json()["bundles"]}
+    assert {"objects", "shapes"} <= set(bundles)
+    assert bundles["objects"]["default"] and not bundles["shapes"]["default"]
+
+
+def test_caption_says_how_familiar_the_frame_is(client):
+    body = post(client, "/api/caption", scene_png()).get_json()
+    assert isinstance(body["familiar"], bool)
+    assert body["familiarity"] is None or 0.0 <= body["familiarity"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["nope", "../models/shapes", "/etc", ""])
+def test_the_model_picker_takes_shipped_names_only(client, name):
+    res = client.post("/api/bundle", json={"name": name})
+    assert_error(res, 400, "unknown bundle")
+    assert client.get("/healthz").get_json()["model"]["name"].startswith("tiny")
+
+
+def test_the_model_picker_switches_to_another_shipped_bundle(explainer):
+    client = create_app({"QUEUE_SIZE": 2}, explainer=explainer).test_client()
+    res = client.post("/api/bundle", json={"name": "shapes"})
+    assert res.status_code == 202 and res.get_json() == {"status": "loading", "bundle": "shapes"}
+    deadline = time.time() + 120
+    while client.get("/healthz").status_code != 200 and time.time() < deadline:
+        time.sleep(0.2)
+    body = client.get("/healthz").get_json()
+    assert body["model"]["name"] == "shapes" and body["bundle"].endswith("shapes")
+    assert post(client, "/api/caption", scene_png()).status_code == 200
+    assert 'value="shapes" title=' in client.get("/").get_data(as_text=True)
+
+
 def test_caption(client):
     res = post(client, "/api/caption", scene_png())
     assert res.status_code == 200
@@ -385,7 +417,8 @@ def test_loading_state_is_503_until_the_model_is_warm():
     deadline = time.time() + 20
     while client.get("/healthz").status_code != 200 and time.time() < deadline:
         time.sleep(0.02)
-    assert client.get("/healthz").get_json() == {"status": "ok", "model": {"name": "fake"}}
+    body = client.get("/healthz").get_json()
+    assert body["status"] == "ok" and body["model"] == {"name": "fake"}
     assert post(client, "/api/caption", scene_png()).status_code == 200
 
 
@@ -510,7 +543,7 @@ def test_samples(client):
     samples = res.get_json()["samples"]
     assert len(samples) == len(SAMPLE_SEEDS) >= 3
     for n, s in enumerate(samples):
-        assert s["id"] == n and s["url"] == f"/samples/{n}.png"
+        assert s["id"] == n and s["url"] == f"/samples/{n}.png?world=shapes"
         assert s["caption"] == generate_scene(SAMPLE_SEEDS[n], image_size=160, jpeg_quality=0).caption
     png = client.get(samples[0]["url"])
     assert png.status_code == 200 and png.mimetype == "image/png"

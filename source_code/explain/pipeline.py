@@ -112,10 +112,15 @@ class Explainer:
         return pixels, feature_map, caption, gradient
 
     # -- public -----------------------------------------------------------------
+    def _familiarity(self, feature_map) -> dict:
+        familiar, familiarity = self.captioner.familiar(np.asarray(feature_map))[0]
+        return {"familiar": familiar, "familiarity": familiarity}
+
     def caption(self, image) -> dict:
         timer = _Timer()
-        _, _, caption = self._prepare(image, timer)
+        _, feature_map, caption = self._prepare(image, timer)
         return {"caption": caption.text, "words": caption.words,
+                **self._familiarity(feature_map),
                 "logprob": round(caption.logprob, 4), "beam_width": self.beam_width,
                 "timings_ms": timer.ms}
 
@@ -139,6 +144,7 @@ class Explainer:
                        else self._given_caption(caption, feature_map))
         frame = display_frame(np.asarray(image))
         result = {"caption": caption.text, "words": caption.words,
+                  **self._familiarity(feature_map),
                   "logprob": round(caption.logprob, 4), "beam_width": self.beam_width,
                   "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
                   "explanations": {}}

@@ -26,6 +26,8 @@ CATEGORY = {**{w: "size" for w in SIZES}, **{w: "color" for w in COLORS},
 def word_objects(scene, caption: str) -> list[int | None] | None:
     """For each word of ``caption``, the index of the scene object it describes
     (None for "a" and relation words); None when the caption is outside the grammar."""
+    if hasattr(scene, "objects_named_by"):      # an objects-world scene
+        return scene.objects_named_by(caption)
     if caption == scene.caption:
         return scene.word_object_index()
     try:
@@ -53,8 +55,9 @@ def pointing_hits(word_maps, scene, caption: str | None = None, tolerance: int =
     h, w = scene.image.shape[:2]
     grown = [ndimage.binary_dilation(o.mask, iterations=tolerance) if tolerance else o.mask
              for o in scene.objects]
+    kind_of = getattr(scene, "word_kind", CATEGORY.get)
     for word, obj, m in zip(caption.split(), objects, word_maps):
-        if obj is None or word not in CATEGORY:
+        if obj is None or kind_of(word) is None:
             continue
         r, c = peak(m, h, w)
         if grown[obj][r, c]:
@@ -63,7 +66,7 @@ def pointing_hits(word_maps, scene, caption: str | None = None, tolerance: int =
             outcome = "other"
         else:
             outcome = "background"
-        yield word, CATEGORY[word], outcome
+        yield word, kind_of(word), outcome
 
 
 def pointing_game(explain_words, scenes, tolerance: int = 4) -> dict:

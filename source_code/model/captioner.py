@@ -32,12 +32,13 @@ from PIL import Image
 from ..text.vocabulary import Vocabulary
 from .backbone import BackboneSpec, build_backbone
 from .decoders import CaptionDecoder
+from .familiarity import Familiarity
 from .search import beam_search, greedy_search
 
 BUNDLE_FORMAT = 1
 CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.txt"
 DECODER_WEIGHTS, BACKBONE_WEIGHTS = "decoder.weights.h5", "backbone.weights.h5"
-DECODER_KEYS = ("kind", "embed_dim", "units", "dropout", "train_embedding")
+DECODER_KEYS = ("kind", "embed_dim", "units", "dropout", "train_embedding", "imagenet_head")
 # File kinds that carry code (pickles and their cousins, whole Keras models, Python).
 CODE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".dill", ".keras", ".py", ".pyc", ".so")
 PICKLE_MAGIC = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
@@ -103,6 +104,13 @@ class Caption:
         return " ".join(self.words)
 
 
+def _imagenet_classifier(backbone: BackboneSpec):
+    if backbone.variant != "lite0" or backbone.weights != "imagenet":
+        raise ValueError("imagenet_head needs the lite0 backbone with ImageNet weights")
+    from .lite0 import imagenet_classifier
+    return imagenet_classifier()
+
+
 class Captioner:
     def __init__(self, backbone, decoder: CaptionDecoder, vocab: Vocabulary, config: dict):
         self.backbone, self.decoder, self.vocab, self.config = backbone, decoder, vocab, config
@@ -112,6 +120,7 @@ class Captioner:
         self._features = tf.function(lambda x: self.backbone(x, training=False),
                                      reduce_retracing=True)
         self._searches = {}
+        self.familiarity = None       # see familiarity.py; loaded with the bundle
 
     # -- construction ---------------------------------------------------------
     @classmethod
@@ -125,6 +134,8 @@ class Captioner:
         dec = CaptionDecoder(len(vocab), grid_cells=grid_h * grid_w,
                              embedding_matrix=embedding_matrix, **dec_cfg)
         dec.build_for((grid_h, grid_w, channels), max_length + 1)
+        if dec_cfg.get("imagenet_head"):
+            dec.imagenet_head.set_weights(list(_imagenet_classifier(backbone)))
         config = {"format": BUNDLE_FORMAT, "backbone": backbone.to_dict(), "decoder": dec_cfg,
                   "max_length": int(max_length), "grid": [grid_h, grid_w],
                   "feature_channels": int(channels), "vocab_size": len(vocab)}
@@ -150,6 +161,8 @@ class Captioner:
                 self.backbone.save_weights(tmp / BACKBONE_WEIGHTS)
             if (bundle_dir / "concepts").is_dir():  # keep an existing concept bank
                 shutil.copytree(bundle_dir / "concepts", tmp / "concepts")
+            if self.familiarity is not None:
+                self.familiarity.save(tmp)
             if bundle_dir.exists():
                 old = bundle_dir.with_name(f".{bundle_dir.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -202,6 +215,7 @@ class Captioner:
             raise BundleError(f"model bundle {bundle_dir}: weights do not match its config: {exc}") from exc
         captioner = cls(net, dec, vocab, config)
         captioner.bundle_dir = bundle_dir
+        captioner.familiarity = Familiarity.load(bundle_dir)
         return captioner
 
     # -- inference ------------------------------------------------------------
@@ -245,6 +259,13 @@ class Captioner:
         return self.decode_features(self.features(self.preprocess(images)), beam_width,
                                     length_penalty)
 
+    def familiar(self, feature_map) -> list[tuple[bool, float | None]]:
+        """(familiar, familiarity) per frame of [B, h, w, C]; (True, None) for a bundle
+        without calibration data (nothing to compare with: no warning is invented)."""
+        if self.familiarity is None:
+            return [(True, None)] * int(feature_map.shape[0])
+        return self.familiarity.score(np.asarray(feature_map))
+
     def caption_from_search(self, tokens, logps) -> Caption:
         """One row of a search's (tokens, token log-probs) as a Caption."""
         ids, lps = [], []
@@ -270,6 +291,6 @@ class Captioner:
 
     @property
     def card(self) -> dict:
-        keys = ("name", "backbone", "decoder", "max_length", "grid", "vocab_size", "training",
+        keys = ("name", "world", "backbone", "decoder", "max_length", "grid", "vocab_size", "training",
                 "metrics", "glove", "description")
         return {k: self.config[k] for k in keys if k in self.config}

@@ -31,7 +31,7 @@ class CaptionDecoder(keras.Model):
     def __init__(self, vocab_size: int, kind: str = "attention", grid_cells: int = 1,
                  embed_dim: int = 100, units: int = 256, dropout: float = 0.3,
                  embedding_matrix: np.ndarray | None = None, train_embedding: bool = False,
-                 **kwargs):
+                 imagenet_head: int = 0, **kwargs):
         super().__init__(**kwargs)
         if kind not in DECODER_KINDS:
             raise ValueError(f"decoder kind must be one of {DECODER_KINDS}, got {kind!r}")
@@ -56,6 +56,12 @@ class CaptionDecoder(keras.Model):
             self.image_dense = layers.Dense(units, activation="relu", name="image_dense")
             self.merge_dense = layers.Dense(units, activation="relu", name="merge_dense")
         else:
+            # Optional per-cell ImageNet evidence: the backbone's own frozen classifier
+            # applied to every cell, its class scores read beside the features.
+            # It carries what ImageNet taught (a cat is a cat) into a decoder trained
+            # on synthetic scenes only.
+            self.imagenet_head = (layers.Dense(imagenet_head, trainable=False, name="imagenet_head")
+                                  if imagenet_head else None)
             # A ReLU layer per grid cell: its unit selectivity keeps word gradients
             # specific to the attended object's features.
             self.cell_proj = layers.Dense(units, activation="relu", name="cell_proj")
@@ -78,6 +84,13 @@ class CaptionDecoder(keras.Model):
             return (self.image_dense(self.image_dropout(pooled, training=training)),)
         shape = tf.shape(feature_map)
         cells = tf.reshape(feature_map, [shape[0], shape[1] * shape[2], feature_map.shape[-1]])
+        if self.imagenet_head is not None:
+            # Class scores standardised per cell: log-probabilities would bring values
+            # near -20 beside features in [0, 6], and training stalls on that scale.
+            logits = self.imagenet_head(cells)
+            mean, var = tf.nn.moments(logits, axes=[-1], keepdims=True)
+            scores = (logits - mean) * tf.math.rsqrt(var + 1e-6)
+            cells = tf.concat([cells, scores], -1)
         values = self.cell_proj(cells) + self.position
         return values, self.att_keys(values)
 

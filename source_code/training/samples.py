@@ -97,6 +97,14 @@ def _word_objects(words: list[str], objects: list[dict]) -> list[int | None]:
     return out
 
 
+def _grounded_words(words: list[str], record: dict) -> list[int | None]:
+    """Which object each word names: recorded by the objects world for its own caption,
+    worked out from the shapes grammar otherwise."""
+    if "word_objects" in record and " ".join(words) == record["caption"]:
+        return record["word_objects"]
+    return _word_objects(words, record["objects"])
+
+
 def build_samples(image_ids: list[str], captions: dict[str, list[str]], vocab: Vocabulary,
                   length: int, grounding: dict | None = None, grid: tuple[int, int] | None = None,
                   image_size: int | None = None) -> CaptionSamples:
@@ -106,7 +114,8 @@ def build_samples(image_ids: list[str], captions: dict[str, list[str]], vocab: V
     for i, image_id in enumerate(image_ids):
         refs = [clean_caption(c) for c in captions[image_id]]
         references[i] = refs
-        objects = grounding[image_id]["objects"] if grounding else None
+        record = grounding[image_id] if grounding else None
+        objects = record["objects"] if record else None
         for words in refs:
             if not words:
                 continue
@@ -119,7 +128,7 @@ def build_samples(image_ids: list[str], captions: dict[str, list[str]], vocab: V
             if objects is not None:
                 att = np.zeros((length,) + tuple(grid), np.float32)
                 # targets[t] is words[t]: ground step t on the object words[t] names
-                for t, obj in enumerate(_word_objects(words, objects)[:length]):
+                for t, obj in enumerate(_grounded_words(words, record)[:length]):
                     if obj is not None:
                         att[t] = _bbox_grid(objects[obj]["bbox"], image_size, grid)
                 rows["att"].append(att)

@@ -46,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EXTENSION = "captioning"
 
 DEFAULT_CONFIG = {
-    "BUNDLE": None,                          # model bundle; None: $CAPTION_BUNDLE or models/default
+    "BUNDLE": None,                          # model bundle; None: $CAPTION_BUNDLE or models/objects
     "MAX_CONTENT_LENGTH": 10 * 1024 * 1024,  # bytes in one request (Flask answers 413 above it)
     "MAX_PIXELS": DEFAULT_MAX_PIXELS,        # pixels in one image
     "QUEUE_SIZE": 4,                         # requests allowed to wait for the model
@@ -68,6 +68,8 @@ METHOD_HINTS = {
 # Synthetic sample scenes: held-out seeds (the default model trains on seeds below 10^7).
 SAMPLE_SEEDS = (50_000_000, 50_000_002, 50_000_003, 50_000_007, 50_000_009, 50_000_011)
 SAMPLE_SIZE = 160
+OBJECTS_SAMPLE_SIZE = 224
+WORLDS = ("shapes", "objects")
 
 CSP = "; ".join([
     "default-src 'self'",
@@ -312,18 +314,27 @@ def _explain(explainer, image, options):
     return result
 
 
-@lru_cache(maxsize=len(SAMPLE_SEEDS))
-def _sample(n: int):
-    """(PNG bytes, reference caption) of sample scene n."""
-    from ..data.synthetic import generate_scene
+@lru_cache(maxsize=4 * len(SAMPLE_SEEDS))
+def _sample(n: int, world: str = "shapes"):
+    """(PNG bytes, reference caption) of sample scene n of a world (the served bundle's)."""
     from ..explain.render import png_bytes
-    scene = generate_scene(SAMPLE_SEEDS[n], image_size=SAMPLE_SIZE, jpeg_quality=0)
+    if world == "objects":
+        from ..data.objects_world import generate_object_scene
+        scene = generate_object_scene(SAMPLE_SEEDS[n], image_size=OBJECTS_SAMPLE_SIZE)
+    else:
+        from ..data.synthetic import generate_scene
+        scene = generate_scene(SAMPLE_SEEDS[n], image_size=SAMPLE_SIZE, jpeg_quality=0)
     return png_bytes(scene.image), scene.caption
 
 
+def _world() -> str:
+    return _service().model.card.get("world", "shapes")
+
+
 def _samples() -> list[dict]:
-    return [{"id": n, "url": url_for("captioning.sample_png", n=n), "caption": _sample(n)[1]}
-            for n in range(len(SAMPLE_SEEDS))]
+    world = _world()
+    return [{"id": n, "url": url_for("captioning.sample_png", n=n, world=world),
+             "caption": _sample(n, world)[1]} for n in range(len(SAMPLE_SEEDS))]
 
 
 @lru_cache(maxsize=1)
@@ -339,7 +350,17 @@ def _page(**context):
         method_labels=METHOD_LABELS, method_hints=METHOD_HINTS,
         max_upload_mb=service.config["MAX_CONTENT_LENGTH"] / (1024 * 1024),
         max_upload_bytes=int(service.config["MAX_CONTENT_LENGTH"]),
-        model_status=service.model.status, model_card=service.model.card, **context)
+        model_status=service.model.status, model_card=service.model.card,
+        bundles=_bundle_choices(), **context)
+
+
+def _bundle_choices() -> list[dict]:
+    """The shipped bundles for the page's picker, the served one marked."""
+    from ..model.bundles import list_bundles
+    current = _service().config.get("BUNDLE")
+    current = Path(current).resolve() if current else None
+    return [{"name": b["name"], "description": b["description"],
+             "selected": current == Path(b["path"]).resolve()} for b in list_bundles()]
 
 
 def _wants_html() -> bool:
@@ -360,11 +381,35 @@ def healthz():
     service = _service()
     state = service.model
     if state.status == "ready":
-        return jsonify(status="ok", model=state.card)
+        from ..model.bundles import list_bundles
+        return jsonify(status="ok", model=state.card, bundle=service.config.get("BUNDLE"),
+                       bundles=[{k: b[k] for k in ("name", "description", "default")}
+                                for b in list_bundles()])
     if state.status == "loading":
         return (jsonify(status="loading"), 503,
                 {"Retry-After": str(service.config["RETRY_AFTER_LOADING"])})
     return jsonify(status="error", error=state.error), 503
+
+
+@bp.post("/api/bundle")
+def api_bundle():
+    """Serve another shipped bundle (the page's model picker). Only names listed under
+    models/ are accepted, never a path from the client. Answers 202 while it loads."""
+    from ..model.bundles import list_bundles
+    body = request.get_json(silent=True) if request.is_json else None
+    name = str((body or {}).get("name") or request.form.get("name") or "")[:100]
+    bundles = {b["name"]: b["path"] for b in list_bundles()}
+    if name not in bundles:
+        raise ApiError(400, f"unknown bundle {name!r}; choose one of {', '.join(sorted(bundles))}")
+    service = _service()
+    current = service.config.get("BUNDLE")
+    if current and Path(current).resolve() == Path(bundles[name]).resolve() \
+            and service.model.status != "error":
+        return jsonify(status=service.model.status, bundle=name)
+    service.config["BUNDLE"] = bundles[name]
+    service.model = ModelState()
+    _prepare_model(service, None, bundles[name], warm=service.config.get("WARM_UP", True))
+    return jsonify(status="loading", bundle=name), 202
 
 
 @bp.post("/api/caption")
@@ -419,7 +464,10 @@ def api_samples():
 def sample_png(n: int):
     if not 0 <= n < len(SAMPLE_SEEDS):
         raise ApiError(404, f"there is no sample {n}; samples are 0 to {len(SAMPLE_SEEDS) - 1}")
-    png, _ = _sample(n)
+    world = request.args.get("world", "shapes")
+    if world not in WORLDS:
+        raise ApiError(404, f"there is no world {world[:40]!r}; worlds are {', '.join(WORLDS)}")
+    png, _ = _sample(n, world)
     return Response(png, mimetype="image/png", headers={"Cache-Control": "public, max-age=3600"})
 
 
@@ -489,7 +537,7 @@ def create_app(config: dict | None = None, explainer=None) -> Flask:
         raise ValueError("SAVE_DIR is not supported: frames and results are never stored on "
                          "the server; the page saves them in the browser")
     if cfg["BUNDLE"] is None and explainer is None:
-        from ..cli import default_bundle
+        from ..model.bundles import default_bundle
         cfg["BUNDLE"] = str(default_bundle())
 
     app = Flask(__name__, template_folder=str(REPO_ROOT / "templates"),

@@ -1,0 +1,97 @@
+"""How much a frame looks like the bundle's training world.
+
+A captioner trained on one world answers every frame with a caption of that
+world; this says when the frame is unlike anything it was trained on, so the
+caption can be shown as a guess. The evidence is the backbone's feature map,
+average- and max-pooled over the grid (what is there, and how strongly), L2
+normalised and projected on its main directions (PCA fitted on training
+scenes), keeping the length of what the projection leaves out (a frame from
+elsewhere lies off those directions). A frame's typicality is minus its mean
+distance to its ``K`` nearest training scenes, the distance taken as if the
+left-out parts were orthogonal. Typicality is then calibrated on held-out in-world
+scenes: ``familiarity`` is the fraction of those scenes that are *less*
+typical than the frame (an empirical p-value in [0, 1]), and a frame is
+``familiar`` when at least ``FLOOR`` of held-out in-world scenes are less
+typical: by construction about ``1 - FLOOR`` of in-world scenes pass.
+
+Stored in the bundle as ``familiarity.npz`` (plain arrays, no pickles).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FILE = "familiarity.npz"
+K = 5
+COMPONENTS = 96
+FLOOR = 0.01
+
+
+def describe(feature_maps: np.ndarray) -> np.ndarray:
+    """[B, h, w, C] feature maps -> [B, 2C] L2-normalised (average, max) pooled vectors."""
+    f = np.asarray(feature_maps, np.float32)
+    v = np.concatenate([f.mean((1, 2)), f.max((1, 2))], -1)
+    return v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-8)
+
+
+@dataclass
+class Familiarity:
+    mean: np.ndarray            # [D]
+    components: np.ndarray      # [D, k] PCA directions
+    bank: np.ndarray            # [N, k] projected training vectors
+    bank_residual: np.ndarray   # [N] length of what the projection leaves out
+    calibration: np.ndarray     # sorted typicality of held-out in-world scenes
+    floor: float = FLOOR
+
+    @classmethod
+    def fit(cls, train_vectors, calibration_vectors, components: int = COMPONENTS) -> "Familiarity":
+        """From ``describe``d training and held-out calibration feature maps."""
+        x = np.asarray(train_vectors, np.float32)
+        mean = x.mean(0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        model = cls(mean, vt[:components].T.astype(np.float32), np.zeros((0, 0), np.float32),
+                    np.zeros(0, np.float32), np.zeros(0, np.float32))
+        model.bank, model.bank_residual = model._project(x)
+        model.calibration = np.sort(model.typicality_of(np.asarray(calibration_vectors)))
+        return model
+
+    def _project(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        centred = x - self.mean
+        z = centred @ self.components
+        residual = np.linalg.norm(centred - z @ self.components.T, axis=1)
+        return z.astype(np.float32), residual.astype(np.float32)
+
+    def typicality_of(self, described: np.ndarray) -> np.ndarray:
+        z, r = self._project(described)
+        d2 = (np.sum(z ** 2, 1)[:, None] + np.sum(self.bank ** 2, 1)[None] - 2 * z @ self.bank.T
+              + r[:, None] ** 2 + self.bank_residual[None] ** 2)
+        k = min(K, d2.shape[1])
+        return -np.sqrt(np.maximum(np.sort(d2, axis=1)[:, :k], 0)).mean(1)
+
+    def score(self, feature_maps) -> list[tuple[bool, float]]:
+        """[B, h, w, C] -> (familiar, familiarity) per frame."""
+        t = self.typicality_of(describe(feature_maps))
+        p = np.searchsorted(self.calibration, t, side="right") / max(len(self.calibration), 1)
+        return [(bool(v >= self.floor), round(float(v), 4)) for v in p]
+
+    def save(self, bundle_dir) -> None:
+        """Written under a temporary name and renamed: never a half-written file."""
+        final = Path(bundle_dir) / FILE
+        tmp = final.with_name(f".{FILE}.tmp.npz")
+        np.savez_compressed(tmp, mean=self.mean, components=self.components,
+                            bank=self.bank.astype(np.float16),
+                            bank_residual=self.bank_residual, calibration=self.calibration,
+                            floor=np.float32(self.floor))
+        os.replace(tmp, final)
+
+    @classmethod
+    def load(cls, bundle_dir) -> "Familiarity | None":
+        path = Path(bundle_dir) / FILE
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["mean"], z["components"], z["bank"].astype(np.float32),
+                       z["bank_residual"], z["calibration"], float(z["floor"]))

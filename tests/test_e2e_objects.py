@@ -1,0 +1,109 @@
+"""The default bundle in a real browser: Chromium's fake camera shows a real photograph
+of a person, and the page's caption must name a person; shown a star field (a frame
+from outside the objects world), the page must warn that the caption is a guess.
+
+Skipped like test_e2e_browser when Chromium or Playwright is missing (failing under CI=true).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_e2e_browser import CHROMIUM, _unavailable, free_port, stop_server, wait_for_health, write_y4m
+
+REPO = Path(__file__).resolve().parent.parent
+OBJECTS_BUNDLE = REPO / "models" / "objects"
+FRAME_SIDE = 320
+PERSON_NOUNS = {"person"}
+
+
+def _photo(source: str) -> np.ndarray:
+    from source_code.evaluation.photos import load_photo
+    image = Image.fromarray(load_photo(source))
+    return np.asarray(image.resize((FRAME_SIDE, FRAME_SIDE), Image.BILINEAR))
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    if not CHROMIUM.exists():
+        _unavailable(f"Debian's Chromium is not installed at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright for Python is not installed")
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def server(playwright, tmp_path_factory):
+    if not (OBJECTS_BUNDLE / "config.json").exists():
+        pytest.fail(f"the default bundle is missing: {OBJECTS_BUNDLE}")
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("CAPTION_BUNDLE", None)
+    with open(log_path, "wb") as log_file:   # no --bundle: the default is what is tested
+        proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        yield {"base": base, "health": wait_for_health(base, proc, log_path)}
+    finally:
+        stop_server(proc)
+
+
+def _capture(playwright, server, frame: np.ndarray, tmp_path) -> tuple[dict, object, object]:
+    clip = write_y4m(tmp_path / "camera.y4m", frame)
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run"])
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server["base"] + "/")
+    page.wait_for_function("document.getElementById('model-status').textContent.startsWith('model ')"
+                           " && !document.getElementById('model-status').textContent.includes('loading')")
+    page.click("#start-camera")
+    page.wait_for_function("() => { const v = document.getElementById('preview');"
+                           " return v && v.readyState >= 2 && v.videoWidth > 0; }", timeout=30_000)
+    page.wait_for_timeout(300)
+    with page.expect_response(lambda r: r.url.endswith("/api/explain"), timeout=120_000) as info:
+        page.click("#capture")
+    assert info.value.status == 200, info.value.text()[:500]
+    page.wait_for_selector("#caption .caption-word", timeout=30_000)
+    return info.value.json(), page, browser
+
+
+def test_the_default_bundle_is_served_and_listed(server):
+    health = server["health"]
+    assert health["model"]["name"] == "objects"
+    assert {b["name"] for b in health["bundles"]} >= {"objects", "shapes"}
+
+
+def test_a_real_photo_of_a_person_is_called_a_person(playwright, server, tmp_path):
+    result, page, browser = _capture(playwright, server, _photo("matplotlib:grace_hopper.jpg"), tmp_path)
+    try:
+        shown = " ".join(page.inner_text("#caption").split())
+        assert shown == result["caption"]
+        assert PERSON_NOUNS & set(shown.split()), shown
+        assert result["familiar"] is True
+        assert not page.is_visible("#unfamiliar")
+    finally:
+        browser.close()
+
+
+def test_a_star_field_is_flagged_as_unfamiliar(playwright, server, tmp_path):
+    result, page, browser = _capture(playwright, server, _photo("skimage:hubble_deep_field.jpg"), tmp_path)
+    try:
+        assert result["familiar"] is False, result
+        assert page.is_visible("#unfamiliar")
+        assert "only a guess" in page.inner_text("#unfamiliar")
+    finally:
+        browser.close()
