@@ -22,6 +22,17 @@ def _load_captioner(path):
     return Captioner.load(path)
 
 
+def _shapes_captioner(path, command: str):
+    """A bundle of the shapes world; the others get a clear error naming their command."""
+    captioner = _load_captioner(path)
+    world = captioner.config.get("world", "shapes")
+    if world != "shapes":
+        raise ValueError(f"{command} scores a model of the shapes world, and {path} is a model "
+                         f"of the {world} world: use --bundle shapes"
+                         + (", or evaluate-objects for this one" if world == "objects" else ""))
+    return captioner
+
+
 def write_all_or_nothing(out: Path, files: dict) -> None:
     """Write ``files`` (name -> bytes) into ``out``: first into a temporary folder
     inside it, then moved in, so a full disk or any other write error leaves no
@@ -128,7 +139,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_evaluate_synthetic(args) -> int:
     from .evaluation.synthetic_eval import evaluate_synthetic, format_report, generate_held_out
-    captioner = _load_captioner(args.bundle)
+    captioner = _shapes_captioner(args.bundle, "evaluate-synthetic")
     scenes = generate_held_out(args.scenes, seed=args.seed, image_size=captioner.input_size)
     kinds = ("none",) if args.clean_only else None
     results = evaluate_synthetic(captioner, scenes, beam_width=args.beam, progress=not args.quiet,
@@ -282,7 +293,7 @@ def cmd_faithfulness(args) -> int:
     from .evaluation.synthetic_eval import generate_held_out
     from .explain.faithfulness import randomized_copy
     from .explain.report import faithfulness_report, sanity_check
-    captioner = _load_captioner(args.bundle)
+    captioner = _shapes_captioner(args.bundle, "faithfulness")
     scenes = generate_held_out(args.scenes, seed=args.seed, image_size=captioner.input_size,
                                n_objects=2)
     report = faithfulness_report(captioner, scenes, deletion_scenes=args.deletion_scenes,

@@ -1,14 +1,17 @@
-"""SavedModel export for TensorFlow Serving: the reloaded signatures caption like
-``Captioner.caption`` (exactly on pixels; on encoded bytes whenever decoding is
-lossless and no resize is needed)."""
+"""SavedModel export for TensorFlow Serving: the signatures caption like
+``Captioner.caption`` (exactly on pixels; on encoded bytes whenever no resize is
+needed), reloaded in TF2 and, as TensorFlow Serving loads them, in a TF1 session
+(``tf.compat.v1.saved_model.loader.load`` and ``saved_model_cli run``)."""
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_tiny_captioner
+from conftest import REPO, make_tiny_captioner
 from source_code.cli import main
 from source_code.data.synthetic import generate_scene
 
@@ -26,9 +29,9 @@ def _talkative_tiny_captioner():
     return captioner
 
 
-def _encode(image, fmt="PNG") -> bytes:
+def _encode(image, fmt="PNG", **options) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format=fmt)
+    Image.fromarray(image).save(buf, format=fmt, **options)
     return buf.getvalue()
 
 
@@ -37,12 +40,54 @@ def _scenes(n, size=SIZE, first=300):
 
 
 def _assert_same(out, captions):
-    assert [c.decode() for c in out["caption"].numpy()] == [c.text for c in captions]
-    tokens = out["tokens"].numpy()
+    """``out`` (signature outputs: tensors or numpy arrays) == the Captioner's captions."""
+    assert [c.decode() for c in np.asarray(out["caption"])] == [c.text for c in captions]
+    tokens = np.asarray(out["tokens"])
+    assert tokens.dtype == np.int32 and tokens.shape[0] == len(captions)
     for row, cap in zip(tokens, captions):
         assert row[: len(cap.token_ids)].tolist() == cap.token_ids
         assert (row[len(cap.token_ids):] == 0).all()   # pad id after the words
-    np.testing.assert_allclose(out["logprob"].numpy(), [c.logprob for c in captions], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out["logprob"]), [c.logprob for c in captions],
+                               atol=1e-4)
+
+
+def _session_run(export_dir, signature, **inputs):
+    """Run one signature the way TensorFlow Serving's C++ loader does: the SavedModel
+    loaded into a TF1 session in a fresh graph (what ``saved_model_cli run`` does)."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(export_dir))
+        sig = meta.signature_def[signature]
+        assert set(sig.inputs) == set(inputs)
+        return sess.run({k: v.name for k, v in sig.outputs.items()},
+                        {sig.inputs[k].name: v for k, v in inputs.items()})
+
+
+def _saved_model_cli(export_dir, signature, work, **arrays):
+    """``saved_model_cli run`` as a subprocess, inputs as .npy files (``--inputs``),
+    outputs read back from ``--outdir``: {output name: array}."""
+    work.mkdir(parents=True, exist_ok=True)
+    feeds = []
+    for name, value in arrays.items():
+        np.save(work / f"{name}.npy", value)
+        feeds.append(f"{name}={work / name}.npy")
+    outdir = work / f"out_{signature}"
+    cmd = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run",
+           "--dir", str(export_dir), "--tag_set", "serve", "--signature_def", signature,
+           "--inputs", ";".join(feeds), "--outdir", str(outdir), "--overwrite"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Result for output key caption" in proc.stdout
+    return {name: np.load(outdir / f"{name}.npy", allow_pickle=True)
+            for name in ("caption", "tokens", "logprob")}
+
+
+def _jpeg_at(image, quality=90):
+    """(JPEG bytes, the pixels PIL decodes from them): what the app would see."""
+    data = _encode(image, "JPEG", quality=quality)
+    return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +156,80 @@ def test_bytes_signature_takes_mixed_sizes_and_formats(exported):
     assert np.isfinite(out["logprob"].numpy()).all()
 
 
+def test_jpeg_decodes_like_pil():
+    """JPEG bytes decode to exactly PIL's pixels (accurate IDCT), colour and grey."""
+    import tensorflow as tf
+
+    from source_code.model.export import decode_and_resize
+
+    image = _scenes(1, first=450)[0]
+    for quality in (75, 95):
+        for img in (image, np.asarray(Image.fromarray(image).convert("L"))):
+            data, decoded = _jpeg_at(img, quality)
+            ours = decode_and_resize(tf.constant(data), SIZE).numpy()
+            np.testing.assert_array_equal(ours, decoded.astype(np.float32))
+
+
+def test_session_loader_pixel_signature_equals_captioner_caption(exported):
+    """The issue-18 failure: in a TF1 session (TF Serving's loader) the variables were
+    left uninitialised. Every variable is restored now, and the caption is exact."""
+    captioner, _, out = exported
+    images = _scenes(5, first=700)
+    expected = captioner.caption(images, beam_width=3)
+    assert any(c.words for c in expected)
+    got = _session_run(out, "caption_pixels", pixels=captioner.preprocess(images).numpy())
+    _assert_same(got, expected)
+
+
+def test_session_loader_bytes_signature_equals_captioner_caption(exported):
+    """serving_default in a TF1 session: PNG and JPEG at the input size give the app's
+    caption (the app decodes the same JPEG with PIL); other sizes are resized."""
+    captioner, _, out = exported
+    pngs = _scenes(2, first=800)
+    jpegs = [_jpeg_at(im) for im in _scenes(2, first=810)]
+    payload = np.array([_encode(im) for im in pngs] + [data for data, _ in jpegs], dtype=object)
+    got = _session_run(out, "serving_default", images=payload)
+    _assert_same(got, captioner.caption(pngs + [px for _, px in jpegs], beam_width=3))
+    big = _encode(_scenes(1, size=150, first=820)[0], "JPEG")
+    got = _session_run(out, "serving_default", images=np.array([big], dtype=object))
+    assert got["tokens"].shape == (1, captioner.max_length) and np.isfinite(got["logprob"]).all()
+
+
+def test_saved_model_cli_runs_the_tiny_export(exported, tmp_path):
+    """The README's ``saved_model_cli run`` command on the tiny export (the bundled
+    models' test below runs both signatures; one subprocess here keeps this fast)."""
+    captioner, _, out = exported
+    images = _scenes(3, first=900)
+    got = _saved_model_cli(out, "serving_default", tmp_path,
+                           images=np.array([_encode(im) for im in images], dtype=object))
+    _assert_same(got, captioner.caption(images, beam_width=3))
+
+
+SHIPPED = sorted(p.parent.name for p in (REPO / "models").glob("*/config.json"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_bundle_export_runs_in_saved_model_cli(name, tmp_path):
+    """Integration (the bundled models): ``export`` through the CLI, then
+    ``saved_model_cli run`` on both signatures gives the Captioner's captions."""
+    from source_code.model.captioner import Captioner
+
+    bundle = REPO / "models" / name
+    captioner = Captioner.load(bundle)
+    out = tmp_path / "captioner" / "1"
+    assert main(["export", "--bundle", str(bundle), "--out", str(out)]) == 0
+    size = captioner.input_size
+    scenes = [generate_scene(31_000_000 + i, image_size=size).image for i in range(2)]
+    jpegs = [_jpeg_at(im) for im in scenes]
+    expected = captioner.caption([px for _, px in jpegs], beam_width=3)
+    got = _saved_model_cli(out, "serving_default", tmp_path / "cli",
+                           images=np.array([data for data, _ in jpegs], dtype=object))
+    _assert_same(got, expected)
+    got = _saved_model_cli(out, "caption_pixels", tmp_path / "cli",
+                           pixels=captioner.preprocess([px for _, px in jpegs]).numpy())
+    _assert_same(got, expected)
+
+
 def test_greedy_export(tmp_path):
     import tensorflow as tf
 
@@ -120,8 +239,11 @@ def test_greedy_export(tmp_path):
     export_saved_model(captioner, tmp_path / "greedy", beam_width=1)
     model = tf.saved_model.load(str(tmp_path / "greedy"))
     images = _scenes(3, first=600)
+    expected = captioner.caption(images, beam_width=1)
     out = model.signatures["caption_pixels"](pixels=captioner.preprocess(images))
-    _assert_same(out, captioner.caption(images, beam_width=1))
+    _assert_same(out, expected)
+    _assert_same(_session_run(tmp_path / "greedy", "caption_pixels",
+                              pixels=captioner.preprocess(images).numpy()), expected)
 
 
 def test_export_of_a_missing_bundle_is_a_clear_error(tmp_path, capsys):

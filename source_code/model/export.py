@@ -9,12 +9,13 @@ Two signatures:
 ``serving_default``
     ``images``: tf.string [B], encoded JPEG / PNG / BMP / GIF (first frame)
     bytes. Each image is decoded to RGB (alpha dropped, grey replicated, as
-    PIL's ``convert("RGB")``) and the whole frame is resized to the bundle's
-    input size, bilinear with antialiasing, rounded to 0-255 like
+    PIL's ``convert("RGB")``; JPEG with the accurate integer IDCT, so the decoded
+    pixels equal PIL's) and the whole frame is resized to the bundle's input
+    size, bilinear with antialiasing, rounded to 0-255 like
     ``Captioner.preprocess`` (PIL). Images already at the input size are passed
-    through unchanged; for other sizes TF's and PIL's resamplers can differ by
-    one grey level on a few pixels, which can rarely change a word.
-    EXIF orientation is not applied: send upright images.
+    through unchanged (the caption is then exactly the app's); for other sizes
+    TF's and PIL's resamplers can differ by one grey level on a few pixels, which
+    can rarely change a word. EXIF orientation is not applied: send upright images.
 ``caption_pixels``
     ``pixels``: float32 [B, S, S, 3] raw 0-255 pixels at the input size S
     (what ``Captioner.preprocess`` returns): the exact ``Captioner.caption``.
@@ -22,6 +23,13 @@ Two signatures:
 Both return ``caption`` (tf.string [B], the words joined by spaces), ``tokens``
 (int32 [B, max_length], the word ids, pad id after the caption) and
 ``logprob`` (float32 [B], total log-probability, end token included).
+
+The SavedModel is written with Keras' ``ExportArchive`` (what ``model.export()``
+uses), which saves the Keras 3 variables so that the session-based loader of
+TensorFlow Serving and ``saved_model_cli run`` restores all of them (a plain
+``tf.saved_model.save`` of a tf.Module loads in TF2 but fails there with
+"Could not find variable ... uninitialized"). The tests run both signatures
+through that loader.
 
 The bundle's model card is copied to ``EXPORT_DIR/assets.extra/model_card.json``
 (TensorFlow Serving ignores that folder). Serving wants a version folder:
@@ -44,7 +52,12 @@ CARD_FILE = Path("assets.extra") / "model_card.json"
 def decode_and_resize(encoded, size: int) -> tf.Tensor:
     """One encoded image (scalar tf.string) -> float32 [size, size, 3], 0-255, the
     way ``Captioner.preprocess`` prepares an image (whole frame, bilinear, uint8)."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    # JPEG with the accurate integer IDCT, as PIL (libjpeg's default): pixel for pixel the
+    # same; TF's default (fast IDCT) differs by up to ~13 grey levels.
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
     image.set_shape([None, None, 3])
     pixels = tf.cast(image, tf.float32)
     same = tf.logical_and(tf.equal(tf.shape(image)[0], size), tf.equal(tf.shape(image)[1], size))
@@ -56,45 +69,73 @@ def decode_and_resize(encoded, size: int) -> tf.Tensor:
     return tf.ensure_shape(resized, [size, size, 3])
 
 
-class CaptionModule(tf.Module):
-    """A tf.Module whose two tf.functions caption images; see the module docstring."""
+def keras_parts(captioner) -> list:
+    """The Keras models/layers the signatures run, for ``ExportArchive.track``: the
+    backbone and the decoder, plus any other built Keras layer the captioner holds
+    (whatever the backbone or decoder kind is)."""
+    import keras
 
-    def __init__(self, captioner, beam_width: int = 3, length_penalty: float = 0.0):
-        super().__init__(name="captioner")
-        size, max_len = captioner.input_size, captioner.max_length
-        vocab = captioner.vocab
-        backbone = captioner.backbone
-        search = captioner.search_function(beam_width, length_penalty)
-        # The variables are tracked here; the Keras models are only closed over.
-        self.model_variables = list(backbone.variables) + list(captioner.decoder.variables)
-        words = tf.constant(vocab.tokens)
-        stop_ids = tf.constant([vocab.end_id, vocab.pad_id], tf.int32)
+    parts = [captioner.backbone, captioner.decoder]
+    for value in vars(captioner).values():
+        if (isinstance(value, keras.layers.Layer) and value.built
+                and not any(value is p for p in parts)):
+            parts.append(value)
+    return parts
 
-        def caption_features(pixels):
-            tokens, logps = search(backbone(pixels, training=False))
-            # As Captioner.caption_from_search: the words are those before the first end/pad
-            # token (at most max_length); the total includes that stop token.
-            is_stop = tf.reduce_any(tf.equal(tokens[..., None], stop_ids), -1)
-            stops_before = tf.cumsum(tf.cast(is_stop, tf.int32), axis=1, exclusive=True)
-            is_word = tf.logical_and(tf.logical_not(is_stop), tf.equal(stops_before, 0))[:, :max_len]
-            ids = tf.where(is_word, tokens[:, :max_len], vocab.pad_id)
-            text = tf.strings.reduce_join(
-                tf.ragged.boolean_mask(tf.gather(words, ids), is_word), axis=-1, separator=" ")
-            logprob = tf.reduce_sum(tf.where(tf.equal(stops_before, 0), logps, 0.0), -1)
-            return {"caption": text, "tokens": tf.cast(ids, tf.int32), "logprob": logprob}
 
-        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
-        def caption_pixels(pixels):
-            return caption_features(pixels)
+def caption_functions(captioner, beam_width: int = 3, length_penalty: float = 0.0):
+    """(caption_images, caption_pixels): plain functions (encoded images tf.string [B]
+    / pixels float32 [B, S, S, 3]) -> {"caption", "tokens", "logprob"}; see the
+    module docstring. They only use the tensors and the Keras models of ``captioner``."""
+    size, max_len = captioner.input_size, captioner.max_length
+    vocab = captioner.vocab
+    backbone = captioner.backbone
+    search = captioner.search_function(beam_width, length_penalty)
+    tokens_table = list(vocab.tokens)
+    stop_list = [vocab.end_id, vocab.pad_id]
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        def caption_images(images):
-            pixels = tf.map_fn(lambda b: decode_and_resize(b, size), images,
-                               fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-            return caption_features(pixels)
+    def caption_pixels(pixels):
+        # Constants are made inside the traced function, so they belong to its graph.
+        words = tf.constant(tokens_table)
+        stop_ids = tf.constant(stop_list, tf.int32)
+        tokens, logps = search(backbone(pixels, training=False))
+        # As Captioner.caption_from_search: the words are those before the first end/pad
+        # token (at most max_length); the total includes that stop token.
+        is_stop = tf.reduce_any(tf.equal(tokens[..., None], stop_ids), -1)
+        stops_before = tf.cumsum(tf.cast(is_stop, tf.int32), axis=1, exclusive=True)
+        is_word = tf.logical_and(tf.logical_not(is_stop), tf.equal(stops_before, 0))[:, :max_len]
+        ids = tf.where(is_word, tokens[:, :max_len], vocab.pad_id)
+        text = tf.strings.reduce_join(
+            tf.ragged.boolean_mask(tf.gather(words, ids), is_word), axis=-1, separator=" ")
+        logprob = tf.reduce_sum(tf.where(tf.equal(stops_before, 0), logps, 0.0), -1)
+        return {"caption": text, "tokens": tf.cast(ids, tf.int32), "logprob": logprob}
 
-        self.caption_pixels = caption_pixels
-        self.caption_images = caption_images
+    def caption_images(images):
+        pixels = tf.map_fn(lambda b: decode_and_resize(b, size), images,
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return caption_pixels(pixels)
+
+    return caption_images, caption_pixels
+
+
+def build_archive(captioner, beam_width: int = 3, length_penalty: float = 0.0):
+    """A ``keras.export.ExportArchive`` with the two signatures. Keras 3 variables are
+    not ``tf.Variable``s: only ExportArchive saves them so that the session-based
+    loader (TensorFlow Serving, ``saved_model_cli run``) restores every one; a plain
+    ``tf.saved_model.save`` of a tf.Module leaves some uninitialised there."""
+    import keras
+
+    size = captioner.input_size
+    caption_images, caption_pixels = caption_functions(captioner, beam_width, length_penalty)
+    archive = keras.export.ExportArchive()
+    for part in keras_parts(captioner):
+        archive.track(part)
+    # serving_default first: it is also the archive's default endpoint.
+    archive.add_endpoint(SERVING_SIGNATURE, caption_images,
+                         [tf.TensorSpec([None], tf.string, name="images")])
+    archive.add_endpoint(PIXELS_SIGNATURE, caption_pixels,
+                         [tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
+    return archive
 
 
 def export_saved_model(captioner, out_dir, beam_width: int = 3,
@@ -104,14 +145,11 @@ def export_saved_model(captioner, out_dir, beam_width: int = 3,
     out_dir = Path(out_dir)
     if beam_width < 1:
         raise ValueError(f"beam width must be at least 1, got {beam_width}")
-    module = CaptionModule(captioner, beam_width, length_penalty)
+    archive = build_archive(captioner, beam_width, length_penalty)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        tf.saved_model.save(module, str(tmp), signatures={
-            SERVING_SIGNATURE: module.caption_images,
-            PIXELS_SIGNATURE: module.caption_pixels,
-        })
+        archive.write_out(str(tmp), verbose=False)
         card = dict(captioner.card, export={"beam_width": int(beam_width),
                                             "length_penalty": float(length_penalty),
                                             "input_size": captioner.input_size,

@@ -47,6 +47,7 @@ OBJECTS_RECIPE = {
     "attention_weight": 1.0, "gradcam_weight": 0.5, "gradcam_start_epoch": 2,
     "gradcam_ramp_epochs": 3,
     "familiarity_scenes": 2000,     # training scenes in the familiarity bank
+    "concept_images": 100,          # training scenes the ACE concept bank is built from
 }
 
 RECIPES = {"shapes": SHAPES_RECIPE, "objects": OBJECTS_RECIPE}
@@ -124,7 +125,21 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
     fit_familiarity(captioner, dataset, calibration, r.get("familiarity_scenes", 2000))
     captioner.config["training"]["total_seconds_with_data_and_eval"] = round(time.time() - t0, 1)
     captioner.save(out)
+    if r.get("concept_images"):
+        build_bank_from_training_scenes(captioner, dataset, out, r["concept_images"], progress)
     return captioner
+
+
+def build_bank_from_training_scenes(captioner, dataset, out: Path, n_images: int, progress: bool):
+    """The ACE concept bank from the first training scenes (as ``build-concepts --data``)."""
+    from ..explain.concepts import build_concept_bank, save_bank
+    from ..text.vocabulary import clean_caption
+    from .samples import load_images
+    ids = dataset.splits["train"][:n_images]
+    images = list(load_images([dataset.image_path(i) for i in ids], captioner.input_size, progress))
+    captions = [[clean_caption(c) for c in dataset.captions[i]] for i in ids]
+    bank, patches = build_concept_bank(captioner, images, captions, progress=progress)
+    save_bank(bank, patches, out)
 
 
 def described_features(captioner, images, batch_size: int = 32) -> np.ndarray:
