@@ -117,6 +117,7 @@ def _frames(captioner, images):
 def evaluate_photos(captioner, variants=VARIANTS) -> dict:
     rows, right, familiar_in = [], 0, 0
     in_world = available(IN_WORLD)
+    known = set(captioner.vocab.tokens)
     for source, what, nouns in in_world:
         frames = [variant(load_photo(source), v) for v in variants]
         captions, fam = _frames(captioner, frames)
@@ -125,6 +126,7 @@ def evaluate_photos(captioner, variants=VARIANTS) -> dict:
             right += ok
             familiar_in += ok_fam
             rows.append({"photo": source, "shows": what, "accept": sorted(nouns), "variant": v,
+                         "noun_in_vocabulary": bool(nouns & known),
                          "caption": cap.text, "right": ok, "familiar": ok_fam,
                          "familiarity": score})
     pairs = []
@@ -134,7 +136,8 @@ def evaluate_photos(captioner, variants=VARIANTS) -> dict:
         (cap,), ((fam, score),) = _frames(captioner, [side_by_side(load_photo(sa), load_photo(sb))])
         said = set(caption_nouns(cap.text))
         pairs.append({"left": sa, "right": sb, "caption": cap.text,
-                      "both_named": bool(said & na and said & nb), "familiar": fam})
+                      "both_named": bool(said & na and said & nb), "familiar": fam,
+                      "nouns_in_vocabulary": bool(na & known and nb & known)})
     out_rows, unfamiliar_out = [], 0
     for source, what in available(OUT_OF_WORLD):
         frames = [variant(load_photo(source), v) for v in ("original", "mirrored", "dimmed")]
@@ -144,10 +147,19 @@ def evaluate_photos(captioner, variants=VARIANTS) -> dict:
             out_rows.append({"photo": source, "shows": what, "variant": v, "caption": cap.text,
                              "familiar": ok_fam, "familiarity": score})
     n, m = max(len(rows), 1), max(len(out_rows), 1)
+    sayable = [r for r in rows if r["noun_in_vocabulary"]]
     return {"bundle": str(getattr(captioner, "bundle_dir", "")),
             "noun_right": right / n, "frames": len(rows),
+            # photos whose object the model has a word for (a rocket cannot be named
+            # by a model without "rocket")
+            "noun_right_in_vocabulary": sum(r["right"] for r in sayable) / max(len(sayable), 1),
+            "frames_in_vocabulary": len(sayable),
             "pairs_both_named": sum(p["both_named"] for p in pairs) / max(len(pairs), 1),
             "pairs": len(pairs),
+            "pairs_both_named_in_vocabulary": (
+                sum(p["both_named"] for p in pairs if p["nouns_in_vocabulary"])
+                / max(sum(p["nouns_in_vocabulary"] for p in pairs), 1)),
+            "pairs_in_vocabulary": sum(p["nouns_in_vocabulary"] for p in pairs),
             "familiar_in_world": familiar_in / n,
             "unfamiliar_out_of_world": unfamiliar_out / m, "out_of_world_frames": len(out_rows),
             "in_world_rows": rows, "pair_rows": pairs, "out_of_world_rows": out_rows}
@@ -164,8 +176,12 @@ def format_photo_report(result: dict) -> str:
                      f"{r['familiarity'] if r['familiarity'] is not None else '-':<5} {r['caption']}"
                      f"{'' if r['familiar'] else '  (unfamiliar)'}")
     lines.append("")
-    lines.append(f"object noun right: {result['noun_right']:.3f} of {result['frames']} frames; "
-                 f"both nouns in side-by-side pairs: {result['pairs_both_named']:.3f} of {result['pairs']}")
+    lines.append(f"object noun right: {result['noun_right']:.3f} of {result['frames']} frames "
+                 f"({result['noun_right_in_vocabulary']:.3f} of the {result['frames_in_vocabulary']} "
+                 f"whose noun is in the vocabulary); "
+                 f"both nouns in side-by-side pairs: {result['pairs_both_named']:.3f} of {result['pairs']} "
+                 f"({result['pairs_both_named_in_vocabulary']:.3f} of the {result['pairs_in_vocabulary']} "
+                 f"in the vocabulary)")
     lines.append(f"familiar, real in-world photos: {result['familiar_in_world']:.3f}; "
                  f"unfamiliar, out-of-world frames: {result['unfamiliar_out_of_world']:.3f} "
                  f"of {result['out_of_world_frames']}")
