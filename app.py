@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default: $CAPTION_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, default=_env_int("CAPTION_PORT", DEFAULT_PORT),
                    help="port (default: $CAPTION_PORT or 4200)")
-    p.add_argument("--bundle", default=None,
+    p.add_argument("--bundle", default=os.environ.get(BUNDLE_ENV) or DEFAULT_NAME,
                    help=f"model bundle: a name under models/ (objects, shapes) or a directory "
                         f"(default: ${BUNDLE_ENV} or {DEFAULT_NAME})")
     p.add_argument("--threads", type=int, default=8,
