@@ -265,15 +265,12 @@ def cmd_explain(args) -> int:
 def cmd_build_concepts(args) -> int:
     """Build the bundle's ACE concept bank from dataset images or synthetic scenes."""
     from .explain.concepts import build_concept_bank, save_bank
-    from .text.vocabulary import clean_caption
     captioner = _load_captioner(args.bundle)
     if args.data:
         from .data.datasets import load_dataset
-        from .training.samples import load_images
-        ds = load_dataset(args.dataset, args.data)
-        ids = ds.splits["train"][: args.images]
-        images = list(load_images([ds.image_path(i) for i in ids], captioner.input_size, not args.quiet))
-        captions = [[clean_caption(c) for c in ds.captions[i]] for i in ids]
+        from .training.samples import first_training_images
+        images, captions = first_training_images(load_dataset(args.dataset, args.data), args.images,
+                                                 captioner.input_size, not args.quiet)
     else:
         from .data.synthetic import generate_scene, reading_order_caption
         scenes = [generate_scene(args.seed + i, image_size=captioner.input_size) for i in range(args.images)]

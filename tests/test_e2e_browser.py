@@ -99,8 +99,8 @@ def wait_for_health(base: str, proc: subprocess.Popen, log_path: Path):
     raise AssertionError(f"the server was not ready within {STARTUP_TIMEOUT} s")
 
 
-@pytest.fixture(scope="module")
-def browser_tools():
+def require_playwright():
+    """Playwright's sync_playwright, or a skip (a failure under CI=true) saying what is missing."""
     if not CHROMIUM.exists():
         _unavailable(f"Debian's Chromium is not installed at {CHROMIUM}")
     try:
@@ -108,6 +108,20 @@ def browser_tools():
     except ImportError:
         _unavailable("Playwright for Python is not installed")
     return sync_playwright
+
+
+def fake_camera_chromium(playwright, clip: Path):
+    """Debian's Chromium whose camera plays ``clip`` (a .y4m file), permission granted."""
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run"])
+
+
+@pytest.fixture(scope="module")
+def browser_tools():
+    return require_playwright()
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +153,7 @@ def browser(browser_tools, scene, tmp_path_factory):
     frame = np.asarray(Image.fromarray(scene.image).resize((FRAME_SIDE, FRAME_SIDE), Image.BILINEAR))
     clip = write_y4m(tmp_path_factory.mktemp("camera") / "scene.y4m", frame)
     with browser_tools() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run"])
+        b = fake_camera_chromium(p, clip)
         try:
             yield b
         finally:

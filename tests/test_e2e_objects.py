@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_e2e_browser import CHROMIUM, _unavailable, free_port, stop_server, wait_for_health, write_y4m
+from test_e2e_browser import (fake_camera_chromium, free_port, require_playwright, stop_server,
+                              wait_for_health, write_y4m)
 
 REPO = Path(__file__).resolve().parent.parent
 OBJECTS_BUNDLE = REPO / "models" / "objects"
@@ -31,13 +32,7 @@ def _photo(source: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def playwright():
-    if not CHROMIUM.exists():
-        _unavailable(f"Debian's Chromium is not installed at {CHROMIUM}")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright for Python is not installed")
-    with sync_playwright() as p:
+    with require_playwright()() as p:
         yield p
 
 
@@ -61,11 +56,7 @@ def server(playwright, tmp_path_factory):
 
 def _capture(playwright, server, frame: np.ndarray, tmp_path) -> tuple[dict, object, object]:
     clip = write_y4m(tmp_path / "camera.y4m", frame)
-    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run"])
+    browser = fake_camera_chromium(playwright, clip)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(server["base"] + "/")
     page.wait_for_function("document.getElementById('model-status').textContent.startsWith('model ')"

@@ -26,8 +26,10 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from .objects_catalog import Catalog, available, load_catalog, render_source
+# The grammar's relations and their geometry are the shapes world's.
+from .synthetic import INVERSE_RELATION, RELATION_WORDS, _relation_of as relation_of
+from .synthetic import _word_object_index
 
-RELATION_WORDS = frozenset({"left", "right", "of", "above", "below"})
 ARTICLES = frozenset({"a", "an"})
 P_ONE_OBJECT = 0.4
 ONE_OBJECT_SCALE = (0.40, 0.90)    # longer side of the object / image side
@@ -85,16 +87,7 @@ class ObjectScene:
 
 def caption_word_objects(caption: str) -> list[int | None]:
     """Which object each word names: the noun after the k-th article is object k."""
-    out, k = [], -1
-    for word in caption.split():
-        if word in ARTICLES:
-            k += 1
-            out.append(None)
-        elif word in RELATION_WORDS:
-            out.append(None)
-        else:
-            out.append(max(k, 0))
-    return out
+    return _word_object_index(caption, ARTICLES)
 
 
 def caption_nouns(caption: str) -> list[str]:
@@ -111,15 +104,12 @@ def compose_caption(catalog: Catalog, categories: Sequence[str], relation: str |
     return f"{object_phrase(catalog, categories[0])} {relation} {object_phrase(catalog, categories[1])}"
 
 
-INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-
 def parse_object_caption(caption: str) -> tuple[list[str], str | None]:
     """'an apple left of a cup' -> (['apple', 'cup'], 'left of'); ValueError outside the grammar."""
     words = caption.split()
     if len(words) == 2 and words[0] in ARTICLES:
         return [words[1]], None
-    for relation in INVERSE:
+    for relation in INVERSE_RELATION:
         rel = relation.split()
         n = len(rel)
         if (len(words) == 4 + n and words[0] in ARTICLES and words[2: 2 + n] == rel
@@ -135,15 +125,8 @@ def canonical_object_caption(caption: str) -> str:
     except ValueError:
         return " ".join(caption.lower().split())
     if relation in ("right of", "below"):
-        nouns, relation = nouns[::-1], INVERSE[relation]
+        nouns, relation = nouns[::-1], INVERSE_RELATION[relation]
     return " ".join(nouns) + (f" {relation}" if relation else "")
-
-
-def relation_of(a: tuple[float, float], b: tuple[float, float]) -> str:
-    dx, dy = b[0] - a[0], b[1] - a[1]
-    if abs(dx) >= abs(dy):
-        return "left of" if dx > 0 else "right of"
-    return "above" if dy > 0 else "below"
 
 
 # -- catalogue sources ------------------------------------------------------------
@@ -175,13 +158,12 @@ def _background_photo(path: str) -> Image.Image:
         return im.copy()
 
 
-def _source_key(source) -> str:
-    return json.dumps(source if isinstance(source, dict) else source.__dict__, sort_keys=True)
+def _source_key(source: dict) -> str:
+    return json.dumps(source, sort_keys=True)
 
 
-def _source_name(source) -> str:
-    d = source if isinstance(source, dict) else source.__dict__
-    return d.get("path") or d.get("text", "")
+def _source_name(source: dict) -> str:
+    return source.get("path") or source.get("text", "")
 
 
 def provenance(catalog: Catalog) -> dict:
@@ -191,15 +173,10 @@ def provenance(catalog: Catalog) -> dict:
     for name, cat in sorted(catalog.categories.items()):
         kinds: dict[str, int] = {}
         for source in cat.sources:
-            kind = _source_field(source, "kind")
-            kinds[kind] = kinds.get(kind, 0) + 1
+            kinds[source["kind"]] = kinds.get(source["kind"], 0) + 1
         per_category[name] = kinds
     return {"categories": per_category, "backgrounds": len(catalog.backgrounds),
             "packages": catalog.packages}
-
-
-def _source_field(source, key: str):
-    return source[key] if isinstance(source, dict) else getattr(source, key)
 
 
 # -- rendering ------------------------------------------------------------------------
@@ -295,9 +272,9 @@ def _camera(rng, canvas: np.ndarray) -> np.ndarray:
 def _pick_source(rng, sources: list):
     """A kind first (photo stamp, clip art, emoji), then an image of that kind, so a
     category with many emoji (person: five skin tones each) still shows its photos."""
-    kinds = sorted({_source_field(s, "kind") for s in sources})
+    kinds = sorted({s["kind"] for s in sources})
     kind = kinds[int(rng.integers(len(kinds)))]
-    of_kind = [s for s in sources if _source_field(s, "kind") == kind]
+    of_kind = [s for s in sources if s["kind"] == kind]
     return of_kind[int(rng.integers(len(of_kind)))]
 
 

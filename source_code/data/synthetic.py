@@ -202,11 +202,13 @@ class Scene:
         return _word_object_index(self.caption)
 
 
-def _word_object_index(caption: str) -> list[int | None]:
+def _word_object_index(caption: str, articles=frozenset({"a"})) -> list[int | None]:
+    """Object index per word: the k-th article starts object k (the objects world also
+    has "an"); articles and relation words name no object."""
     out: list[int | None] = []
     current = -1
     for word in caption.split():
-        if word == "a":
+        if word in articles:
             current += 1
             out.append(None)
         elif word in RELATION_WORDS:

@@ -133,11 +133,8 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
 def build_bank_from_training_scenes(captioner, dataset, out: Path, n_images: int, progress: bool):
     """The ACE concept bank from the first training scenes (as ``build-concepts --data``)."""
     from ..explain.concepts import build_concept_bank, save_bank
-    from ..text.vocabulary import clean_caption
-    from .samples import load_images
-    ids = dataset.splits["train"][:n_images]
-    images = list(load_images([dataset.image_path(i) for i in ids], captioner.input_size, progress))
-    captions = [[clean_caption(c) for c in dataset.captions[i]] for i in ids]
+    from .samples import first_training_images
+    images, captions = first_training_images(dataset, n_images, captioner.input_size, progress)
     bank, patches = build_concept_bank(captioner, images, captions, progress=progress)
     save_bank(bank, patches, out)
 

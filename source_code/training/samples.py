@@ -53,6 +53,15 @@ def load_images(paths: list[Path], size: int, progress: bool = True) -> np.ndarr
     return out
 
 
+def first_training_images(dataset, n_images: int, size: int, progress: bool = True
+                          ) -> tuple[list[np.ndarray], list[list[list[str]]]]:
+    """The first ``n_images`` of the train split, resized, with their cleaned captions
+    (what a concept bank is built from)."""
+    ids = dataset.splits["train"][:n_images]
+    images = list(load_images([dataset.image_path(i) for i in ids], size, progress))
+    return images, [[clean_caption(c) for c in dataset.captions[i]] for i in ids]
+
+
 def load_grounding(path) -> dict[str, list[dict]]:
     """scenes.jsonl (written with synthetic datasets): file name -> objects with bbox."""
     out = {}
