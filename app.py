@@ -132,7 +132,8 @@ def main(argv=None) -> int:
     explainer = load_explainer(args.bundle, args.verbose)
     if explainer is None:
         return 2
-    from source_code.web.app import create_app, warm_up
+    from source_code.web import create_app
+    from source_code.web.service import warm_up
     if not args.no_warm_up:
         log.info("warming up the model (first run of every compiled function) ...")
         try:

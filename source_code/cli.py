@@ -205,7 +205,7 @@ def cmd_import_lite0(args) -> int:
 
 
 def cmd_caption(args) -> int:
-    from .web.imaging import ImageError, decode_image
+    from .imaging import ImageError, decode_image
     captioner = _load_captioner(args.bundle)
     status = 0
     for path in args.images:
@@ -228,23 +228,28 @@ def cmd_explain(args) -> int:
     """Caption an image and write overlays (PNG) and the API's JSON to --out."""
     import base64
     import re
-    from .explain.pipeline import Explainer
-    from .web.imaging import decode_image
+    from .explain.pipeline import Explainer, ExplainError
+    from .imaging import decode_image
     image = decode_image(Path(args.image).read_bytes())
     explainer = Explainer(_load_captioner(args.bundle), beam_width=args.beam)
-    result = explainer.explain(image, methods=args.methods, words=args.words,
-                               saliency_method=args.saliency, adversarial=not args.no_adversarial,
-                               caption=args.caption)
+    try:
+        result = explainer.explain(image, methods=args.methods, words=args.words,
+                                   caption=args.caption, overlays=True,
+                                   saliency_method=args.saliency, contrast=args.contrast,
+                                   adversarial=not args.no_adversarial, attack=args.attack)
+    except ExplainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     files = {}
 
     def add_png(name, url):
         files[name] = base64.b64decode(url.split(",", 1)[1])
 
     for method, section in result["explanations"].items():
-        if section.get("caption"):
+        if (section.get("caption") or {}).get("overlay"):
             add_png(f"{method}_caption.png", section["caption"]["overlay"])
         for i, m in enumerate(section.get("words") or []):
-            if m:   # a word of the bundle's vocab.txt never becomes a path
+            if m and m.get("overlay"):   # a word of the vocab never becomes a path
                 word = re.sub(r"[^\w-]", "_", result["words"][i])[:40]
                 add_png(f"{method}_word{i:02d}_{word}.png", m["overlay"])
     files["explanation.json"] = json.dumps(result, indent=1).encode()
@@ -259,6 +264,18 @@ def cmd_explain(args) -> int:
         print(f"warning: the frame is unlike the model's training world (familiarity "
               f"{result['familiarity']:.2f}): the caption is a guess")
     print(f"wrote overlays and explanation.json to {args.out}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    """The registry of explanation methods, as the API's GET /api/methods lists it."""
+    from .explain.methods import describe
+    for m in describe():
+        flag = "default" if m["default"] else "on request"
+        print(f"{m['name']:22s} {m['label']} ({flag}): {m['hint']}")
+        for o in m["options"]:
+            choices = f" [{'|'.join(o['choices'])}]" if o.get("choices") else ""
+            print(f"{'':24s}option {o['name']}{choices}: {o['help']}")
     return 0
 
 
@@ -453,13 +470,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bundle(p)
     p.add_argument("image")
     p.add_argument("--out", required=True, help="folder for overlays and explanation.json")
-    p.add_argument("--methods", default="gradcam,saliency,ace", help="comma list of gradcam,saliency,ace")
+    p.add_argument("--methods", default="",
+                   help="comma list of explanation methods (default: the default set; "
+                        "`methods` lists them all)")
     p.add_argument("--words", default="", help="word indices for per-word saliency: 0,2 or all")
-    p.add_argument("--saliency", default="vanilla", choices=["vanilla", "smoothgrad", "integrated_gradients"])
+    p.add_argument("--saliency", default="vanilla",
+                   choices=["vanilla", "smoothgrad", "integrated_gradients"])
     p.add_argument("--caption", default=None, help="explain this caption instead of the model's")
+    p.add_argument("--contrast", default="",
+                   help="contrastive alternatives as index:word pairs (e.g. 1:bottle); other "
+                        "words are contrasted with the model's runner-up")
+    p.add_argument("--attack", default="fgsm", choices=["fgsm", "pgd"],
+                   help="the adversarial check's attack")
     p.add_argument("--no-adversarial", action="store_true", help="skip the adversarial check")
     p.add_argument("--beam", type=int, default=3)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("methods", help="list the explanation methods and their options")
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("build-concepts", help="build the bundle's ACE concept bank")
     _add_bundle(p)
@@ -488,6 +516,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SavedModel folder to write (for TF Serving: MODELS/NAME/VERSION, e.g. exports/captioner/1)")
     p.add_argument("--beam", type=int, default=3, help="beam width baked into the export (1: greedy)")
     p.set_defaults(func=cmd_export)
+
+    from . import video   # light: OpenCV and the model load only when these commands run
+    p = sub.add_parser("explain-video",
+                       help="caption a video and burn the caption and its Grad-CAM into every frame")
+    _add_bundle(p)
+    p.add_argument("input", help="video file to read")
+    p.add_argument("--out", required=True, help="video file to write (.mp4)")
+    p.add_argument("--every", type=video.positive_int, default=1,
+                   help="explain every N-th frame; the frames in between reuse the last result")
+    p.add_argument("--word", type=video.non_negative_int, default=None,
+                   help="show word K's Grad-CAM (0-based) instead of the whole caption's")
+    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=video.cmd_explain_video)
+
+    p = sub.add_parser("live", help="caption a camera (or a video file) live in a window")
+    _add_bundle(p)
+    p.add_argument("--camera", default="0", help="camera index (0, 1, ...) or a video file")
+    p.add_argument("--every", type=video.positive_int, default=1,
+                   help="explain every N-th frame; the frames in between reuse the last result")
+    p.add_argument("--word", type=video.non_negative_int, default=None,
+                   help="show word K's Grad-CAM (0-based) instead of the whole caption's")
+    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--frames", type=video.positive_int, default=None, help="stop after K frames")
+    p.add_argument("--no-window", action="store_true", help="run headless: no window (tests, servers)")
+    p.set_defaults(func=video.cmd_live)
 
     p = sub.add_parser("fetch", help="download a dataset or pretrained weights")
     from .data.fetch import add_fetch_arguments

@@ -5,8 +5,9 @@
   'use strict';
   document.documentElement.classList.add('js');
 
-  const METHODS = ['gradcam', 'saliency', 'ace'];
   const $ = (id) => document.getElementById(id);
+  let METHODS = [];     // the server's registry of explanation methods (from the page's data)
+  let COLORMAP = [];    // 256 RGB rows: the same colour scale as the legend and the PNG files
   const el = {};
 
   const state = {
@@ -19,6 +20,8 @@
     reference: null,     // reference caption of a sample scene
     roundTripMs: null,
     pendingSaliency: new Set(),
+    pendingContrast: new Set(),
+    drawn: new Map(),    // "method:word" -> overlay data URL drawn from a heatmap
   };
 
   // -- small helpers ------------------------------------------------------------------
@@ -238,10 +241,18 @@
     }
   }
 
+  function chosenMethods() {
+    const boxes = [...document.querySelectorAll('input[name="methods"]')];
+    const chosen = boxes.filter((b) => b.checked).map((b) => b.value);
+    return chosen.length ? chosen : METHODS.filter((m) => m.default && m.available).map((m) => m.name);
+  }
+
   function options() {
     return {
+      methods: chosenMethods().join(','),
       saliency_method: el.saliencyMethod ? el.saliencyMethod.value : 'vanilla',
       adversarial: el.adversarial && !el.adversarial.checked ? '0' : '1',
+      attack: el.attack ? el.attack.value : 'fgsm',
     };
   }
 
@@ -257,6 +268,7 @@
     const form = new FormData();
     form.append('image', blob, blob.name || 'frame.png');
     const opts = options();
+    if (meta.caption) opts.caption = meta.caption;
     Object.keys(opts).forEach((k) => form.append(k, opts[k]));
     const t0 = performance.now();
     try {
@@ -268,7 +280,10 @@
       state.result = result;
       state.selected = null;
       state.reference = meta.reference || null;
+      state.ownCaption = Boolean(meta.caption);
       state.pendingSaliency = new Set();
+      state.pendingContrast = new Set();
+      state.drawn = new Map();
       render();
     } catch (err) {
       showError(err instanceof ServerError ? err.message : `Something went wrong: ${err.message}`);
@@ -285,6 +300,7 @@
     form.append('image', state.blob, state.blob.name || 'frame.png');
     form.append('methods', 'saliency');
     form.append('words', String(index));
+    form.append('caption', result.caption);   // the same words, not a second decode
     form.append('adversarial', '0');
     const sal = result.explanations.saliency;
     form.append('saliency_method', (sal && sal.method) || 'vanilla');
@@ -308,11 +324,90 @@
     }
   }
 
+  // "Why this word and not that one?": the contrastive map for a chosen alternative.
+  async function requestContrast(index, alternative) {
+    const result = state.result;
+    const key = `${index}:${alternative}`;
+    if (state.pendingContrast.has(key)) return;
+    state.pendingContrast.add(key);
+    const form = new FormData();
+    form.append('image', state.blob, state.blob.name || 'frame.png');
+    form.append('methods', 'contrastive');
+    form.append('caption', result.caption);
+    form.append('contrast', key);
+    try {
+      const answer = await postForm('/api/explain', form);
+      if (state.result !== result) return;
+      const section = answer.explanations.contrastive;
+      result.explanations.contrastive = result.explanations.contrastive || section;
+      result.explanations.contrastive.words[index] = section.words[index];
+      state.drawn.delete(`contrastive:${index}`);
+    } catch (err) {
+      if (state.result === result) showError(err.message);
+    } finally {
+      state.pendingContrast.delete(key);
+      if (state.result === result) renderSelection();
+    }
+  }
+
+  // -- maps drawn in the page -------------------------------------------------------------
+  // A heatmap (rows of values in [0, 1] spanning the frame) upsampled bilinearly to the
+  // frame, coloured with the legend's scale and blended as the server's PNGs are:
+  // weak evidence shows the frame, strong evidence the colour.
+  function sampleBilinear(grid, gh, gw, y, x) {
+    const y0 = Math.max(0, Math.min(gh - 1, Math.floor(y))), x0 = Math.max(0, Math.min(gw - 1, Math.floor(x)));
+    const y1 = Math.min(gh - 1, y0 + 1), x1 = Math.min(gw - 1, x0 + 1);
+    const fy = Math.max(0, Math.min(1, y - y0)), fx = Math.max(0, Math.min(1, x - x0));
+    const top = grid[y0][x0] * (1 - fx) + grid[y0][x1] * fx;
+    const bottom = grid[y1][x0] * (1 - fx) + grid[y1][x1] * fx;
+    return top * (1 - fy) + bottom * fy;
+  }
+
+  function drawHeatmap(ctx, frame, grid, width, height) {
+    ctx.drawImage(frame, 0, 0, width, height);
+    const image = ctx.getImageData(0, 0, width, height);
+    const px = image.data;
+    const gh = grid.length, gw = grid[0].length;
+    let lo = Infinity, hi = -Infinity;
+    grid.forEach((row) => row.forEach((v) => { lo = Math.min(lo, v); hi = Math.max(hi, v); }));
+    const span = hi - lo > 1e-12 ? hi - lo : 0;
+    for (let y = 0; y < height; y += 1) {
+      const gy = (y + 0.5) * gh / height - 0.5;
+      for (let x = 0; x < width; x += 1) {
+        const v = sampleBilinear(grid, gh, gw, gy, (x + 0.5) * gw / width - 0.5);
+        const m = span ? Math.max(0, Math.min(1, (v - lo) / span)) : 0;
+        const c = COLORMAP[Math.min(255, Math.floor(m * 256))];
+        const a = 0.5 * (0.35 + 0.65 * m);
+        const i = 4 * (y * width + x);
+        px[i] = px[i] * (1 - a) + c[0] * a;
+        px[i + 1] = px[i + 1] * (1 - a) + c[1] * a;
+        px[i + 2] = px[i + 2] * (1 - a) + c[2] * a;
+      }
+    }
+    ctx.putImageData(image, 0, 0);
+  }
+
+  function overlayUrl(key, map) {
+    if (map.overlay) return map.overlay;            // the server drew it (overlays=1)
+    if (!state.drawn.has(key)) {
+      const frame = el.frame;
+      if (!frame.complete || !frame.naturalWidth || !map.heatmap || !map.heatmap.length) return null;
+      const scale = Math.min(1, 480 / Math.max(frame.naturalWidth, frame.naturalHeight));
+      const canvas = make('canvas');
+      canvas.width = Math.max(1, Math.round(frame.naturalWidth * scale));
+      canvas.height = Math.max(1, Math.round(frame.naturalHeight * scale));
+      drawHeatmap(canvas.getContext('2d'), frame, map.heatmap, canvas.width, canvas.height);
+      state.drawn.set(key, canvas.toDataURL('image/png'));
+    }
+    return state.drawn.get(key);
+  }
+
   // -- rendering ------------------------------------------------------------------------
   function render() {
     const r = state.result;
     el.emptyState.hidden = true;
     el.result.hidden = false;
+    el.frame.onload = () => { renderAdversarial(); renderSelection(); };   // maps are drawn over the loaded frame
     el.frame.src = state.frameUrl;
 
     el.caption.replaceChildren();
@@ -321,7 +416,12 @@
       b.type = 'button';
       b.dataset.index = String(i);
       b.setAttribute('aria-pressed', 'false');
-      b.title = `Evidence for “${word}”`;
+      const info = (r.word_scores || [])[i];
+      b.title = `Evidence for “${word}”` + (info ? ` (p = ${info.p.toFixed(2)})` : '');
+      if (info && !info.model_choice) {
+        b.classList.add('unlikely');                 // the model would have written another word
+        b.title += ': not the model’s own choice here';
+      }
       el.caption.appendChild(b);
       if (i < r.words.length - 1) el.caption.appendChild(document.createTextNode(' '));
     });
@@ -363,45 +463,60 @@
       ? 'Evidence for the whole caption'
       : `Evidence for “${r.words[sel]}” (word ${sel + 1} of ${r.words.length})`;
 
-    METHODS.forEach((m) => {
+    METHODS.filter((m) => m.available).forEach(({ name: m }) => {
       const card = $(`card-${m}`);
+      if (!card) return;
       const img = $(`overlay-${m}`);
       const spinner = card.querySelector('.card-spinner');
       const missing = card.querySelector('.card-missing');
       const score = $(`score-${m}`);
       const section = ex[m];
-      card.classList.toggle('unavailable', !section);
+      card.hidden = !section;
       spinner.hidden = true;
       missing.textContent = '';
       score.textContent = '';
-      if (!section) {
-        img.removeAttribute('src');
-        missing.textContent = r.words.length ? 'not available for this model' : 'no caption to explain';
-        return;
-      }
+      if (!section) return;
       const map = currentMap(section, sel);
-      if (map) {
-        img.src = map.overlay;
+      const url = map && overlayUrl(`${m}:${sel}`, map);
+      if (url) {
+        img.src = url;
         card.classList.remove('stale');
-        if (typeof map.score === 'number') score.textContent = `log p ${fixed2(map.score)}`;
+        if (typeof map.alternative === 'string') {
+          score.textContent = `vs “${map.alternative}”: p ${fixed2(map.p_word)} vs ${fixed2(map.p_alternative)}`;
+        } else if (typeof map.score === 'number') {
+          score.textContent = `log p ${fixed2(map.score)}`;
+        }
       } else if (m === 'saliency' && sel !== null) {
         spinner.hidden = false;                    // keep the old picture, dimmed, meanwhile
         card.classList.add('stale');
         requestSaliency(sel);
       } else {
         img.removeAttribute('src');
-        missing.textContent = 'not computed';
+        missing.textContent = map ? 'drawing…' : 'not computed';
       }
+      if (section.note) $(`hint-${m}`).textContent = section.note;
     });
-
-    const att = ex.attention;
-    el.cardAttention.hidden = !att;
-    if (att) {
-      const map = currentMap(att, sel);
-      if (map) el.overlayAttention.src = map.overlay;
-      el.attentionNote.textContent = att.note || '';
-    }
+    renderWordPanel();
     renderAceSegments();
+  }
+
+  function renderWordPanel() {
+    const r = state.result;
+    const sel = state.selected;
+    const info = sel === null ? null : (r.word_scores || [])[sel];
+    el.wordPanel.hidden = !info;
+    el.alternatives.replaceChildren();
+    if (!info) return;
+    el.wordProbability.textContent = `p(${info.word}) = ${fixed2(info.p)}` +
+      (info.model_choice ? '' : ' (not the model’s own choice)');
+    info.alternatives.forEach((alt) => {
+      const b = make('button', 'chip', `${alt.word} ${fixed2(alt.p)}`);
+      b.type = 'button';
+      b.title = `Why “${info.word}” and not “${alt.word}”?`;
+      b.addEventListener('click', () => requestContrast(sel, alt.word));
+      el.alternatives.appendChild(b);
+    });
+    el.alternativesLabel.hidden = !info.alternatives.length;
   }
 
   function renderAce() {
@@ -456,7 +571,8 @@
     const whole = adv.all_pixels || adv;
     const perturbation = adv.perturbation || whole.perturbation;
     if (whole.perturbed_image) el.advImage.src = whole.perturbed_image; else el.advImage.removeAttribute('src');
-    if (perturbation) el.advPerturbation.src = perturbation.overlay; else el.advPerturbation.removeAttribute('src');
+    const perturbationUrl = perturbation && overlayUrl('perturbation', perturbation);
+    if (perturbationUrl) el.advPerturbation.src = perturbationUrl; else el.advPerturbation.removeAttribute('src');
     el.advEpsilon.textContent = adv.epsilon !== undefined ? `±${Math.round(adv.epsilon)}/255 per pixel` : '';
     el.advCaption.textContent = adv.new_caption || '';
     const changes = adv.changed_words || [];
@@ -526,8 +642,8 @@
 
   async function downloadPng() {
     if (!state.result) return;
-    const tiles = [['frame', el.frame]].concat(METHODS.map((m) => [m, $(`overlay-${m}`)]));
-    if (!el.cardAttention.hidden) tiles.push(['attention (not an attribution)', el.overlayAttention]);
+    const shown = METHODS.filter((m) => $(`card-${m.name}`) && !$(`card-${m.name}`).hidden);
+    const tiles = [['frame', el.frame]].concat(shown.map((m) => [m.label, $(`overlay-${m.name}`)]));
     const images = await Promise.all(tiles.map(([, img]) => loadImage(img.getAttribute('src'))));
     const side = 256, pad = 16, head = 64, foot = 28;
     const canvas = make('canvas');
@@ -554,7 +670,7 @@
         g.strokeRect(x, head, side, side);
       }
       g.fillStyle = '#111827';
-      g.fillText(name === 'gradcam' ? 'Grad-CAM' : name === 'ace' ? 'ACE' : name, x, head + side + 20);
+      g.fillText(name, x, head + side + 20);
     });
     canvas.toBlob((blob) => { if (blob) download(blob, `caption-overlays-${stamp()}.png`); }, 'image/png');
   }
@@ -614,12 +730,14 @@
       ['error', 'error'], ['status', 'model-status'], ['stage', 'stage'], ['stageHint', 'stage-hint'],
       ['video', 'preview'], ['startCamera', 'start-camera'], ['capture', 'capture'],
       ['uploadForm', 'upload-form'], ['uploadInput', 'upload-input'], ['samplesForm', 'samples-form'],
-      ['saliencyMethod', 'saliency-method'], ['adversarial', 'adversarial'],
+      ['saliencyMethod', 'saliency-method'], ['adversarial', 'adversarial'], ['attack', 'attack'],
+      ['overlays', 'overlays'], ['wordPanel', 'word-panel'], ['wordProbability', 'word-probability'],
+      ['alternatives', 'alternatives'], ['alternativesLabel', 'alternatives-label'],
+      ['ownCaptionForm', 'own-caption-form'], ['ownCaption', 'own-caption'],
       ['resultPanel', 'result-panel'], ['progress', 'progress'], ['progressText', 'progress-text'],
       ['emptyState', 'empty-state'], ['result', 'result'], ['caption', 'caption'], ['speak', 'speak'],
       ['wholeCaption', 'whole-caption'], ['selectionLabel', 'selection-label'], ['reference', 'reference'],
-      ['logprob', 'logprob'], ['unfamiliar', 'unfamiliar'], ['familiarity', 'familiarity'], ['frame', 'frame'], ['cardAttention', 'card-attention'],
-      ['overlayAttention', 'overlay-attention'], ['attentionNote', 'attention-note'],
+      ['logprob', 'logprob'], ['unfamiliar', 'unfamiliar'], ['familiarity', 'familiarity'], ['frame', 'frame'],
       ['aceSection', 'ace-section'], ['aceConcepts', 'ace-concepts'], ['aceNote', 'ace-note'],
       ['aceSegments', 'ace-segments'], ['advSection', 'adversarial-section'], ['advImage', 'adv-image'],
       ['advPerturbation', 'adv-perturbation'], ['advEpsilon', 'adv-epsilon'], ['advCaption', 'adv-caption'],
@@ -627,7 +745,16 @@
       ['timings', 'timings'], ['downloadJson', 'download-json'], ['downloadPng', 'download-png'],
     ].forEach(([key, id]) => { el[key] = $(id); });
 
+    METHODS = JSON.parse(el.overlays.dataset.methods || '[]');
+    COLORMAP = JSON.parse(el.overlays.dataset.colormap || '[]');
     el.startCamera.addEventListener('click', startCamera);
+    el.ownCaptionForm.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const text = el.ownCaption.value.trim();
+      if (!state.blob) { showError('Capture or upload a frame first, then type a caption for it.'); return; }
+      if (!text) { showError('Type a caption first.'); return; }
+      explain(state.blob, { caption: text, reference: state.reference });
+    });
     const picker = document.getElementById('bundle-picker');
     if (picker) picker.addEventListener('change', () => switchBundle(picker.value));
     el.capture.addEventListener('click', capture);

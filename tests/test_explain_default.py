@@ -41,7 +41,7 @@ def test_full_explanation_with_concepts(shapes_captioner, scenes):
 
     explainer = Explainer(shapes_captioner)
     assert explainer.concept_bank is not None, "the default bundle ships a concept bank"
-    out = explainer.explain(scenes[0].image, words="all")
+    out = explainer.explain(scenes[0].image, words="all", overlays=True)
     n = len(out["words"])
     ex = out["explanations"]
     assert set(ex) >= {"gradcam", "saliency", "ace", "attention"}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from source_code.web.imaging import (DEFAULT_MAX_PIXELS, MIN_SIDE, ImageError, ImageTooLarge,
+from source_code.imaging import (DEFAULT_MAX_PIXELS, MIN_SIDE, ImageError, ImageTooLarge,
                                      decode_image)
 
 

@@ -181,7 +181,7 @@ def test_real_data_recipe_end_to_end(mirror, tmp_path, monkeypatch, capsys):
     import tensorflow as tf
 
     from source_code.model.captioner import Captioner
-    from source_code.web.imaging import decode_image
+    from source_code.imaging import decode_image
 
     captioner = Captioner.load(bundle)
     assert (bundle / "concepts").is_dir()   # kept by build-concepts' save

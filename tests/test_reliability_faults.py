@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from source_code.web.app import create_app
+from source_code.web import create_app
 
 from test_app_process import load_app_module
 from test_web_api import post, scene_png
@@ -296,7 +296,7 @@ def test_a_bad_bundle_at_start_is_one_clear_line_and_exit_2(case, tiny_bundle, t
 
 
 def test_a_model_that_fails_its_first_run_is_one_clear_line(tiny_bundle, monkeypatch, capfd):
-    from source_code.web import app as web
+    from source_code.web import service as web
 
     def broken(explainer):
         raise RuntimeError("Graph execution error:\n\ndetails over many lines")

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from source_code.web import imaging
-from source_code.web.app import create_app
-from source_code.web.imaging import ImageError, decode_image
+from source_code import imaging
+from source_code.web import create_app
+from source_code.imaging import ImageError, decode_image
 
 from test_web_api import app, assert_error, explainer, post, scene_png  # noqa: F401 (fixtures)
 
@@ -309,7 +309,7 @@ def test_nasty_file(app, name):  # noqa: F811
 # -- forced internal errors -------------------------------------------------------------------------
 def test_an_internal_error_while_decoding_is_a_bare_500(explainer, monkeypatch, caplog):  # noqa: F811
     def broken(*args, **kwargs):
-        raise RuntimeError(f"bug in {REPO}/source_code/web/imaging.py, line 99")
+        raise RuntimeError(f"bug in {REPO}/source_code/imaging.py, line 99")
 
     monkeypatch.setattr(imaging, "_to_rgb", broken)
     client = create_app({}, explainer=explainer).test_client()

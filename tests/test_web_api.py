@@ -18,8 +18,8 @@ from PIL import Image
 from source_code.data.synthetic import generate_scene
 from source_code.explain.pipeline import Explainer
 from source_code.model.captioner import Captioner
-from source_code.web import app as web
-from source_code.web.app import SAMPLE_SEEDS, create_app
+from source_code.web import create_app
+from source_code.web.routes import SAMPLE_SEEDS
 
 from conftest import make_tiny_captioner
 
@@ -115,11 +115,15 @@ def assert_error(res, status, *fragments):
     return body["error"]
 
 
-def assert_map(m, where=""):
-    assert isinstance(m, dict) and {"heatmap", "overlay"} <= set(m), where
+def assert_map(m, where="", overlay=False):
+    """A MAP of the contract: a heatmap grid in [0, 1]; a PNG overlay only when asked."""
+    assert isinstance(m, dict) and "heatmap" in m, where
     grid = np.asarray(m["heatmap"], dtype=float)
     assert grid.ndim == 2 and 1 <= grid.shape[0] <= 64 and 1 <= grid.shape[1] <= 64, where
     assert grid.min() >= 0.0 and grid.max() <= 1.0, where
+    if not overlay:
+        assert "overlay" not in m, where
+        return
     assert m["overlay"].startswith("data:image/png;base64,"), where
     png = base64.b64decode(m["overlay"].split(",", 1)[1])
     assert png[:8] == b"\x89PNG\r\n\x1a\n", where
@@ -176,7 +180,7 @@ def test_caption(client):
 
 
 def test_explain_gradcam_and_saliency(client):
-    res = post(client, "/api/explain", scene_png(), methods="gradcam,saliency", adversarial="0")
+    res = post(client, "/api/explain", scene_png(), methods="gradcam,saliency,attention")
     assert res.status_code == 200
     body = res.get_json()
     words = body["words"]
@@ -195,6 +199,89 @@ def test_explain_gradcam_and_saliency(client):
     assert len(attention["words"]) == len(words)
     assert {"gradcam", "saliency", "total"} <= set(body["timings_ms"])
     assert any(step.startswith("backbone") for step in body["timings_ms"])
+
+
+def test_methods_lists_the_registry(client):
+    res = client.get("/api/methods")
+    assert res.status_code == 200
+    methods = {m["name"]: m for m in res.get_json()["methods"]}
+    assert {"gradcam", "gradcam_pp", "attention", "saliency", "smoothgrad",
+            "integrated_gradients", "contrastive", "ace"} <= set(methods)
+    for m in methods.values():
+        assert m["label"] and m["hint"] and isinstance(m["options"], list)
+    assert methods["gradcam"]["default"] and not methods["gradcam_pp"]["default"]
+    attack = {o["name"]: o for o in methods["ace"]["options"]}["attack"]
+    assert attack["choices"] == ["fgsm", "pgd"]
+
+
+def test_default_answer_is_compact_and_overlays_come_when_asked(client):
+    compact = post(client, "/api/explain", scene_png(), methods="gradcam")
+    assert compact.status_code == 200
+    assert len(compact.get_data()) < 64 * 1024
+    assert "overlay" not in compact.get_json()["explanations"]["gradcam"]["caption"]
+    full = post(client, "/api/explain", scene_png(), methods="gradcam", overlays="1")
+    for m in [full.get_json()["explanations"]["gradcam"]["caption"],
+              *full.get_json()["explanations"]["gradcam"]["words"]]:
+        assert_map(m, overlay=True)
+    assert_error(post(client, "/api/explain", scene_png(), overlays="maybe"), 400, "overlays")
+
+
+@pytest.mark.parametrize("method", ["gradcam_pp", "smoothgrad", "integrated_gradients"])
+def test_every_registered_map_method_is_reachable(client, method):
+    res = post(client, "/api/explain", scene_png(), methods=method, words="0")
+    assert res.status_code == 200, res.get_json()
+    section = res.get_json()["explanations"][method]
+    assert_map(section["caption"], method)
+    assert_map(section["words"][0], method)
+
+
+def test_word_scores_give_each_words_probability_and_alternatives(client):
+    body = post(client, "/api/explain", scene_png(), methods="gradcam").get_json()
+    scores = body["word_scores"]
+    assert [s["word"] for s in scores] == body["words"]
+    for s, m in zip(scores, body["explanations"]["gradcam"]["words"]):
+        assert 0 < s["p"] <= 1 and abs(np.log(s["p"]) - s["logprob"]) < 1e-3
+        assert abs(s["logprob"] - m["score"]) < 1e-3     # the same s_t Grad-CAM explains
+        assert s["word"] not in [a["word"] for a in s["alternatives"]]
+        assert all(a["word"] not in ("<end>", "<pad>", "<start>", "<unk>") for a in s["alternatives"])
+
+
+def test_contrastive_against_the_runner_up_and_a_chosen_word(client):
+    body = post(client, "/api/explain", scene_png(), methods="contrastive").get_json()
+    words, section = body["words"], body["explanations"]["contrastive"]
+    assert_map(section["caption"])
+    for s, m in zip(body["word_scores"], section["words"]):
+        assert_map(m)
+        assert m["alternative"] == s["alternatives"][0]["word"] and not m["chosen"]
+        assert abs(m["score"] - (np.log(m["p_word"]) - np.log(m["p_alternative"]))) < 1e-2
+    other = next(w for w in ("circle", "square", "red") if w != words[0])
+    chosen = post(client, "/api/explain", scene_png(), methods="contrastive",
+                  caption=body["caption"], contrast=f"0:{other}").get_json()
+    first = chosen["explanations"]["contrastive"]["words"][0]
+    assert first["alternative"] == other and first["chosen"]
+    assert_error(post(client, "/api/explain", scene_png(), methods="contrastive",
+                      contrast="0:zebra"), 400, "not in the model's vocabulary")
+    assert_error(post(client, "/api/explain", scene_png(), methods="contrastive",
+                      contrast="nonsense"), 400, "index:word")
+
+
+def test_explain_your_own_caption(client):
+    res = post(client, "/api/explain", scene_png(), methods="gradcam",
+               caption="A large red circle above a small blue square")
+    assert res.status_code == 200, res.get_json()
+    body = res.get_json()
+    assert body["words"] == "a large red circle above a small blue square".split()
+    assert len(body["explanations"]["gradcam"]["words"]) == 9
+    assert all(isinstance(s["model_choice"], bool) for s in body["word_scores"])
+    assert abs(sum(s["logprob"] for s in body["word_scores"]) - body["logprob"]) < 1e-2
+    assert_error(post(client, "/api/explain", scene_png(), caption="a purple unicorn"),
+                 400, "not in the model's vocabulary", "purple", "unicorn")
+
+
+def test_the_pgd_attack_is_reachable(client):
+    res = post(client, "/api/explain", scene_png(), methods="ace", attack="pgd")
+    assert res.status_code == 200
+    assert res.get_json()["explanations"]["ace"]["adversarial"]["method"] == "pgd"
 
 
 def test_explain_saliency_only_for_the_words_asked(client):
@@ -229,7 +316,6 @@ def test_explain_with_another_saliency_method(client):
     assert [m is not None for m in sal["words"]].count(True) == 1
 
 
-@pytest.mark.skipif(not web.ace_available(), reason="ACE is not in this build yet")
 def test_explain_default_methods_include_ace_and_the_adversarial_check(client):
     res = post(client, "/api/explain", scene_png())
     assert res.status_code == 200
@@ -248,8 +334,6 @@ def test_explain_default_methods_include_ace_and_the_adversarial_check(client):
 
 
 def test_explain_without_the_adversarial_check(client):
-    if not web.ace_available():
-        pytest.skip("ACE is not in this build yet")
     res = post(client, "/api/explain", scene_png(), methods="ace", adversarial="0")
     assert res.status_code == 200
     assert "adversarial" not in res.get_json()["explanations"]["ace"]
@@ -260,6 +344,7 @@ def test_explain_without_the_adversarial_check(client):
     ({"methods": "gradcam", "words": "99"}, "out of range"),
     ({"methods": "gradcam", "words": "first"}, "not an integer"),
     ({"methods": "saliency", "saliency_method": "guessing"}, "unknown saliency method"),
+    ({"methods": "ace", "attack": "laser"}, "unknown attack"),
     ({"methods": "gradcam", "adversarial": "maybe"}, "adversarial"),
 ])
 def test_bad_options_are_400(client, form, fragment):
@@ -453,20 +538,6 @@ def test_500_has_no_traceback_or_paths(url, caplog):
         assert leak not in text
     assert res.headers["X-Content-Type-Options"] == "nosniff"
     assert any("boom" in (r.exc_text or "") for r in caplog.records), "the log keeps the details"
-
-
-def test_without_ace_the_default_methods_leave_it_out(monkeypatch):
-    monkeypatch.setattr(web, "ace_available", lambda: False)
-    explainer = BlockingExplainer()
-    client = create_app({}, explainer=explainer).test_client()
-    assert post(client, "/api/explain", scene_png()).status_code == 200
-    assert explainer.last_kwargs["methods"] == ["gradcam", "saliency"]
-    assert_error(post(client, "/api/explain", scene_png(), methods="ace"), 501, "ACE")
-
-
-def test_save_dir_is_refused():
-    with pytest.raises(ValueError, match="never stored"):
-        create_app({"SAVE_DIR": "/tmp/frames"}, explainer=BlockingExplainer())
 
 
 # -- headers, routes, page -----------------------------------------------------------------------------

@@ -142,35 +142,23 @@ class ConceptBank:
         return cache[path]
 
 
-def explain_with_concepts(explainer, image, frame, pixels, target, feature_map=None,
-                          gradients=None) -> dict:
-    """Request-time ACE for the caption and each word (see the module docstring)."""
-    from .gradcam import word_gradients
-    from .render import display_frame, overlay_url_later, resolve
-    from .maps import json_grid
+def explain_with_concepts(ctx) -> dict:
+    """Request-time ACE for the caption and each word (see the module docstring), on the
+    shared explanation context (methods.Context)."""
+    from .render import display_frame
 
-    captioner = explainer.captioner
-    size = captioner.input_size
-    view = np.asarray(pixels[0]).astype(np.uint8)                  # the model's input view
+    captioner, target = ctx.captioner, ctx.target
+    view = np.asarray(ctx.pixels[0]).astype(np.uint8)              # the model's input view
     labels = segment(display_frame(view, REQUEST_SLIC_MAX_SIDE), REQUEST_RESOLUTION)
-    if feature_map is None:
-        feature_map = captioner.features(pixels)
-    grid = captioner.grid
-    cover = coverage(labels, grid)
-    _, grads = gradients or word_gradients(captioner, feature_map, target)
-    fmap = feature_map.numpy()[0]
-    imp_words = segment_importance(fmap, grads.numpy(), cover)      # [T, n]
+    cover = coverage(labels, captioner.grid)
+    fmap = np.asarray(ctx.feature_map)[0]
+    imp_words = segment_importance(fmap, ctx.teacher.gradients.numpy(), cover)   # [T, n]
     imp_caption = imp_words.sum(0)
-    bank = explainer.concept_bank
+    bank = ctx.explainer.concept_bank
     if bank is not None:
         concept_idx, cosine = bank.match(region_embeddings(fmap, cover))
     else:
         concept_idx, cosine = np.full(len(cover), -1), np.zeros(len(cover))
-
-    def seg_map(importance):
-        # paint each segment with its positive importance, on the model's input grid
-        painted = np.maximum(importance, 0)[labels]
-        return painted
 
     def describe(importance, word=None):
         order = np.argsort(-importance)
@@ -183,8 +171,8 @@ def explain_with_concepts(explainer, image, frame, pixels, target, feature_map=N
             if k >= 0 and word is not None:
                 entry["tcav"] = bank.word_scores.get(word, {}).get(bank.names[k])
             top.append(entry)
-        m = seg_map(importance)
-        return {"heatmap": json_grid(m), "overlay": overlay_url_later(frame, m), "segments": top}
+        # each segment painted with its positive importance, on the model's input view
+        return ctx.map(np.maximum(importance, 0)[labels], segments=top)
 
     result = {"caption": describe(imp_caption),
               "words": [describe(imp_words[t], w) for t, w in enumerate(target.words)],
@@ -206,4 +194,4 @@ def explain_with_concepts(explainer, image, frame, pixels, target, feature_map=N
     else:
         result["concepts"] = []
         result["note"] = "this bundle has no concept bank: segments are scored, not named"
-    return resolve(result)
+    return result

@@ -66,10 +66,11 @@ def changed_words(before: list[str], after: list[str]) -> list[dict]:
 
 
 def adversarial_check(explainer, pixels, caption, frame, method: str = "fgsm",
-                      epsilon: float = EPSILON, salient: bool = True, gradient=None) -> dict:
-    """Perturb (whole image, and salient pixels only), re-caption, report."""
-    from .maps import json_grid
-    from .render import data_url, overlay
+                      epsilon: float = EPSILON, salient: bool = True, gradient=None,
+                      overlay: bool = False) -> dict:
+    """Perturb (whole image, and salient pixels only), re-caption, report. ``overlay``:
+    the perturbation map as a PNG overlay over ``frame`` as well as a heatmap."""
+    from .render import data_url, map_json
 
     captioner = explainer.captioner
     target = caption_target(captioner, caption.words)
@@ -92,7 +93,7 @@ def adversarial_check(explainer, pixels, caption, frame, method: str = "fgsm",
             "changed_words": changed_words(caption.words, new.words),
             "caption_changed": new.words != caption.words,
             "original_caption_logprob_after": round(s_new, 4),
-            "perturbation": {"heatmap": json_grid(delta), "overlay": data_url(overlay(frame, delta))},
+            "perturbation": map_json(delta, frame if overlay else None),
             "perturbed_image": data_url(perturbed),
             "fraction_of_pixels": fraction or 1.0,
         }

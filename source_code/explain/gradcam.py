@@ -4,7 +4,7 @@ Both work at the backbone's last convolutional activation A (``top_activation``)
 which is exactly what the decoder reads. So one backbone pass gives A, and all
 per-word gradients ds_t/dA come from the decoder alone: the Jacobian of the
 words' scores with respect to A, one compiled, vectorised computation (see
-``target.compiled_function("words")``). The caption's gradient is their sum
+``target.teacher_pass``). The caption's gradient is their sum
 (s = sum_t s_t).
 
 Grad-CAM (Selvaraju et al. 2017): weights = spatial mean of dS/dA, map = ReLU(sum_k w_k A_k).
@@ -16,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .target import CaptionTarget, compiled_function
+from .target import CaptionTarget, teacher_pass
 
 
 def word_gradients(captioner, feature_map, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
     """feature_map [1, h, w, C] -> (scores [T], gradients [T, h, w, C]) with row t = ds_t/dA."""
-    return compiled_function(captioner, "words")(
-        tf.convert_to_tensor(feature_map, tf.float32), target.tokens_in, target.targets)
+    found = teacher_pass(captioner, feature_map, target)
+    return found.scores, found.gradients
 
 
 def gradcam_weights(activations, gradients, plus_plus: bool = False):
@@ -34,6 +34,15 @@ def gradcam_weights(activations, gradients, plus_plus: bool = False):
     denom = 2.0 * g2 + sum_a * g3
     alpha = tf.where(tf.abs(denom) > 1e-12, g2 / tf.where(tf.abs(denom) > 1e-12, denom, 1.0), 0.0)
     return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=[1, 2])
+
+
+def cam_maps(feature_map, gradients, weights=gradcam_weights) -> np.ndarray:
+    """feature_map A [1, h, w, C], gradients [N, h, w, C] -> [N, h, w] maps
+    ReLU(sum_k w_k A_k) with channel weights w = weights(A, gradients) [N, C]: every CAM
+    variant is a choice of ``weights``. ReLU'd, not normalised."""
+    acts = tf.convert_to_tensor(feature_map, tf.float32)
+    acts = tf.tile(acts, [int(gradients.shape[0]), 1, 1, 1])
+    return tf.nn.relu(tf.einsum("nhwc,nc->nhw", acts, weights(acts, gradients))).numpy()
 
 
 def cam_from(activations, gradients, plus_plus: bool = False) -> np.ndarray:
@@ -50,7 +59,6 @@ def gradcam(captioner, feature_map, target: CaptionTarget, plus_plus: bool = Fal
     Returns {"caption": [h, w], "words": [T, h, w], "scores": [T]}.
     """
     scores, grads = gradients or word_gradients(captioner, feature_map, target)
-    acts = tf.convert_to_tensor(feature_map)
-    words = cam_from(tf.tile(acts, [target.n_words, 1, 1, 1]), grads, plus_plus)
-    caption = cam_from(acts, tf.reduce_sum(grads, 0, keepdims=True), plus_plus)[0]
-    return {"caption": caption, "words": words, "scores": scores.numpy()}
+    weights = lambda a, g: gradcam_weights(a, g, plus_plus)   # noqa: E731
+    return {"caption": cam_maps(feature_map, tf.reduce_sum(grads, 0, keepdims=True), weights)[0],
+            "words": cam_maps(feature_map, grads, weights), "scores": scores.numpy()}

@@ -27,7 +27,7 @@ def json_grid(m: np.ndarray, max_side: int = MAX_JSON_GRID) -> list[list[float]]
     if max(h, w) > max_side:
         scale = max_side / max(h, w)
         m = np.clip(resize_map(m, max(1, round(h * scale)), max(1, round(w * scale))), 0, 1)
-    return np.round(m, 4).tolist()
+    return np.round(m, 3).tolist()   # 1/1000 is finer than the 256-colour scale
 
 
 def peak(m: np.ndarray, height: int, width: int) -> tuple[int, int]:

@@ -1,8 +1,8 @@
 """Caption an image and explain the caption: the one entry point the web app and CLI use.
 
 Data flows one way: frame -> pixels -> feature map A (one backbone pass) ->
-caption -> explanations (Grad-CAM from A through the decoder; saliency and ACE
-through the backbone) -> JSON-ready dicts with heatmaps and overlays. When the
+caption -> explanations (the methods of ``methods.REGISTRY``, run on one shared
+context) -> JSON-ready dicts with heatmaps (PNG overlays only when asked). When the
 caption's pixel gradient is needed (saliency, the adversarial check), the pass
 that captions also backpropagates, so the backbone runs forward once. Nothing
 here knows about HTTP.
@@ -13,33 +13,11 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-import tensorflow as tf
-
-from . import gradcam as gradcam_lib
-from . import saliency as saliency_lib
-from .maps import json_grid
-from .render import display_frame, overlay_url_later, resolve
+from .methods import REGISTRY, Context, ExplainError, parse_methods, parse_options
+from .render import display_frame, resolve
 from .target import caption_target, scores_and_attention
 
-METHODS = ("gradcam", "saliency", "ace")
-SALIENCY_METHODS = ("vanilla", "smoothgrad", "integrated_gradients")
-ATTENTION_NOTE = ("attention weights: where the decoder looked while writing the word; "
-                  "not an attribution of the word to pixels")
-
-
-class ExplainError(ValueError):
-    """A request the explainer cannot serve (bad method name, word index...)."""
-
-
-def parse_methods(value) -> list[str]:
-    if value is None or value == "":
-        return list(METHODS)
-    items = [m.strip().lower() for m in (value.split(",") if isinstance(value, str) else value)]
-    items = [m for m in items if m]
-    bad = [m for m in items if m not in METHODS]
-    if bad:
-        raise ExplainError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
-    return list(dict.fromkeys(items)) or list(METHODS)
+__all__ = ["Explainer", "ExplainError", "parse_methods", "parse_word_indices"]
 
 
 def parse_word_indices(value, n_words: int) -> list[int]:
@@ -86,12 +64,6 @@ class Explainer:
         self.concept_bank = concept_bank
 
     # -- helpers ----------------------------------------------------------------
-    def _map(self, frame, heatmap, score=None) -> dict:
-        out = {"heatmap": json_grid(heatmap), "overlay": overlay_url_later(frame, heatmap)}
-        if score is not None:
-            out["score"] = round(float(score), 4)
-        return out
-
     def _prepare(self, image, timer):
         with timer("preprocess"):
             pixels = self.captioner.preprocess(image)
@@ -111,11 +83,11 @@ class Explainer:
                                                                   self.beam_width)
         return pixels, feature_map, caption, gradient
 
-    # -- public -----------------------------------------------------------------
     def _familiarity(self, feature_map) -> dict:
         familiar, familiarity = self.captioner.familiar(np.asarray(feature_map))[0]
         return {"familiar": familiar, "familiarity": familiarity}
 
+    # -- public -----------------------------------------------------------------
     def caption(self, image) -> dict:
         timer = _Timer()
         _, feature_map, caption = self._prepare(image, timer)
@@ -124,25 +96,25 @@ class Explainer:
                 "logprob": round(caption.logprob, 4), "beam_width": self.beam_width,
                 "timings_ms": timer.ms}
 
-    def explain(self, image, methods=None, words=None, saliency_method: str = "vanilla",
-                adversarial: bool = True, caption: str | None = None) -> dict:
-        """Caption ``image`` and explain the caption (or explain the given ``caption``,
-        which must use the model's vocabulary)."""
-        methods = parse_methods(methods)
-        if saliency_method not in SALIENCY_METHODS:
-            raise ExplainError(f"unknown saliency method {saliency_method!r}; "
-                               f"choose from {', '.join(SALIENCY_METHODS)}")
+    def explain(self, image, methods=None, words=None, caption: str | None = None,
+                overlays: bool = False, **options) -> dict:
+        """Caption ``image`` (or score the given ``caption``, which must use the model's
+        vocabulary) and explain it with ``methods`` (names from the registry; None: the
+        default set). ``options``: the registry's method options (saliency_method,
+        adversarial, attack, contrast...). ``overlays``: PNG overlays beside heatmaps."""
+        methods = parse_methods(methods, self.captioner)
+        options = parse_options(options)
         timer = _Timer()
         t_all = time.perf_counter()
-        caption_pixel_grad = None   # ds/dx of the whole caption: saliency and the adversarial check
-        if caption is None and ("saliency" in methods or ("ace" in methods and adversarial)):
+        wants_pixel_gradient = any(REGISTRY[m].needs_pixel_gradient(options) for m in methods)
+        caption_pixel_grad = None   # ds/dx of the whole caption, when the caption pass made it
+        if caption is None and wants_pixel_gradient:
             pixels, feature_map, caption, caption_pixel_grad = self._prepare_with_gradient(
                 image, timer)
         else:
             pixels, feature_map, model_caption = self._prepare(image, timer)
             caption = (model_caption if caption is None
                        else self._given_caption(caption, feature_map))
-        frame = display_frame(np.asarray(image))
         result = {"caption": caption.text, "words": caption.words,
                   **self._familiarity(feature_map),
                   "logprob": round(caption.logprob, 4), "beam_width": self.beam_width,
@@ -152,40 +124,45 @@ class Explainer:
             result["timings_ms"] = timer.ms
             return result
         target = caption_target(self.captioner, caption.words)
-        word_idx = parse_word_indices(words, target.n_words)
-        ex = result["explanations"]
-        feature_grads = None
-        if "gradcam" in methods or "ace" in methods:
-            with timer("decoder_gradients"):   # ds_t/dA for every word: shared by Grad-CAM and ACE
-                feature_grads = gradcam_lib.word_gradients(self.captioner, feature_map, target)
-        if "gradcam" in methods:
-            with timer("gradcam"):
-                cams = gradcam_lib.gradcam(self.captioner, feature_map, target,
-                                           gradients=feature_grads)
-                ex["gradcam"] = {
-                    "caption": self._map(frame, cams["caption"], cams["scores"].sum()),
-                    "words": [self._map(frame, m, s) for m, s in zip(cams["words"], cams["scores"])],
-                    "layer": "top_activation"}
-            if self.captioner.decoder.kind == "attention":
-                with timer("attention"):
-                    ex["attention"] = self._attention(frame, feature_map, target)
-        if "saliency" in methods:
-            with timer("saliency"):
-                ex["saliency"], caption_pixel_grad = self._saliency(
-                    frame, pixels, target, word_idx, saliency_method, caption_pixel_grad)
-        if "ace" in methods:
-            with timer("ace"):
-                ex["ace"] = self._ace(image, frame, pixels, target, feature_map, feature_grads)
-            if adversarial:
-                with timer("adversarial"):
-                    from .adversarial import adversarial_check
-                    ex["ace"]["adversarial"] = adversarial_check(self, pixels, caption, frame,
-                                                                 gradient=caption_pixel_grad)
+        ctx = Context(self.captioner, self, image, display_frame(np.asarray(image)), pixels,
+                      feature_map, caption, target, parse_word_indices(words, target.n_words),
+                      options, overlays, caption_pixel_grad)
+        if any(REGISTRY[m].needs_gradients for m in methods):
+            with timer("decoder_gradients"):   # ds_t/dA for every word, shared by methods
+                ctx.teacher  # noqa: B018 (computed once, read by the methods)
+        for name in methods:
+            with timer(name):
+                result["explanations"][name] = REGISTRY[name].run(ctx)
+        result["word_scores"] = self._word_scores(ctx)
         with timer("render"):   # overlays still being drawn on the render pool
             result = resolve(result)
         timer.ms["total"] = round(1000 * (time.perf_counter() - t_all), 1)
         result["timings_ms"] = timer.ms
         return result
+
+    def _word_scores(self, ctx: Context) -> list[dict]:
+        """Per word: its probability under the model, whether it was the model's most
+        likely word at that step, and the step's likeliest other words."""
+        from .methods import _special_ids
+        vocab = self.captioner.vocab
+        if ctx._teacher is not None:
+            scores, top_logp, top_ids = (ctx.teacher.scores.numpy(), ctx.teacher.top_logp.numpy(),
+                                         ctx.teacher.top_ids.numpy())
+        else:
+            scores, _, top_logp, top_ids = (t.numpy()[0] for t in scores_and_attention(
+                self.captioner, ctx.feature_map, ctx.target, with_top=True))
+        special = _special_ids(vocab)
+        out = []
+        for t, word in enumerate(ctx.target.words):
+            word_id = ctx.target.token_ids[t]
+            best = next((int(i) for i in top_ids[t] if int(i) not in special), word_id)
+            others = [{"word": vocab.word(int(i)), "p": round(float(np.exp(lp)), 4)}
+                      for i, lp in zip(top_ids[t], top_logp[t])
+                      if int(i) not in special and int(i) != word_id][:3]
+            out.append({"word": word, "logprob": round(float(scores[t]), 4),
+                        "p": round(float(np.exp(scores[t])), 4),
+                        "model_choice": best == word_id, "alternatives": others})
+        return out
 
     def _given_caption(self, text: str, feature_map):
         """A caption supplied by the user, scored by the model (teacher forcing)."""
@@ -199,40 +176,6 @@ class Explainer:
         logps = [float(v) for v in scores_and_attention(self.captioner, feature_map, target)[0].numpy()[0]]
         return Caption(words, list(target.token_ids), logps, sum(logps))
 
-    def _attention(self, frame, feature_map, target) -> dict:
-        _, alpha = scores_and_attention(self.captioner, feature_map, target)
-        gh, gw = self.captioner.grid
-        maps = alpha.numpy()[0, : target.n_words].reshape(-1, gh, gw)
-        return {"note": ATTENTION_NOTE, "caption": self._map(frame, maps.mean(0)),
-                "words": [self._map(frame, m) for m in maps]}
-
-    def _saliency(self, frame, pixels, target, word_idx, method, caption_grad=None):
-        """Returns (JSON section, signed caption gradient or None). ``caption_grad``:
-        the caption's ds/dx when already computed."""
-        if method == "vanilla":  # the caption (unless given) and all requested words in one batch
-            rows = ([] if caption_grad is not None else [None]) + word_idx
-            grads = (saliency_lib.pixel_gradients(self.captioner, pixels, target, rows) if rows
-                     else tf.zeros((0,) + tuple(pixels.shape[1:])))
-            if caption_grad is not None:
-                grads = tf.concat([caption_grad, grads], 0)
-            maps = saliency_lib.vanilla_from_gradients(grads)
-            caption_map, word_maps = maps[0], dict(zip(word_idx, maps[1:]))
-            caption_grad = grads[:1]
-        else:
-            fn = (saliency_lib.smoothgrad if method == "smoothgrad"
-                  else saliency_lib.integrated_gradients)
-            caption_map = fn(self.captioner, pixels, target, None)
-            word_maps = {i: fn(self.captioner, pixels, target, i) for i in word_idx}
-        section = {"method": method, "caption": self._map(frame, caption_map),
-                   "words": [self._map(frame, word_maps[i]) if i in word_maps else None
-                             for i in range(target.n_words)]}
-        return section, caption_grad
-
-    def _ace(self, image, frame, pixels, target, feature_map, feature_grads) -> dict:
-        from .ace import explain_with_concepts
-        return explain_with_concepts(self, image, frame, pixels, target, feature_map,
-                                     feature_grads)
-
     def warm_up(self):
         """Trace every compiled function once, so the first user request is fast."""
         from .target import warm_up_compiled
@@ -240,5 +183,5 @@ class Explainer:
         size = self.captioner.input_size
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-        self.explain(frame, methods=list(METHODS), words="0")
+        self.explain(frame, words="0")     # the default methods: every compiled function
         self.caption(frame)

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from .maps import normalize, resize_map
+from .maps import json_grid, normalize, resize_map
 
 DEFAULT_CMAP = "jet"
 OVERLAY_ALPHA = 0.5
@@ -59,6 +59,16 @@ _RENDER_POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
 def overlay_url_later(frame: np.ndarray, heatmap: np.ndarray) -> Future:
     """The overlay's PNG data URL, rendered on the pool; ``resolve`` collects it."""
     return _RENDER_POOL.submit(lambda: data_url(overlay(frame, heatmap)))
+
+
+def map_json(heatmap: np.ndarray, overlay_on: np.ndarray | None = None, **extra) -> dict:
+    """The API's form of one explanation map: ``heatmap``, its grid of values in [0, 1]
+    (the page colours it), the method's own numbers (``extra``), and a PNG ``overlay``
+    over the frame ``overlay_on`` only when one is given (files, the no-script page)."""
+    out = {"heatmap": json_grid(heatmap), **extra}
+    if overlay_on is not None:
+        out["overlay"] = overlay_url_later(overlay_on, heatmap)
+    return out
 
 
 def resolve(tree):

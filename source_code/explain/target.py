@@ -61,6 +61,7 @@ def word_scores_from_pixels(captioner, pixels, target: CaptionTarget) -> tf.Tens
     return word_scores_from_features(captioner, captioner.backbone(pixels, training=False), target)
 
 
+TOP_ALTERNATIVES = 6                      # the most likely words reported at each step
 _compiled = weakref.WeakKeyDictionary()   # captioner -> {kind: compiled function}
 FUNCTION_KINDS = ("features", "pixels", "forward", "words")
 
@@ -82,12 +83,17 @@ def compiled_function(captioner, kind: str):
             # Every word's gradient ds_t/dA from one feature map: the Jacobian of the
             # words' scores, vectorised by TensorFlow (pfor), runs the decoder forward
             # once instead of once per word, and was 30 % faster than that on
-            # EfficientNetV2L's grid.
+            # EfficientNetV2L's grid. The same forward gives the attention weights and
+            # each step's most likely words, so no second teacher-forcing pass is needed.
             def words(fmap, tokens_in, targets):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(fmap)
-                    scores = captioner.word_logprobs(fmap, tokens_in, targets)[0, :-1]
-                return scores, tape.jacobian(scores, fmap)[:, 0]
+                    logits, attention = captioner.decoder((fmap, tokens_in), training=False)
+                    logp = tf.nn.log_softmax(logits, axis=-1)
+                    scores = tf.gather(logp, targets, batch_dims=2)[0, :-1]
+                top_logp, top_ids = tf.math.top_k(tf.stop_gradient(logp[0, :-1]), k=top_k)
+                return scores, tape.jacobian(scores, fmap)[:, 0], attention[0, :-1], top_logp, top_ids
+            top_k = min(TOP_ALTERNATIVES, captioner.decoder.vocab_size)
             fn = tf.function(words, input_signature=[
                 tf.TensorSpec((1,) + fmap_shape, tf.float32), tokens, tokens])
         elif kind == "forward":
@@ -95,8 +101,11 @@ def compiled_function(captioner, kind: str):
                 b = tf.shape(fmap)[0]
                 tokens_in, targets = tf.tile(tokens_in, [b, 1]), tf.tile(targets, [b, 1])
                 logits, attention = captioner.decoder((fmap, tokens_in), training=False)
-                scores = tf.gather(tf.nn.log_softmax(logits, axis=-1), targets, batch_dims=2)
-                return scores, attention
+                logp = tf.nn.log_softmax(logits, axis=-1)
+                scores = tf.gather(logp, targets, batch_dims=2)
+                top_logp, top_ids = tf.math.top_k(logp, k=top_k)
+                return scores, attention, top_logp, top_ids
+            top_k = min(TOP_ALTERNATIVES, captioner.decoder.vocab_size)
             fn = tf.function(forward, input_signature=[
                 tf.TensorSpec((None,) + fmap_shape, tf.float32), tokens, tokens])
         else:
@@ -132,12 +141,38 @@ def warm_up_compiled(captioner) -> None:
     compiled_function(captioner, "words")(tf.zeros((1,) + fmap_shape), tokens, tokens)
 
 
-def scores_and_attention(captioner, feature_map, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
+@dataclass(frozen=True)
+class TeacherPass:
+    """One teacher-forced decoder pass over a caption, with every word's gradient.
+    scores [T] (s_t), gradients [T, h, w, C] (ds_t/dA), attention [T, h * w] (zeros for
+    a merge decoder), top_logp / top_ids [T, k]: each step's most likely words."""
+    scores: tf.Tensor
+    gradients: tf.Tensor
+    attention: tf.Tensor
+    top_logp: tf.Tensor
+    top_ids: tf.Tensor
+
+
+def teacher_pass(captioner, feature_map, target: CaptionTarget, word_ids=None) -> TeacherPass:
+    """Teacher forcing of ``target`` on feature_map [1, h, w, C]. ``word_ids``: score
+    these words instead of the caption's at each step (same prefixes), e.g. the
+    alternatives of a contrastive explanation."""
+    targets = target.targets
+    if word_ids is not None:
+        targets = tf.constant([list(word_ids) + [captioner.vocab.end_id]], tf.int32)
+    out = compiled_function(captioner, "words")(
+        tf.convert_to_tensor(feature_map, tf.float32), target.tokens_in, targets)
+    return TeacherPass(*out)
+
+
+def scores_and_attention(captioner, feature_map, target: CaptionTarget, with_top: bool = False):
     """Compiled teacher forcing: feature_map [B, h, w, C] -> (s_t [B, T],
-    attention weights [B, T, h * w]; zeros for a merge decoder)."""
-    scores, attention = compiled_function(captioner, "forward")(
+    attention weights [B, T, h * w]; zeros for a merge decoder), and with ``with_top``
+    each step's most likely words as well (top log-probs [B, T, k], their ids [B, T, k])."""
+    out = compiled_function(captioner, "forward")(
         tf.convert_to_tensor(feature_map, tf.float32), target.tokens_in, target.targets)
-    return scores[:, : target.n_words], attention[:, : target.n_words]
+    out = [t[:, : target.n_words] for t in out]
+    return tuple(out) if with_top else tuple(out[:2])
 
 
 def score_gradients(captioner, inputs, target: CaptionTarget, weights,
