@@ -181,6 +181,7 @@
       await el.video.play().catch(() => {});
       stream.getVideoTracks().forEach((t) => t.addEventListener('ended', stopCamera));
       el.capture.disabled = false;
+      el.live.disabled = false;
       el.startCamera.textContent = 'Stop camera';
       el.capture.focus();
     } catch (err) {
@@ -191,6 +192,7 @@
   }
 
   function stopCamera() {
+    if (state.liveOn) stopLive(false);
     if (state.stream) state.stream.getTracks().forEach((t) => t.stop());
     state.stream = null;
     el.video.srcObject = null;
@@ -198,12 +200,13 @@
     el.stageHint.hidden = false;
     el.stage.classList.remove('live');
     el.capture.disabled = true;
+    el.live.disabled = true;
     el.startCamera.textContent = 'Start camera';
   }
 
   function capture() {
     const v = el.video;
-    if (!state.stream || state.busy) return;
+    if (!state.stream || state.busy || state.liveOn) return;
     if (v.readyState < 2 || !v.videoWidth) {
       showError('The camera has not delivered a picture yet; try again in a moment.');
       return;
@@ -220,12 +223,129 @@
     }, 'image/png');
   }
 
+  // -- live mode ------------------------------------------------------------------------
+  // One frame in flight at a time: the next frame is grabbed only when the answer to the
+  // last one has arrived, so neither the page nor the server ever holds a backlog, and
+  // what is drawn is always the newest frame's evidence.
+  const LIVE_SIDE = 320;          // frames are sent at most this wide (the model reads 160-224 px)
+  const liveClient = Math.random().toString(36).slice(2, 12);
+
+  function grabFrame(maxSide, type, quality) {
+    const v = el.video;
+    if (v.readyState < 2 || !v.videoWidth) return Promise.resolve(null);
+    const scale = Math.min(1, maxSide / Math.max(v.videoWidth, v.videoHeight));
+    const canvas = make('canvas');
+    canvas.width = Math.round(v.videoWidth * scale);
+    canvas.height = Math.round(v.videoHeight * scale);
+    canvas.getContext('2d').drawImage(v, 0, 0, canvas.width, canvas.height);
+    return new Promise((resolve) => canvas.toBlob(resolve, type, quality));
+  }
+
+  function toggleLive() {
+    if (state.liveOn) stopLive(true); else startLive();
+  }
+
+  function startLive() {
+    if (!state.stream || state.busy) return;
+    clearError();
+    state.liveOn = true;
+    state.liveTimes = [];
+    state.liveFrames = 0;
+    el.live.setAttribute('aria-pressed', 'true');
+    el.live.textContent = 'Pause';
+    el.capture.disabled = true;
+    el.liveInfo.hidden = false;
+    el.liveOverlay.hidden = false;
+    el.liveFps.textContent = 'starting…';
+    liveLoop();
+  }
+
+  // Pausing keeps the last live frame and explains it fully (every method, every word).
+  function stopLive(explore) {
+    state.liveOn = false;
+    el.live.setAttribute('aria-pressed', 'false');
+    el.live.textContent = 'Live';
+    el.capture.disabled = !state.stream;
+    el.liveInfo.hidden = true;
+    el.liveOverlay.hidden = true;
+    if (explore && state.liveBlob) explain(state.liveBlob, {});
+  }
+
+  async function liveLoop() {
+    while (state.liveOn) {
+      const blob = await grabFrame(LIVE_SIDE, 'image/jpeg', 0.9);
+      if (!blob) { await new Promise((r) => setTimeout(r, 50)); continue; }
+      const form = new FormData();
+      form.append('image', blob, 'live.jpg');
+      form.append('methods', 'gradcam');
+      form.append('live', liveClient);
+      let result;
+      try {
+        result = await postForm('/api/explain', form);
+      } catch (err) {
+        if (state.liveOn) { stopLive(false); showError(err.message); }
+        return;
+      }
+      if (!state.liveOn) return;
+      state.liveBlob = blob;
+      state.liveResult = result;
+      drawLive(result);
+      const now = performance.now();
+      state.liveFrames += 1;
+      state.liveTimes.push(now);
+      while (state.liveTimes.length && now - state.liveTimes[0] > 3000) state.liveTimes.shift();
+      const n = state.liveTimes.length;
+      const fps = n > 1 ? (1000 * (n - 1)) / (now - state.liveTimes[0]) : 0;
+      el.liveFps.textContent = `${fps.toFixed(1)} frames/s`;
+      el.liveOverlay.dataset.frames = String(state.liveFrames);
+      el.liveOverlay.dataset.fps = fps.toFixed(2);
+    }
+  }
+
+  // The chosen word's Grad-CAM (or the caption's) coloured over the preview: the canvas
+  // covers the stage and the map is drawn where the video shows (object-fit: contain).
+  function drawLive(result) {
+    el.liveCaption.textContent = result.caption || '(empty caption)';
+    el.liveCaption.classList.toggle('guess', result.familiar === false);
+    const cam = (result.explanations || {}).gradcam;
+    const sel = state.selected;
+    const map = cam && (sel !== null && cam.words[sel] ? cam.words[sel] : cam.caption);
+    const canvas = el.liveOverlay;
+    const g = canvas.getContext('2d');
+    const box = el.stage.getBoundingClientRect();
+    canvas.width = Math.max(1, Math.round(box.width / 2));
+    canvas.height = Math.max(1, Math.round(box.height / 2));
+    g.clearRect(0, 0, canvas.width, canvas.height);
+    if (!map || !map.heatmap || !map.heatmap.length) return;
+    const v = el.video;
+    const s = Math.min(canvas.width / v.videoWidth, canvas.height / v.videoHeight);
+    const w = Math.max(1, Math.round(v.videoWidth * s)), h = Math.max(1, Math.round(v.videoHeight * s));
+    const x0 = Math.round((canvas.width - w) / 2), y0 = Math.round((canvas.height - h) / 2);
+    const image = g.createImageData(w, h);
+    const grid = map.heatmap, gh = grid.length, gw = grid[0].length;
+    let peak = -1, peakX = 0, peakY = 0;
+    for (let y = 0; y < h; y += 1) {
+      for (let x = 0; x < w; x += 1) {
+        const m = Math.max(0, Math.min(1, sampleBilinear(grid, gh, gw, (y + 0.5) * gh / h - 0.5, (x + 0.5) * gw / w - 0.5)));
+        if (m > peak) { peak = m; peakX = x; peakY = y; }
+        const c = COLORMAP[Math.min(255, Math.floor(m * 256))];
+        const i = 4 * (y * w + x);
+        image.data[i] = c[0]; image.data[i + 1] = c[1]; image.data[i + 2] = c[2];
+        image.data[i + 3] = Math.round(255 * 0.5 * (0.35 + 0.65 * m));
+      }
+    }
+    g.putImageData(image, x0, y0);
+    canvas.dataset.peakX = (peakX / w).toFixed(3);    // where the evidence peaks (0 left, 1 right)
+    canvas.dataset.peakY = (peakY / h).toFixed(3);
+  }
+
   // -- explaining -----------------------------------------------------------------------
   function setBusy(busy) {
     state.busy = busy;
     el.progress.hidden = !busy;
     el.resultPanel.setAttribute('aria-busy', String(busy));
-    el.capture.disabled = busy || !state.stream;
+    el.capture.disabled = busy || !state.stream || Boolean(state.liveOn);
+    el.live.disabled = busy || !state.stream;
     el.uploadInput.disabled = busy;
     document.querySelectorAll('.sample').forEach((b) => { b.disabled = busy; });
     if (busy) {
@@ -729,6 +849,8 @@
     [
       ['error', 'error'], ['status', 'model-status'], ['stage', 'stage'], ['stageHint', 'stage-hint'],
       ['video', 'preview'], ['startCamera', 'start-camera'], ['capture', 'capture'],
+      ['live', 'live'], ['liveOverlay', 'live-overlay'], ['liveInfo', 'live-info'],
+      ['liveCaption', 'live-caption'], ['liveFps', 'live-fps'],
       ['uploadForm', 'upload-form'], ['uploadInput', 'upload-input'], ['samplesForm', 'samples-form'],
       ['saliencyMethod', 'saliency-method'], ['adversarial', 'adversarial'], ['attack', 'attack'],
       ['overlays', 'overlays'], ['wordPanel', 'word-panel'], ['wordProbability', 'word-probability'],
@@ -758,6 +880,7 @@
     const picker = document.getElementById('bundle-picker');
     if (picker) picker.addEventListener('change', () => switchBundle(picker.value));
     el.capture.addEventListener('click', capture);
+    el.live.addEventListener('click', toggleLive);
     document.addEventListener('keydown', onKey);
 
     el.uploadForm.addEventListener('submit', (e) => {

@@ -55,8 +55,8 @@ def _bundle() -> tuple[Path, bool]:
     return SHAPES_BUNDLE, True
 
 
-def write_y4m(path: Path, rgb: np.ndarray, frames: int = 10) -> Path:
-    """A YUV4MPEG2 clip (4:2:0, BT.601 limited range) showing ``rgb`` still."""
+def _yuv420_planes(rgb: np.ndarray) -> list[np.ndarray]:
+    """Y, Cb, Cr planes of one RGB frame (4:2:0, BT.601 limited range, as browsers read it)."""
     h, w = rgb.shape[:2]
     assert h % 2 == 0 and w % 2 == 0
     r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
@@ -67,12 +67,19 @@ def write_y4m(path: Path, rgb: np.ndarray, frames: int = 10) -> Path:
     def half(c):  # 2 x 2 averages: the chroma planes of 4:2:0
         return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
-    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, half(cb), half(cr))]
+    return [np.clip(np.rint(p), 0, 255).astype(np.uint8) for p in (y, half(cb), half(cr))]
+
+
+def write_y4m(path: Path, rgb: np.ndarray, frames: int = 10) -> Path:
+    """A YUV4MPEG2 clip at 10 frames/s: ``rgb`` [H, W, 3] shown still for ``frames``
+    frames, or a sequence [N, H, W, 3] played once (the fake camera loops the file)."""
+    sequence = [rgb] * frames if rgb.ndim == 3 else list(rgb)
+    h, w = sequence[0].shape[:2]
     with open(path, "wb") as f:
         f.write(f"YUV4MPEG2 W{w} H{h} F10:1 Ip A0:0 C420jpeg\n".encode("ascii"))
-        for _ in range(frames):
+        for frame in sequence:
             f.write(b"FRAME\n")
-            for p in planes:
+            for p in _yuv420_planes(frame):
                 f.write(p.tobytes())
     return path
 

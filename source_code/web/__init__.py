@@ -24,6 +24,7 @@ DEFAULT_CONFIG = {
     "BEAM_WIDTH": 3,
     "RETRY_AFTER_BUSY": 5,                   # seconds, in Retry-After when the queue is full
     "RETRY_AFTER_LOADING": 10,               # seconds, in Retry-After while the model loads
+    "LIVE_LEASE_SECONDS": 3,                 # live mode: a stream's hold on the model lapses
 }
 
 CSP = "; ".join([

@@ -5,8 +5,9 @@ the JSON contract)::
     GET  /healthz          {"status": "ok", "model": card, ...}; 503 {"status": "loading"} first
     GET  /api/methods      the explanation methods on offer (the registry, as data)
     POST /api/caption      multipart ``image`` -> caption JSON
-    POST /api/explain      multipart ``image`` (+ methods, words, caption, overlays and
-                           the methods' options) -> explanation JSON
+    POST /api/explain      multipart ``image`` (+ methods, words, caption, overlays,
+                           the methods' options, and ``live`` for a live stream's
+                           frames) -> explanation JSON
     POST /api/bundle       serve another shipped bundle (the page's model picker)
     POST /explain          the page's form without JavaScript: the page with the result
     GET  /api/samples      the sample scenes
@@ -207,6 +208,9 @@ def api_caption():
 def api_explain():
     explainer = service().ready_explainer()
     options = explain_options(explainer.captioner)
+    live = (request.form.get("live") or "").strip()[:64]
+    if live:          # a frame of a live stream (the page's Live mode)
+        service().take_live(live)
     image = uploaded_image()
     return jsonify(_explain(explainer, image, options))
 

@@ -51,6 +51,27 @@ class WorkQueue:
                 self.pending -= 1
 
 
+class LiveLease:
+    """Live mode explains a webcam stream continuously, so one viewer can keep the model
+    busy: the first live client holds the lease while its frames keep coming (each
+    renews it), and another live client is refused (503 + Retry-After) instead of
+    halving both streams' frame rates. A paused or closed stream frees it after
+    ``seconds`` without frames."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+        self._lock = threading.Lock()
+        self.holder, self.renewed = None, 0.0
+
+    def take(self, client: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self.holder not in (None, client) and now - self.renewed < self.seconds:
+                return False
+            self.holder, self.renewed = client, now
+            return True
+
+
 class ModelState:
     """The explainer and whether it can serve yet ("loading", "ready" or "error")."""
 
@@ -80,6 +101,7 @@ class Service:
     def __init__(self, config):
         self.config = config
         self.queue = WorkQueue(config["QUEUE_SIZE"])
+        self.live = LiveLease(config["LIVE_LEASE_SECONDS"])
         self.model = ModelState()
 
     def load(self, bundle, explainer=None, warm: bool = False):
@@ -117,6 +139,13 @@ class Service:
             raise ApiError(503, "the model is still loading; try again in a few seconds",
                            {"Retry-After": str(self.config["RETRY_AFTER_LOADING"])})
         raise ApiError(503, "the model is not available: it failed to load (see the server log)")
+
+    def take_live(self, client: str):
+        """The live lease for ``client``, or ApiError 503 while another stream holds it."""
+        if not self.live.take(client):
+            raise ApiError(503, "another viewer is using live mode; try again in a few seconds "
+                                "(capturing single frames still works)",
+                           {"Retry-After": str(max(1, round(self.live.seconds)))})
 
     def run(self, fn, *args, **kwargs):
         """Call into the model under the worker lock, or answer 503 when too many wait."""
