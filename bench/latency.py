@@ -14,9 +14,7 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
+from load import served  # noqa: E402
 from decode_vs_backbone import (TYPICAL_CAPTION_TOKENS, decode_timings, median_ms,  # noqa: E402
                                 random_captioner, with_max_length)
 
@@ -130,28 +129,12 @@ def naive_timing(cap, runs: int) -> dict:
             "naive full explain": median_ms(lambda: naive.explain(image), runs)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server_timing(bundle: Path, requests: int) -> dict:
     import psutil
     import urllib.request
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--bundle",
-                             str(bundle)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with status {proc.returncode} while starting")
-            try:
-                if json.loads(urllib.request.urlopen(base + "/healthz", timeout=2).read())["status"] == "ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    with served(bundle, log, timeout=600) as running:
+        proc, base = running["proc"], running["base"]
         server = psutil.Process(proc.pid)
         rss = lambda: server.memory_info().rss / 2**20
         idle = rss()
@@ -180,9 +163,6 @@ def server_timing(bundle: Path, requests: int) -> dict:
         return {"/api/explain median ms": statistics.median(times), "RSS idle MB": idle,
                 "RSS after 3 requests MB": after_warm, f"RSS after {requests} requests MB": rss(),
                 "RSS peak MB": max(peak)}
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def main(argv=None):

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,15 +52,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle, port: int, log_path, *extra: str) -> subprocess.Popen:
-    """`python app.py` on HOST:port, its output in ``log_path``."""
+def server_env() -> dict:
+    """The environment of a server started here: the user's CAPTION_* settings removed."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
     for name in ("CAPTION_HOST", "CAPTION_PORT", "CAPTION_BUNDLE"):
         env.pop(name, None)
+    return env
+
+
+def start_server(bundle, port: int, log_path, *extra: str) -> subprocess.Popen:
+    """`python app.py` on HOST:port, its output in ``log_path``; ``bundle`` None serves
+    the default bundle (no --bundle flag)."""
+    bundle_args = ["--bundle", str(bundle)] if bundle is not None else []
     with open(log_path, "wb") as log:
         return subprocess.Popen([sys.executable, str(REPO / "app.py"), "--host", HOST,
-                                 "--port", str(port), "--bundle", str(bundle), *extra],
-                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--port", str(port), *bundle_args, *extra],
+                                cwd=REPO, env=server_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_until_healthy(port: int, proc: subprocess.Popen, timeout: float = 180) -> float:
@@ -75,6 +83,23 @@ def wait_until_healthy(port: int, proc: subprocess.Popen, timeout: float = 180) 
             pass
         time.sleep(0.25)
     raise AssertionError(f"/healthz did not answer 200 within {timeout:.0f} s")
+
+
+@contextmanager
+def served(bundle, log_path, *extra: str, timeout: float = 300):
+    """A running `python app.py` for the block: yields {"port", "base", "proc", "health"
+    (the /healthz JSON)}, and stops the server afterwards, whatever happens."""
+    port = free_port()
+    proc = start_server(bundle, port, log_path, *extra)
+    try:
+        try:
+            wait_until_healthy(port, proc, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n" + Path(log_path).read_text(errors="replace")[-3000:])
+        yield {"port": port, "base": f"http://{HOST}:{port}", "proc": proc,
+               "health": request(port, "GET", "/healthz").json()}
+    finally:
+        stop_server(proc)
 
 
 def stop_server(proc: subprocess.Popen) -> int:

@@ -6,10 +6,9 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
-from .model.bundles import BUNDLE_ENV, BUNDLES_DIR, DEFAULT_NAME, REPO_ROOT, default_bundle, resolve_bundle
+from .model.bundles import BUNDLE_ENV, BUNDLES_DIR, DEFAULT_NAME, REPO_ROOT, resolve_bundle
 
 DEFAULT_BUNDLE = BUNDLES_DIR / DEFAULT_NAME
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_path
 
 FOURCC = "mp4v"
 DEFAULT_FPS = 25.0          # when a file does not say its frame rate
@@ -264,23 +265,6 @@ def draw_result(bgr: np.ndarray, result: FrameResult, fps: float | None = None) 
 
 
 # -- writing --------------------------------------------------------------------
-def temporary_output(out: Path) -> Path:
-    """An empty file next to ``out``, with its extension (OpenCV picks the container by it)."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{out.stem}.partial-", suffix=out.suffix,
-                                    dir=out.parent)
-    except OSError as exc:
-        raise VideoError(f"cannot write {out}: {exc.strerror or exc}") from None
-    os.close(fd)
-    return Path(name)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def open_writer(path: Path, fps: float, width: int, height: int, shown_as: Path | None = None):
     import cv2
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCC), fps, (width, height))
@@ -311,33 +295,30 @@ def explain_video(source: str, out, explainer, every: int = 1, word: int | None 
         first = first_frame(capture, source)
         height, width = first.shape[:2]
         fps, total = frame_rate(capture), frame_count(capture)
-        tmp = temporary_output(out)
         try:
-            writer = open_writer(tmp, fps, width, height, shown_as=out)
-            try:
-                explainer = ready_explainer(explainer)
-                frames = explained = 0
-                t0 = time.perf_counter()
-                with tqdm(total=total, desc="explaining video", unit="frame",
-                          disable=not progress) as bar:
-                    for frame, result, fresh in explained_frames(read_frames(capture, first),
-                                                                 explainer, every, word):
-                        if frame.shape[:2] != (height, width):   # a stream that changes size
-                            frame = _resize(frame, width, height)
-                        writer.write(draw_result(frame, result))
-                        frames += 1
-                        explained += fresh
-                        bar.update(1)
-                seconds = time.perf_counter() - t0
-            finally:
-                writer.release()
-            if tmp.stat().st_size == 0:
-                raise VideoError(f"cannot write {out}: OpenCV wrote nothing")
-            os.chmod(tmp, 0o666 & ~_umask())   # mkstemp made it private
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            with atomic_path(out) as tmp:     # renamed over ``out`` only when complete
+                writer = open_writer(tmp, fps, width, height, shown_as=out)
+                try:
+                    explainer = ready_explainer(explainer)
+                    frames = explained = 0
+                    t0 = time.perf_counter()
+                    with tqdm(total=total, desc="explaining video", unit="frame",
+                              disable=not progress) as bar:
+                        for frame, result, fresh in explained_frames(
+                                read_frames(capture, first), explainer, every, word):
+                            if frame.shape[:2] != (height, width):   # a stream that changes size
+                                frame = _resize(frame, width, height)
+                            writer.write(draw_result(frame, result))
+                            frames += 1
+                            explained += fresh
+                            bar.update(1)
+                    seconds = time.perf_counter() - t0
+                finally:
+                    writer.release()
+                if tmp.stat().st_size == 0:
+                    raise VideoError(f"cannot write {out}: OpenCV wrote nothing")
+        except OSError as exc:            # the folder refuses files, the disk is full...
+            raise VideoError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
         capture.release()
     return {"frames": frames, "explained": explained, "seconds": seconds,

@@ -5,12 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -20,21 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from load import stop_server  # noqa: E402  (SIGTERM, then kill after 20 s)
+from load import free_port, served, server_env  # noqa: E402  (one server helper)
 STARTUP_TIMEOUT = 120
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_env() -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    for name in ("CAPTION_HOST", "CAPTION_PORT", "CAPTION_BUNDLE"):
-        env.pop(name, None)
-    return env
 
 
 def get(url: str, timeout: float = 10):
@@ -59,50 +43,27 @@ def post_image(url: str, png: bytes):
         return err.code, json.loads(err.read())
 
 
-def wait_for_health(base: str, proc: subprocess.Popen, timeout: float = STARTUP_TIMEOUT) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited early with code {proc.returncode}")
-        try:
-            status, _, body = get(f"{base}/healthz", timeout=2)
-            if status == 200:
-                return json.loads(body)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"/healthz did not answer ok within {timeout} s")
-
-
 @pytest.fixture()
 def server_log(tmp_path):
     return tmp_path / "server.log"
 
 
 def test_app_serves_and_stops(tiny_bundle, server_log):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with open(server_log, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--bundle", str(tiny_bundle),
-                                 "--threads", "4", "--queue-size", "2"],
-                                cwd=REPO, env=server_env(), stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            health = wait_for_health(base, proc)
-            assert health["status"] == "ok"
-            assert health["model"]["name"] == "tiny-attention"
+    with served(tiny_bundle, server_log, "--threads", "4", "--queue-size", "2") as running:
+        base, port, proc, health = (running[k] for k in ("base", "port", "proc", "health"))
+        assert health["status"] == "ok"
+        assert health["model"]["name"] == "tiny-attention"
 
-            status, headers, page = get(f"{base}/")
-            assert status == 200 and b'id="start-camera"' in page
-            assert headers["X-Frame-Options"] == "DENY" and "nosniff" in headers["X-Content-Type-Options"]
+        status, headers, page = get(f"{base}/")
+        assert status == 200 and b'id="start-camera"' in page
+        assert headers["X-Frame-Options"] == "DENY" and "nosniff" in headers["X-Content-Type-Options"]
 
-            status, _, png = get(f"{base}/samples/0.png")
-            assert status == 200 and png[:4] == b"\x89PNG"
-            status, body = post_image(f"{base}/api/caption", png)
-            assert status == 200 and "caption" in body and "words" in body
-            status, body = post_image(f"{base}/api/caption", b"not an image")
-            assert status == 400 and "not an image" in body["error"]
-        finally:
-            stop_server(proc)
+        status, _, png = get(f"{base}/samples/0.png")
+        assert status == 200 and png[:4] == b"\x89PNG"
+        status, body = post_image(f"{base}/api/caption", png)
+        assert status == 200 and "caption" in body and "words" in body
+        status, body = post_image(f"{base}/api/caption", b"not an image")
+        assert status == 400 and "not an image" in body["error"]
     log = server_log.read_text(errors="replace")
     assert "loading model" in log
     assert f"open http://127.0.0.1:{port} in your browser" in log

@@ -3,7 +3,6 @@ logical CPU devices and MultiWorkerMirroredStrategy with a one-worker TF_CONFIG.
 Both must be set up before TensorFlow initialises, so each runs in a subprocess."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,8 @@ import pytest
 from source_code.data.synthetic import generate_scene, write_flickr8k_layout
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from load import free_port  # noqa: E402  (one free-port helper)
 TINY = ["--backbone", "slim", "--input-size", "64", "--weights", "none", "--width", "0.25",
         "--depth", "0.25", "--last-stride", "1", "--units", "32", "--min-count", "1",
         "--batch-size", "8", "--epochs", "1", "--quiet"]
@@ -34,12 +35,6 @@ def _run(script: str, env_extra: dict | None = None, timeout: float = 240) -> di
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(lines[-1][len("RESULT "):])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mirrored_over_two_cpu_devices_trains_like_one_device(dataset, tmp_path):
@@ -98,7 +93,7 @@ def test_multiworker_with_one_worker_through_the_cli(dataset, tmp_path):
     """End to end (backbone trained, augmentation inside the replica step) with
     ``train --strategy multiworker`` and TF_CONFIG naming this host as worker 0."""
     bundle = tmp_path / "bundle"
-    tf_config = {"cluster": {"worker": [f"127.0.0.1:{_free_port()}"]},
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{free_port()}"]},
                  "task": {"type": "worker", "index": 0}}
     args = ["train", "--data", str(dataset), "--out", str(bundle), "--decoder", "merge",
             "--finetune", "--strategy", "multiworker", *TINY]

@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -27,7 +22,7 @@ from source_code.data.synthetic import canonical_caption, generate_scene
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from load import stop_server  # noqa: E402  (SIGTERM, then kill after 20 s)
+from load import served  # noqa: E402  (one helper starts, waits for and stops app.py)
 SHAPES_BUNDLE = REPO / "models" / "shapes"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO / "docs" / "screenshot.png"
@@ -84,28 +79,6 @@ def write_y4m(path: Path, rgb: np.ndarray, frames: int = 10) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(base: str, proc: subprocess.Popen, log_path: Path):
-    deadline = time.time() + STARTUP_TIMEOUT
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited with code {proc.returncode}:\n"
-                                 + log_path.read_text(errors="replace")[-3000:])
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as res:
-                if res.status == 200:
-                    return json.loads(res.read())
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"the server was not ready within {STARTUP_TIMEOUT} s")
-
-
 def require_playwright():
     """Playwright's sync_playwright, or a skip (a failure under CI=true) saying what is missing."""
     if not CHROMIUM.exists():
@@ -140,19 +113,8 @@ def scene():
 def server(browser_tools, tmp_path_factory):
     bundle, is_default = _bundle()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("CAPTION_HOST", None)
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port),
-                                 "--bundle", str(bundle)],
-                                cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        health = wait_for_health(base, proc, log_path)
-        yield {"base": base, "health": health, "is_default": is_default, "log": log_path}
-    finally:
-        stop_server(proc)
+    with served(bundle, log_path, timeout=STARTUP_TIMEOUT) as running:
+        yield {**running, "is_default": is_default, "log": log_path}
 
 
 @pytest.fixture(scope="module")

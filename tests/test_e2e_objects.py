@@ -6,17 +6,14 @@ Skipped like test_e2e_browser when Chromium or Playwright is missing (failing un
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from test_e2e_browser import (fake_camera_chromium, free_port, require_playwright, stop_server,
-                              wait_for_health, write_y4m)
+from test_e2e_browser import fake_camera_chromium, require_playwright, write_y4m
+from load import served  # bench/ is on the path once test_e2e_browser is imported
 
 REPO = Path(__file__).resolve().parent.parent
 OBJECTS_BUNDLE = REPO / "models" / "objects"
@@ -41,17 +38,8 @@ def server(playwright, tmp_path_factory):
     if not (OBJECTS_BUNDLE / "config.json").exists():
         pytest.fail(f"the default bundle is missing: {OBJECTS_BUNDLE}")
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("CAPTION_BUNDLE", None)
-    with open(log_path, "wb") as log_file:   # no --bundle: the default is what is tested
-        proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        yield {"base": base, "health": wait_for_health(base, proc, log_path)}
-    finally:
-        stop_server(proc)
+    with served(None, log_path) as running:   # no --bundle: the default is what is tested
+        yield running
 
 
 def _capture(playwright, server, frame: np.ndarray, tmp_path) -> tuple[dict, object, object]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
+
+from ..files import atomic_path
 
 from .objects_catalog import Catalog, available, load_catalog, render_source
 # The grammar's relations and their geometry are the shapes world's.
@@ -347,9 +348,8 @@ def write_objects_dataset(out_dir, n_images: int, seed: int = 0, image_size: int
                   disable=not progress):
         scene = generate_object_scene(s, image_size, catalog=catalog)
         name = scene_file_name(s)
-        tmp = images / f".{name}.tmp"
-        Image.fromarray(scene.image).save(tmp, format="JPEG", quality=95)
-        os.replace(tmp, images / name)
+        with atomic_path(images / name) as tmp:
+            Image.fromarray(scene.image).save(tmp, format="JPEG", quality=95)
         names.append(name)
         tokens.append(f"{name}#0\t{scene.caption}")
         records.append(json.dumps({

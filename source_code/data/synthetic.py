@@ -40,7 +40,6 @@ import colorsys
 import io
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from ..files import atomic_path, atomic_write_text
 
 __all__ = [
     "SHAPES",
@@ -707,11 +708,7 @@ def scene_file_name(seed: int) -> str:
 
 
 def _write_text_atomic(path: Path, lines: Iterable[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        for line in lines:
-            fh.write(line + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def _split_counts(n: int, split: Sequence[float]) -> tuple[int, int, int]:
@@ -764,10 +761,8 @@ def write_flickr8k_layout(
                            disable=not progress):
         scene = generate_scene(scene_seed, image_size=image_size)
         name = scene_file_name(scene_seed)
-        final = images_dir / name
-        tmp = images_dir / f".{name}.tmp"
-        Image.fromarray(scene.image).save(tmp, format="JPEG", quality=95, subsampling=0)
-        os.replace(tmp, final)
+        with atomic_path(images_dir / name) as tmp:
+            Image.fromarray(scene.image).save(tmp, format="JPEG", quality=95, subsampling=0)
         names.append(name)
         first = reading_order_caption(scene.caption)
         ordered = [first] + [c for c in equivalent_captions(scene.caption) if c != first]

@@ -6,7 +6,6 @@ whether the set of object nouns is right.
 """
 from __future__ import annotations
 
-import numpy as np
 from tqdm import tqdm
 
 from ..data.objects_world import (canonical_object_caption, caption_nouns, generate_object_scene,

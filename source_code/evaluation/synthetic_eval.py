@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 from tqdm import tqdm
 
 from ..data.synthetic import DEGRADATIONS, canonical_caption, degrade, generate_scene, parse_caption
@@ -45,7 +44,7 @@ def evaluate_synthetic(captioner, scenes, degradations=("none",) + DEGRADATIONS,
     """Exact match and attribute accuracy on clean and degraded copies of the scenes."""
     results = {}
     for kind in degradations:
-        exact = two_exact = two_n = attr_right = attr_total = relation_right = 0
+        exact = two_exact = two_n = attr_right = attr_total = 0
         bar = tqdm(range(0, len(scenes), batch_size), desc=f"evaluating ({kind})",
                    disable=not progress, unit="batch")
         for start in bar:

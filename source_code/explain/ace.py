@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import slic
 
+from ..files import atomic_path, atomic_write_text
+
 RESOLUTIONS = (15, 50, 80)
 REQUEST_RESOLUTION = 50      # the segmentation shown and ranked per request
 SLIC_COMPACTNESS = 20.0
@@ -100,13 +102,12 @@ class ConceptBank:
     def save(self, bundle_dir) -> Path:
         root = Path(bundle_dir) / BANK_DIR
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / "bank.npz.tmp.npz"
-        np.savez(tmp, centroids=self.centroids.astype(np.float32), cavs=self.cavs.astype(np.float32))
-        tmp.replace(root / "bank.npz")
+        with atomic_path(root / "bank.npz") as tmp:
+            np.savez(tmp, centroids=self.centroids.astype(np.float32),
+                     cavs=self.cavs.astype(np.float32))
         meta = {"names": self.names, "word_scores": self.word_scores, "info": self.info,
                 "patches": self.patches}
-        (root / "bank.json.tmp").write_text(json.dumps(meta, indent=1))
-        (root / "bank.json.tmp").replace(root / "bank.json")
+        atomic_write_text(root / "bank.json", json.dumps(meta, indent=1))
         return root
 
     @classmethod

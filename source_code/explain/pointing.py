@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
 from scipy import ndimage
 
 from ..data.synthetic import COLORS, SHAPES, SIZES, parse_caption

@@ -18,11 +18,12 @@ Stored in the bundle as ``familiarity.npz`` (plain arrays, no pickles).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..files import atomic_path
 
 FILE = "familiarity.npz"
 K = 5
@@ -79,13 +80,11 @@ class Familiarity:
 
     def save(self, bundle_dir) -> None:
         """Written under a temporary name and renamed: never a half-written file."""
-        final = Path(bundle_dir) / FILE
-        tmp = final.with_name(f".{FILE}.tmp.npz")
-        np.savez_compressed(tmp, mean=self.mean, components=self.components,
-                            bank=self.bank.astype(np.float16),
-                            bank_residual=self.bank_residual, calibration=self.calibration,
-                            floor=np.float32(self.floor))
-        os.replace(tmp, final)
+        with atomic_path(Path(bundle_dir) / FILE) as tmp:
+            np.savez_compressed(tmp, mean=self.mean, components=self.components,
+                                bank=self.bank.astype(np.float16),
+                                bank_residual=self.bank_residual, calibration=self.calibration,
+                                floor=np.float32(self.floor))
 
     @classmethod
     def load(cls, bundle_dir) -> "Familiarity | None":

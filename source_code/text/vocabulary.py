@@ -15,10 +15,11 @@ import math
 import operator
 import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
+
+from ..files import atomic_write_text
 
 START, END, PAD, UNK = "<start>", "<end>", "<pad>", "<unk>"
 SPECIALS: tuple[str, ...] = (PAD, START, END, UNK)
@@ -121,22 +122,8 @@ class Vocabulary:
             raise ValueError(f"{path}: {exc}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write one token a line, atomically (temp file + ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write("\n".join(self._tokens) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        """Write one token a line, atomically (never a half-written file)."""
+        atomic_write_text(path, "\n".join(self._tokens) + "\n")
 
     # -- lookups ---------------------------------------------------------
     @property

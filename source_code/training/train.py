@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -357,7 +356,6 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
                                epoch=tf.Variable(0), best=tf.Variable(np.inf),
                                **({"bb_opt": bb_opt} if bb_opt else {}))
     manager = tf.train.CheckpointManager(ckpt, save_dir / "checkpoints", max_to_keep=2)
-    best_dir = work / "best"
     history = []
     if resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint)
