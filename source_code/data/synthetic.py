@@ -76,6 +76,9 @@ __all__ = [
 SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow")
 SIZES = ("small", "large")
+# what each attribute word describes (the pointing game scores these words)
+WORD_KIND = {**{w: "size" for w in SIZES}, **{w: "color" for w in COLORS},
+             **{w: "shape" for w in SHAPES}}
 RELATIONS = ("left of", "right of", "above", "below")
 
 #: Relation of B to A given the relation of A to B.
@@ -201,6 +204,30 @@ class Scene:
         """For each word of ``caption.split()``, the index of the object it
         describes (size, color and shape words), or None ("a", relation words)."""
         return _word_object_index(self.caption)
+
+    def objects_named_by(self, caption: str) -> list[int | None] | None:
+        """For each word of any caption of the grammar (the model's, say), the scene
+        object it describes; None outside the grammar."""
+        return words_to_objects(caption, [(o.color, o.shape) for o in self.objects])
+
+    @staticmethod
+    def word_kind(word: str) -> str | None:
+        """Words the pointing game scores, by kind: size, color or shape."""
+        return WORD_KIND.get(word)
+
+
+def words_to_objects(caption: str, object_keys: Sequence[tuple[str, str]]) -> list[int | None] | None:
+    """For each word of a shapes caption, the index of the scene object it describes,
+    matched by (color, shape), unique in a scene; None for articles, relation words and
+    objects the scene does not hold. None when the caption is outside the grammar."""
+    try:
+        described, _ = parse_caption(caption)
+    except ValueError:
+        return None
+    keys = list(object_keys)
+    matched = [keys.index((color, shape)) if (color, shape) in keys else None
+               for _, color, shape in described]
+    return [None if k is None else matched[k] for k in _word_object_index(caption)]
 
 
 def _word_object_index(caption: str, articles=frozenset({"a"})) -> list[int | None]:

@@ -15,34 +15,16 @@ from collections import defaultdict
 
 from scipy import ndimage
 
-from ..data.synthetic import COLORS, SHAPES, SIZES, parse_caption
+from ..data.synthetic import WORD_KIND
 from .maps import peak
 
-CATEGORY = {**{w: "size" for w in SIZES}, **{w: "color" for w in COLORS},
-            **{w: "shape" for w in SHAPES}}
+CATEGORY = WORD_KIND     # shapes-world word -> size / color / shape
 
 
 def word_objects(scene, caption: str) -> list[int | None] | None:
     """For each word of ``caption``, the index of the scene object it describes
-    (None for "a" and relation words); None when the caption is outside the grammar."""
-    if hasattr(scene, "objects_named_by"):      # an objects-world scene
-        return scene.objects_named_by(caption)
-    if caption == scene.caption:
-        return scene.word_object_index()
-    try:
-        described, _ = parse_caption(caption)
-    except ValueError:
-        return None
-    matched = []
-    for _, color, shape in described:
-        hits = [i for i, o in enumerate(scene.objects) if (o.color, o.shape) == (color, shape)]
-        matched.append(hits[0] if hits else None)
-    out, k = [], -1
-    for word in caption.split():
-        if word == "a":
-            k += 1
-        out.append(matched[k] if word in CATEGORY else None)
-    return out
+    (None for articles and relation words); None when the caption is outside the grammar."""
+    return scene.objects_named_by(caption)
 
 
 def pointing_hits(word_maps, scene, caption: str | None = None, tolerance: int = 4):
@@ -54,7 +36,7 @@ def pointing_hits(word_maps, scene, caption: str | None = None, tolerance: int =
     h, w = scene.image.shape[:2]
     grown = [ndimage.binary_dilation(o.mask, iterations=tolerance) if tolerance else o.mask
              for o in scene.objects]
-    kind_of = getattr(scene, "word_kind", CATEGORY.get)
+    kind_of = scene.word_kind
     for word, obj, m in zip(caption.split(), objects, word_maps):
         if obj is None or kind_of(word) is None:
             continue

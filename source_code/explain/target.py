@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from ..model.captioner import token_logprobs
+
 
 @dataclass(frozen=True)
 class CaptionTarget:
@@ -89,8 +91,8 @@ def compiled_function(captioner, kind: str):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(fmap)
                     logits, attention = captioner.decoder((fmap, tokens_in), training=False)
-                    logp = tf.nn.log_softmax(logits, axis=-1)
-                    scores = tf.gather(logp, targets, batch_dims=2)[0, :-1]
+                    logp, scores = token_logprobs(logits, targets)
+                    scores = scores[0, :-1]
                 top_logp, top_ids = tf.math.top_k(tf.stop_gradient(logp[0, :-1]), k=top_k)
                 return scores, tape.jacobian(scores, fmap)[:, 0], attention[0, :-1], top_logp, top_ids
             top_k = min(TOP_ALTERNATIVES, captioner.decoder.vocab_size)
@@ -101,8 +103,7 @@ def compiled_function(captioner, kind: str):
                 b = tf.shape(fmap)[0]
                 tokens_in, targets = tf.tile(tokens_in, [b, 1]), tf.tile(targets, [b, 1])
                 logits, attention = captioner.decoder((fmap, tokens_in), training=False)
-                logp = tf.nn.log_softmax(logits, axis=-1)
-                scores = tf.gather(logp, targets, batch_dims=2)
+                logp, scores = token_logprobs(logits, targets)
                 top_logp, top_ids = tf.math.top_k(logp, k=top_k)
                 return scores, attention, top_logp, top_ids
             top_k = min(TOP_ALTERNATIVES, captioner.decoder.vocab_size)

@@ -111,6 +111,14 @@ def _imagenet_classifier(backbone: BackboneSpec):
     return imagenet_classifier()
 
 
+def token_logprobs(logits, targets) -> tuple[tf.Tensor, tf.Tensor]:
+    """Log-probabilities of the decoder's outputs: logits [B, T, V], targets [B, T] ->
+    (log p over the vocabulary [B, T, V], log p of each target token [B, T]). The one
+    place captions are scored: explainers, teacher forcing and training all read it."""
+    logp = tf.nn.log_softmax(logits, axis=-1)
+    return logp, tf.gather(logp, targets, batch_dims=2)
+
+
 class Captioner:
     def __init__(self, backbone, decoder: CaptionDecoder, vocab: Vocabulary, config: dict):
         self.backbone, self.decoder, self.vocab, self.config = backbone, decoder, vocab, config
@@ -286,8 +294,7 @@ class Captioner:
     def word_logprobs(self, feature_map, tokens_in, targets) -> tf.Tensor:
         """s_t = log p(w_t | image, w_<t) by teacher forcing: [B, T]."""
         logits, _ = self.decoder((feature_map, tokens_in), training=False)
-        logp = tf.nn.log_softmax(logits, axis=-1)
-        return tf.gather(logp, targets, batch_dims=2)
+        return token_logprobs(logits, targets)[1]
 
     @property
     def card(self) -> dict:

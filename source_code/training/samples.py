@@ -87,23 +87,13 @@ def _bbox_grid(bbox, image_size: int, grid: tuple[int, int]) -> np.ndarray:
 
 def _word_objects(words: list[str], objects: list[dict]) -> list[int | None]:
     """For a synthetic caption, which object each word names (None for "a", relations)."""
-    from ..data.synthetic import parse_caption
+    from ..data.synthetic import words_to_objects
 
-    described, _ = parse_caption(" ".join(words))
-    index = []
-    for size, color, shape in described:
-        match = [i for i, o in enumerate(objects) if o["color"] == color and o["shape"] == shape]
-        index.append(match[0] if match else None)
-    out, k = [], -1
-    for w in words:
-        if w == "a":
-            k += 1
-            out.append(None)
-        elif w in ("left", "right", "of", "above", "below"):
-            out.append(None)
-        else:
-            out.append(index[k] if 0 <= k < len(index) else None)
-    return out
+    caption = " ".join(words)
+    found = words_to_objects(caption, [(o["color"], o["shape"]) for o in objects])
+    if found is None:
+        raise ValueError(f"not a caption of the shapes world: {caption!r}")
+    return found
 
 
 def _grounded_words(words: list[str], record: dict) -> list[int | None]:

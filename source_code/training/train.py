@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..data.datasets import CaptionDataset
 from ..model.backbone import BackboneSpec
-from ..model.captioner import Captioner
+from ..model.captioner import Captioner, token_logprobs
 from ..text.vocabulary import Vocabulary, clean_caption, max_caption_length
 from .samples import CaptionSamples, build_samples, load_grounding, load_images
 
@@ -253,7 +253,7 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
                 grounded = tf.cast(tf.reduce_sum(att, [2, 3]) > 0, tf.float32)
                 pick = tf.random.categorical(tf.math.log(grounded + 1e-9), 1)[:, 0]
                 pick = tf.one_hot(pick, tf.shape(tgt)[1]) * grounded
-                word_logp = tf.gather(tf.nn.log_softmax(logits), tgt, batch_dims=2)
+                word_logp = token_logprobs(logits, tgt)[1]
                 picked = tf.reduce_sum(word_logp * pick)
         mask = tf.cast(tf.not_equal(tgt, vocab.pad_id), tf.float32)
         ce = keras.losses.sparse_categorical_crossentropy(tgt, logits, from_logits=True)
