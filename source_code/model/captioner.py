@@ -19,9 +19,7 @@ of being half-trusted.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from ..files import atomic_dir
 from ..text.vocabulary import Vocabulary
 from .backbone import BackboneSpec, build_backbone
 from .decoders import CaptionDecoder
@@ -158,10 +157,8 @@ class Captioner:
         if include_backbone is None:
             include_backbone = (self.config["backbone"].get("weights") != "imagenet"
                                 or self.config.get("backbone_trained", False))
-        bundle_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.", dir=bundle_dir.parent))
-        try:
-            config = dict(self.config, backbone_weights_in_bundle=bool(include_backbone))
+        config = dict(self.config, backbone_weights_in_bundle=bool(include_backbone))
+        with atomic_dir(bundle_dir) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
             self.vocab.save(tmp / VOCAB_FILE)
             self.decoder.save_weights(tmp / DECODER_WEIGHTS)
@@ -171,16 +168,6 @@ class Captioner:
                 shutil.copytree(bundle_dir / "concepts", tmp / "concepts")
             if self.familiarity is not None:
                 self.familiarity.save(tmp)
-            if bundle_dir.exists():
-                old = bundle_dir.with_name(f".{bundle_dir.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(bundle_dir, old)
-                os.replace(tmp, bundle_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, bundle_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         self.config = config
         return bundle_dir
 
