@@ -100,11 +100,9 @@ def main(argv=None) -> int:
         print(f"  targets: ratio <= {TARGET_RATIO}: {'met' if r['ratio'] <= TARGET_RATIO else 'MISSED'}; "
               f"answer <= 64 KB: {'met' if r['answer_bytes_max'] <= TARGET_BYTES else 'MISSED'}")
     if args.json:
-        out = Path(args.json)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                                   "results": rows}, indent=1))
-        tmp.replace(out)
+        from source_code.files import atomic_write_text
+        atomic_write_text(args.json, json.dumps(
+            {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "results": rows}, indent=1))
     return 0
 
 
