@@ -279,56 +279,96 @@ def cmd_methods(args) -> int:
 
 
 def cmd_build_concepts(args) -> int:
-    """Build the bundle's ACE concept bank from dataset images or synthetic scenes."""
-    from .explain.concepts import build_concept_bank, save_bank
+    """Build the bundle's ACE concept bank (Ghorbani et al. 2019; see explain/ace.py): by
+    default from scenes of the bundle's own world (unseen seeds; concepts named from the
+    generator's ground truth), or from a dataset folder (--data; named after the words
+    with significant TCAV). Prints each concept and the time taken."""
+    import time
+
+    from .explain.concepts import (WORLD_LEVELS, build_concept_bank, default_clusters,
+                                   save_bank, world_examples)
+    started = time.perf_counter()
     captioner = _load_captioner(args.bundle)
+    world = captioner.config.get("world", "shapes")
+    n_tcav = max(args.images, args.tcav_images or 0)
+    truths, levels = None, WORLD_LEVELS.get(world, WORLD_LEVELS["shapes"])
     if args.data:
         from .data.datasets import load_dataset
         from .training.samples import first_training_images
-        images, captions = first_training_images(load_dataset(args.dataset, args.data), args.images,
+        images, captions = first_training_images(load_dataset(args.dataset, args.data), n_tcav,
                                                  captioner.input_size, not args.quiet)
     else:
-        from .data.synthetic import generate_scene, reading_order_caption
-        scenes = [generate_scene(args.seed + i, image_size=captioner.input_size) for i in range(args.images)]
-        images = [s.image for s in scenes]
-        captions = [[reading_order_caption(s.caption).split()] for s in scenes]
-    bank, patches = build_concept_bank(captioner, images, captions, n_clusters=args.clusters,
-                                       random_sets=args.random_sets, progress=not args.quiet)
+        images, captions, truths = world_examples(world, n_tcav, args.seed, captioner.input_size,
+                                                  not args.quiet)
+    clusters = args.clusters or default_clusters(world if not args.data else None)
+    bank, patches = build_concept_bank(
+        captioner, images, captions, truths, n_clusters=clusters, embedding=args.embedding,
+        discovery_images=args.images, random_sets=args.random_sets, name_levels=levels,
+        seed=args.seed, progress=not args.quiet)
+    bank.info["source"] = (f"dataset {args.data}" if args.data else
+                           f"{world} world, seeds {args.seed}..{args.seed + n_tcav - 1}")
+    bank.info["command"] = " ".join(["python -m source_code"] + list(getattr(args, "argv", [])))
+    bank.info["seconds"]["build, all"] = round(time.perf_counter() - started, 1)
     root = save_bank(bank, patches, args.bundle)
-    print(f"{len(bank.names)} concepts written to {root}")
-    for name in bank.names:
-        print(" ", name)
+    print(f"{len(bank)} concepts ({bank.info['clusters']} clusters, {bank.info['segments']} "
+          f"segments) written to {root} in {time.perf_counter() - started:.0f} s")
+    for k in range(len(bank)):
+        purity = "" if bank.purity[k] is None else f"  purity {bank.purity[k]:.2f}"
+        print(f"  {bank.ids[k]}  {bank.label(k)}{purity}")
     return 0
 
 
 def cmd_faithfulness(args) -> int:
-    """Pointing game, deletion/insertion AUC, ACE ranking and the sanity check on held-out scenes."""
+    """Pointing game, deletion/insertion AUC, ACE ranking and the sanity check on held-out
+    scenes; with --out, the figures, code version, bundle and scene seeds as one JSON file
+    (written atomically; `python bench/readme_tables.py` turns it into the README's table)."""
+    import time
+
     from .evaluation.synthetic_eval import generate_held_out
     from .explain.faithfulness import randomized_copy
-    from .explain.report import faithfulness_report, sanity_check
+    from .explain.report import (REPORT_METHODS, faithfulness_report, result_document,
+                                 sanity_check, write_json_atomic)
     captioner = _shapes_captioner(args.bundle, "faithfulness")
+    started = time.perf_counter()
     scenes = generate_held_out(args.scenes, seed=args.seed, image_size=captioner.input_size,
                                n_objects=2)
-    report = faithfulness_report(captioner, scenes, deletion_scenes=args.deletion_scenes,
-                                 progress=not args.quiet)
-    if args.json:   # kept even if the sanity check below fails
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    others = args.deletion_scenes if args.other_deletion_scenes is None else args.other_deletion_scenes
+    deletion_scenes = {m: args.deletion_scenes if m in ("gradcam", "random") else others
+                       for m in REPORT_METHODS}
+    report = faithfulness_report(captioner, scenes, deletion_scenes=deletion_scenes,
+                                 progress=not args.quiet, deletion_steps=args.deletion_steps,
+                                 random_seeds=args.random_seeds,
+                                 smoothgrad_scenes=args.smoothgrad_scenes)
+    command = " ".join(["python -m source_code"] + list(getattr(args, "argv", []) or ["faithfulness"]))
+    doc = result_document(report, captioner, args.bundle, args.seed, command)
+    if args.out:   # kept even if the sanity check below fails
+        write_json_atomic(args.out, doc)
     report["sanity_spearman_trained_vs_random"] = sanity_check(
         captioner, randomized_copy(captioner), scenes[: args.sanity_scenes])
-    print(json.dumps(report, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    report["sanity_scenes"] = min(args.sanity_scenes, len(scenes))
+    doc["seconds"] = round(time.perf_counter() - started, 1)
+    if args.out:
+        write_json_atomic(args.out, doc)
+        t = doc["targets"]
+        print(f"wrote {args.out} ({doc['seconds']:.0f} s)")
+        for name, row in t.items():
+            print(f"  {name}: {row['value']} (target {'<=' if 'max' in row else '>='} "
+                  f"{row.get('max', row.get('min'))}: {'met' if row['met'] else 'not met'})")
+    else:
+        print(json.dumps(doc, indent=1))
     return 0
 
 
 def cmd_export(args) -> int:
     """Write the bundle as a SavedModel for TensorFlow Serving."""
-    from .model.export import PIXELS_SIGNATURE, SERVING_SIGNATURE, export_saved_model
+    from .model.export import (EXPLAIN_SIGNATURE, PIXELS_SIGNATURE, SERVING_SIGNATURE,
+                               export_saved_model)
     captioner = _load_captioner(args.bundle)
     out = export_saved_model(captioner, args.out, beam_width=args.beam)
+    side = f"{captioner.input_size}x{captioner.input_size}"
     print(f"SavedModel written to {out} (signatures {SERVING_SIGNATURE}: encoded images, "
-          f"{PIXELS_SIGNATURE}: {captioner.input_size}x{captioner.input_size} pixels; "
-          f"beam {args.beam})")
+          f"{PIXELS_SIGNATURE}: {side} pixels, {EXPLAIN_SIGNATURE}: one {side} frame's "
+          f"caption, word scores and Grad-CAM; beam {args.beam})")
     return 0
 
 
@@ -490,22 +530,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-concepts", help="build the bundle's ACE concept bank")
     _add_bundle(p)
-    p.add_argument("--data", default=None, help="dataset folder (default: synthetic scenes)")
+    p.add_argument("--data", default=None, help="dataset folder (default: the bundle's own world)")
     p.add_argument("--dataset", default="auto")
-    p.add_argument("--images", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0, help="first synthetic seed")
-    p.add_argument("--clusters", type=int, default=20)
-    p.add_argument("--random-sets", type=int, default=10)
+    p.add_argument("--images", type=int, default=200, help="images whose segments are clustered")
+    p.add_argument("--tcav-images", type=int, default=None,
+                   help="images whose captions give the TCAV examples (default: --images)")
+    p.add_argument("--seed", type=int, default=20_000_000,
+                   help="first synthetic seed (default: seeds no bundle trains or is scored on)")
+    p.add_argument("--clusters", type=int, default=None,
+                   help="k-means clusters (default: 25, more for a world of many objects)")
+    p.add_argument("--embedding", choices=("patch", "region"), default="patch",
+                   help="patch: the paper's (a backbone pass per segment); region: the fast "
+                        "option (region means of the image's feature map)")
+    p.add_argument("--random-sets", type=int, default=20, help="random counterparts per CAV")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_concepts)
 
     p = sub.add_parser("faithfulness", help="faithfulness report on held-out two-object scenes")
     _add_bundle(p)
-    p.add_argument("--scenes", type=int, default=200)
-    p.add_argument("--seed", type=int, default=20_000_000)
-    p.add_argument("--deletion-scenes", type=int, default=50)
+    p.add_argument("--scenes", type=int, default=200, help="scenes for the pointing game")
+    p.add_argument("--seed", type=int, default=20_000_000, help="first held-out seed")
+    p.add_argument("--deletion-scenes", type=int, default=50,
+                   help="first N scenes for deletion/insertion of Grad-CAM and random maps")
+    p.add_argument("--other-deletion-scenes", type=int, default=None,
+                   help="... of Grad-CAM++, SmoothGrad and attention (default: --deletion-scenes)")
+    p.add_argument("--deletion-steps", type=int, default=128,
+                   help="deletion/insertion steps (128: one step, 200 px at 160 px, is smaller "
+                        "than the smallest object)")
+    p.add_argument("--random-seeds", type=int, default=3, help="seeds of the random-map baseline")
+    p.add_argument("--smoothgrad-scenes", type=int, default=None,
+                   help="first N scenes for SmoothGrad, the costly method (default: all)")
     p.add_argument("--sanity-scenes", type=int, default=10)
-    p.add_argument("--json", default=None)
+    p.add_argument("--out", "--json", dest="out", default=None,
+                   help="write the result file (JSON) here, e.g. docs/results/faithfulness_shapes.json")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_faithfulness)
 

@@ -22,6 +22,8 @@
     pendingSaliency: new Set(),
     pendingContrast: new Set(),
     drawn: new Map(),    // "method:word" -> overlay data URL drawn from a heatmap
+    trust: new Map(),    // "method:word" -> trust score (deletion curves) of that map
+    pendingTrust: new Set(),
   };
 
   // -- small helpers ------------------------------------------------------------------
@@ -404,6 +406,8 @@
       state.pendingSaliency = new Set();
       state.pendingContrast = new Set();
       state.drawn = new Map();
+      state.trust = new Map();
+      state.pendingTrust = new Set();
       render();
     } catch (err) {
       showError(err instanceof ServerError ? err.message : `Something went wrong: ${err.message}`);
@@ -617,7 +621,95 @@
       if (section.note) $(`hint-${m}`).textContent = section.note;
     });
     renderWordPanel();
+    renderTrust();
     renderAceSegments();
+  }
+
+  // -- the trust score: the selected map's deletion curve on this frame vs random maps ----
+  function trustKey() {
+    return `${el.trustMethod.value}:${state.selected}`;
+  }
+
+  function renderTrust() {
+    const r = state.result;
+    el.trustSection.hidden = !r || !r.words.length;
+    if (el.trustSection.hidden) return;
+    const key = trustKey();
+    const known = state.trust.get(key);
+    if (known) { drawTrust(known); return; }
+    el.trustVerdict.textContent = '';
+    clearTrustPlot();
+    requestTrust(key);
+  }
+
+  async function requestTrust(key) {
+    const result = state.result;
+    if (state.pendingTrust.has(key)) return;
+    state.pendingTrust.add(key);
+    const [method, sel] = key.split(':');
+    const form = new FormData();
+    form.append('image', state.blob, state.blob.name || 'frame.png');
+    form.append('methods', method);
+    form.append('caption', result.caption);
+    form.append('faithfulness', '1');
+    form.append('adversarial', '0');
+    if (sel !== 'null') form.append('words', sel);
+    const sal = (result.explanations || {}).saliency;
+    if (method === 'saliency' && sal) form.append('saliency_method', sal.method || 'vanilla');
+    el.trustStatus.textContent = 'measuring…';
+    const t0 = performance.now();
+    try {
+      const answer = await postForm('/api/explain', form);
+      if (state.result !== result) return;
+      const section = answer.explanations[method];
+      const map = sel === 'null' ? section.caption : section.words[Number(sel)];
+      const trust = map && map.faithfulness;
+      if (trust) {
+        trust.roundTripMs = Math.round(performance.now() - t0);
+        state.trust.set(key, trust);
+      }
+      if (trustKey() === key) renderTrust();
+    } catch (err) {
+      if (state.result === result) el.trustStatus.textContent = `could not measure: ${err.message}`;
+    } finally {
+      state.pendingTrust.delete(key);
+    }
+  }
+
+  function clearTrustPlot() {
+    const g = el.trustPlot.getContext('2d');
+    g.clearRect(0, 0, el.trustPlot.width, el.trustPlot.height);
+  }
+
+  function drawTrust(trust) {
+    el.trustVerdict.textContent = capitalize(trust.verdict);
+    el.trustStatus.textContent = `area under the curve ${fixed2(trust.auc)} (random ${fixed2(trust.random_auc)}), ${trust.roundTripMs} ms`;
+    el.trustPlot.dataset.auc = String(trust.auc);
+    clearTrustPlot();
+    const g = el.trustPlot.getContext('2d');
+    const W = el.trustPlot.width, H = el.trustPlot.height, pad = 24;
+    const top = Math.max(1e-6, ...trust.probability, ...trust.random_probability);
+    const xy = (f, p) => [pad + f * (W - 2 * pad), H - pad - (p / top) * (H - 2 * pad)];
+    g.strokeStyle = '#9ca3af';
+    g.strokeRect(pad, pad, W - 2 * pad, H - 2 * pad);
+    const line = (values, colour) => {
+      g.strokeStyle = colour;
+      g.lineWidth = 2;
+      g.beginPath();
+      values.forEach((p, i) => {
+        const [x, y] = xy(trust.fractions[i], p);
+        if (i) g.lineTo(x, y); else g.moveTo(x, y);
+      });
+      g.stroke();
+    };
+    line(trust.random_probability, '#9ca3af');
+    line(trust.probability, '#4f46e5');
+    g.fillStyle = '#374151';
+    g.font = '11px system-ui, sans-serif';
+    g.fillText('fraction of pixels deleted →', pad, H - 6);
+    g.fillText('this map', W - pad - 90, pad + 12);
+    g.fillStyle = '#9ca3af';
+    g.fillText('random maps', W - pad - 90, pad + 26);
   }
 
   function renderWordPanel() {
@@ -639,47 +731,142 @@
     el.alternativesLabel.hidden = !info.alternatives.length;
   }
 
+  // -- ACE: named concepts, ranked for the selected word ------------------------------------
   function renderAce() {
     const ace = (state.result.explanations || {}).ace;
     el.aceSection.hidden = !ace;
-    el.aceConcepts.replaceChildren();
     if (!ace) return;
-    const concepts = ace.concepts || [];
-    const top = Math.max(1e-9, ...concepts.map((c) => Math.abs(c.importance || 0)));
-    concepts.forEach((c) => {
-      const row = make('div', 'concept');
-      const head = make('div', 'concept-head');
-      head.appendChild(make('strong', null, c.name));
-      head.appendChild(make('span', 'muted', `importance ${Number(c.importance || 0).toFixed(3)}`));
-      row.appendChild(head);
-      const bar = make('div', 'bar');
-      const fill = make('span');
-      fill.style.width = `${Math.round(100 * Math.abs(c.importance || 0) / top)}%`;
-      bar.appendChild(fill);
-      row.appendChild(bar);
-      const patches = make('div', 'patches');
-      (c.patches || []).forEach((src) => {
-        const img = make('img');
-        img.src = src;
-        img.alt = `example patch of ${c.name}`;
-        patches.appendChild(img);
-      });
-      row.appendChild(patches);
-      el.aceConcepts.appendChild(row);
-    });
-    el.aceNote.textContent = ace.note || (concepts.length ? '' : 'No known concept matched this frame.');
+    const bank = ace.bank;
+    const present = (ace.concepts || []).length;
+    el.aceNote.textContent = ace.note || (bank
+      ? `${present} of the bank’s ${bank.concepts} concepts lie in this frame` +
+        (ace.unmatched_area ? ` (${Math.round(100 * ace.unmatched_area)} % of it matches none)` : '') +
+        '. Click a word to rank them for it.'
+      : '');
   }
 
-  function renderAceSegments() {
-    el.aceSegments.replaceChildren();
-    const ace = state.result && (state.result.explanations || {}).ace;
-    if (!ace) return;
-    const map = currentMap(ace, state.selected);
-    ((map && map.segments) || []).forEach((s) => {
-      const concept = s.concept ? ` (${s.concept})` : '';
-      el.aceSegments.appendChild(make('li', null,
-        `region ${s.segment}${concept}: importance ${Number(s.importance).toFixed(4)}`));
+  function aceConceptInfo(ace) {
+    const info = new Map();
+    (ace.concepts || []).forEach((c) => info.set(c.id, c));
+    return info;
+  }
+
+  // Where a concept lies in this frame: its location map drawn over the frame, small.
+  function aceWhereUrl(entry) {
+    const key = `ace-where:${entry.id}`;
+    if (!state.drawn.has(key)) {
+      const frame = el.frame;
+      if (!frame.complete || !frame.naturalWidth || !entry.heatmap || !entry.heatmap.length) return null;
+      const scale = Math.min(1, 160 / Math.max(frame.naturalWidth, frame.naturalHeight));
+      const canvas = make('canvas');
+      canvas.width = Math.max(1, Math.round(frame.naturalWidth * scale));
+      canvas.height = Math.max(1, Math.round(frame.naturalHeight * scale));
+      drawHeatmap(canvas.getContext('2d'), frame, entry.heatmap, canvas.width, canvas.height);
+      state.drawn.set(key, canvas.toDataURL('image/png'));
+    }
+    return state.drawn.get(key);
+  }
+
+  function aceTcavText(entry, word) {
+    if (typeof entry.tcav !== 'number') {
+      return word === null ? 'no TCAV score for these words' : `no TCAV score for “${word}” (too few examples)`;
+    }
+    const target = word === null ? (entry.tcav_word ? `“${entry.tcav_word}”` : 'its words') : `“${word}”`;
+    const p = typeof entry.p_value === 'number' ? `, p = ${entry.p_value.toPrecision(2)}` : '';
+    return `TCAV for ${target}: ${fixed2(entry.tcav)}${p}`;
+  }
+
+  function aceCard(entry, info, word, topEvidence) {
+    const card = make('article', `concept ace-card${entry.significant ? ' significant' : ''}`);
+    card.dataset.concept = entry.id;
+    const head = make('div', 'concept-head');
+    const title = make('strong', entry.named ? null : 'unnamed', entry.name);
+    head.appendChild(title);
+    head.appendChild(make('span', 'concept-id muted', entry.id));
+    card.appendChild(head);
+
+    const facts = make('div', 'concept-facts');
+    if (typeof entry.purity === 'number') {
+      const purity = make('span', 'chip purity', `purity ${Math.round(100 * entry.purity)} %`);
+      purity.title = 'share of the concept’s example segments whose ground truth agrees with its name';
+      facts.appendChild(purity);
+    } else if (entry.named_by) {
+      facts.appendChild(make('span', 'chip purity', `named by ${entry.named_by}`));
+    }
+    const sig = make('span', `chip sig ${entry.significant ? 'yes' : 'no'}`,
+      entry.significant ? 'significant' : 'not significant');
+    sig.title = 'two-sided t-test of the TCAV score against random concept vectors, Bonferroni-corrected';
+    facts.appendChild(sig);
+    card.appendChild(facts);
+
+    card.appendChild(make('p', 'concept-tcav', aceTcavText(entry, word)));
+    if (word === null && (entry.significant_for || []).length) {
+      card.appendChild(make('p', 'muted concept-words', `significant for: ${entry.significant_for.join(', ')}`));
+    }
+
+    const ev = Number(entry.evidence || 0);
+    const bar = make('div', `bar${ev < 0 ? ' negative' : ''}`);
+    bar.title = 'evidence in this frame: the conceptual sensitivity where the concept lies';
+    const fill = make('span');
+    fill.style.width = `${Math.max(2, Math.round(100 * Math.abs(ev) / topEvidence))}%`;
+    bar.appendChild(fill);
+    card.appendChild(bar);
+    card.appendChild(make('p', 'muted concept-evidence',
+      `evidence ${ev >= 0 ? '+' : '−'}${Math.abs(ev).toPrecision(2)} · sensitivity ${Number(entry.sensitivity || 0).toPrecision(2)}`));
+
+    const pics = make('div', 'concept-pics');
+    const where = aceWhereUrl(entry);
+    if (where) {
+      const fig = make('figure', 'concept-where');
+      const img = make('img');
+      img.src = where;
+      img.alt = `where ${entry.name} lies in this frame`;
+      fig.appendChild(img);
+      const area = info && typeof info.area === 'number' ? ` (${Math.round(100 * info.area)} %)` : '';
+      fig.appendChild(make('figcaption', null, `in this frame${area}`));
+      pics.appendChild(fig);
+    }
+    const patches = make('div', 'patches');
+    ((info && info.patches) || []).forEach((src) => {
+      const img = make('img');
+      img.src = src;
+      img.alt = `example segment of ${entry.name}`;
+      img.loading = 'lazy';
+      patches.appendChild(img);
     });
+    if (patches.childNodes.length) pics.appendChild(patches);
+    card.appendChild(pics);
+    return card;
+  }
+
+  // Called on every selection change: the concept cards ranked by their evidence for the
+  // selected word (or the caption); insignificant concepts folded into a <details>.
+  function renderAceSegments() {
+    el.aceConcepts.replaceChildren();
+    el.aceSegments.replaceChildren();
+    const more = $('ace-insignificant');
+    const ace = state.result && (state.result.explanations || {}).ace;
+    if (!ace) { if (more) more.hidden = true; return; }
+    const sel = state.selected;
+    const word = sel === null ? null : state.result.words[sel];
+    const map = currentMap(ace, sel);
+    const ranked = (map && map.concepts) || [];
+    const info = aceConceptInfo(ace);
+    const topEvidence = Math.max(1e-12, ...ranked.map((c) => Math.abs(Number(c.evidence || 0))));
+    const significant = ranked.filter((c) => c.significant);
+    const others = ranked.filter((c) => !c.significant);
+    significant.forEach((c) => el.aceConcepts.appendChild(aceCard(c, info.get(c.id), word, topEvidence)));
+    others.forEach((c) => el.aceSegments.appendChild(aceCard(c, info.get(c.id), word, topEvidence)));
+    if (!significant.length) {
+      el.aceConcepts.appendChild(make('p', 'muted', ranked.length
+        ? `No concept in this frame has a significant TCAV score for ${word === null ? 'the caption' : `“${word}”`}.`
+        : (ace.note ? '' : 'No concept of the bank matched this frame.')));
+    }
+    if (more) {
+      more.hidden = !others.length;
+      const summary = $('ace-insignificant-summary');
+      if (summary) summary.textContent = `${others.length} more concept${others.length === 1 ? '' : 's'} in this frame, not significant for ${word === null ? 'the caption' : `“${word}”`}`;
+    }
   }
 
   function renderAdversarial() {
@@ -856,6 +1043,8 @@
       ['overlays', 'overlays'], ['wordPanel', 'word-panel'], ['wordProbability', 'word-probability'],
       ['alternatives', 'alternatives'], ['alternativesLabel', 'alternatives-label'],
       ['ownCaptionForm', 'own-caption-form'], ['ownCaption', 'own-caption'],
+      ['trustSection', 'trust-section'], ['trustMethod', 'trust-method'], ['trustPlot', 'trust-plot'],
+      ['trustVerdict', 'trust-verdict'], ['trustStatus', 'trust-status'],
       ['resultPanel', 'result-panel'], ['progress', 'progress'], ['progressText', 'progress-text'],
       ['emptyState', 'empty-state'], ['result', 'result'], ['caption', 'caption'], ['speak', 'speak'],
       ['wholeCaption', 'whole-caption'], ['selectionLabel', 'selection-label'], ['reference', 'reference'],
@@ -881,6 +1070,7 @@
     if (picker) picker.addEventListener('change', () => switchBundle(picker.value));
     el.capture.addEventListener('click', capture);
     el.live.addEventListener('click', toggleLive);
+    el.trustMethod.addEventListener('change', () => { if (state.result) renderTrust(); });
     document.addEventListener('keydown', onKey);
 
     el.uploadForm.addEventListener('submit', (e) => {

@@ -172,11 +172,18 @@ def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
     assert "Evidence for" in page.inner_text("#selection-label")
     assert not page.is_visible("#error")
 
+    # The trust score of the clicked word's Grad-CAM: its deletion curve on this frame.
+    page.wait_for_function("() => document.getElementById('trust-verdict').textContent"
+                           ".includes('deleting the top')", timeout=EXPLAIN_TIMEOUT_MS)
+    assert f"p({result['words'][min(2, len(result['words']) - 1)]})" in page.inner_text("#trust-verdict")
+    assert 0 <= float(page.get_attribute("#trust-plot", "data-auc")) <= 1
+
     # "Why this word and not that one?": the word's alternatives, one click from a contrast.
     page.wait_for_selector("#word-panel:not([hidden]) #alternatives .chip", timeout=10_000)
     chip = page.locator("#alternatives .chip").first
     alternative = chip.inner_text().split()[0]
-    with page.expect_response(lambda r: r.url.endswith("/api/explain"),
+    with page.expect_response(lambda r: r.url.endswith("/api/explain")
+                              and b'name="contrast"' in (r.request.post_data_buffer or b""),
                               timeout=EXPLAIN_TIMEOUT_MS) as info:
         chip.click()
     assert info.value.status == 200, info.value.text()[:300]
@@ -188,7 +195,8 @@ def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
     own = "a small green triangle" if result["words"][:3] != ["a", "small", "green"] \
         else "a large blue circle"
     page.fill("#own-caption", own)
-    with page.expect_response(lambda r: r.url.endswith("/api/explain"),
+    with page.expect_response(lambda r: r.url.endswith("/api/explain")
+                              and own.encode() in (r.request.post_data_buffer or b""),
                               timeout=EXPLAIN_TIMEOUT_MS) as info:
         page.click("#own-caption-submit")
     assert info.value.status == 200 and info.value.json()["words"] == own.split()

@@ -1,6 +1,7 @@
 """SavedModel export for TensorFlow Serving: the signatures caption like
 ``Captioner.caption`` (exactly on pixels; on encoded bytes whenever no resize is
-needed), reloaded in TF2 and, as TensorFlow Serving loads them, in a TF1 session
+needed), and ``explain_pixels`` adds the app's Grad-CAM maps and word scores,
+reloaded in TF2 and, as TensorFlow Serving loads them, in a TF1 session
 (``tf.compat.v1.saved_model.loader.load`` and ``saved_model_cli run``)."""
 import io
 import json
@@ -29,6 +30,19 @@ def _talkative_tiny_captioner():
     return captioner
 
 
+def _varied_tiny_captioner():
+    """The talkative model with an end token that depends on the image: captions of
+    several lengths below the maximum, so the padding of ``explain_pixels`` is tested."""
+    captioner = _talkative_tiny_captioner()
+    layer, end = captioner.decoder.logits_layer, captioner.vocab.end_id
+    bias, kernel = layer.bias.numpy(), layer.kernel.numpy()
+    bias[end] += 1.0
+    kernel[:, end] *= 6
+    layer.bias.assign(bias)
+    layer.kernel.assign(kernel)
+    return captioner
+
+
 def _encode(image, fmt="PNG", **options) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format=fmt, **options)
@@ -51,6 +65,54 @@ def _assert_same(out, captions):
                                atol=1e-4)
 
 
+MAP_RTOL = 1e-4   # maps: |exported - app| <= MAP_RTOL * the app's map max (+ MAP_FLOOR)
+MAP_FLOOR = 1e-12
+
+
+def _assert_map_close(ours, ref):
+    """Grad-CAM maps are not normalised and their scale is the model's (the shipped
+    bundles' maps peak near 1e-4 to 1e-2): the tolerance is relative to the map's max."""
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape
+    bound = MAP_RTOL * float(np.abs(ref).max()) + MAP_FLOOR
+    assert np.abs(ours - ref).max() <= bound, (np.abs(ours - ref).max(), bound)
+
+
+def _assert_explains(out, captioner, pixels, caption):
+    """``out`` (explain_pixels outputs for one image, batch 1) == the app: the caption,
+    ``explain.gradcam.gradcam`` of its ``caption_target`` at A = ``captioner.features``
+    (each word's map and the caption's, unnormalised) and its teacher-forced scores;
+    zeros after the caption's end. Returns the largest differences seen."""
+    from source_code.explain.gradcam import gradcam
+    from source_code.explain.target import caption_target
+
+    _assert_same(out, [caption])
+    n, (grid_h, grid_w) = len(caption.words), captioner.grid
+    maps, whole = np.asarray(out["gradcam"]), np.asarray(out["gradcam_caption"])
+    scores = np.asarray(out["word_logprobs"])
+    assert maps.dtype == whole.dtype == scores.dtype == np.float32
+    assert maps.shape == (1, captioner.max_length, grid_h, grid_w)
+    assert whole.shape == (1, grid_h, grid_w) and scores.shape == (1, captioner.max_length)
+    assert not maps[0, n:].any() and not scores[0, n:].any()
+    if n == 0:
+        assert not whole.any()
+        return {}
+    ref = gradcam(captioner, captioner.features(pixels), caption_target(captioner, caption.words))
+    # Not vacuous: some map is non-zero (a word's map can be all zero after the ReLU,
+    # and then ours must be too, within MAP_FLOOR).
+    assert max(ref["caption"].max(), ref["words"].max()) > 0
+    for ours, theirs in zip(maps[0, :n], ref["words"]):
+        _assert_map_close(ours, theirs)
+    _assert_map_close(whole[0], ref["caption"])
+    np.testing.assert_allclose(scores[0, :n], ref["scores"], atol=1e-5)
+    rel = lambda a, b: float(np.abs(a - b).max() / max(np.abs(b).max(), MAP_FLOOR))  # noqa: E731
+    return {"words_rel": max(rel(o, t) for o, t in zip(maps[0, :n], ref["words"])),
+            "caption_rel": rel(whole[0], ref["caption"]),
+            "abs": float(max(np.abs(maps[0, :n] - ref["words"]).max(),
+                             np.abs(whole[0] - ref["caption"]).max())),
+            "scores_abs": float(np.abs(scores[0, :n] - ref["scores"]).max())}
+
+
 def _session_run(export_dir, signature, **inputs):
     """Run one signature the way TensorFlow Serving's C++ loader does: the SavedModel
     loaded into a TF1 session in a fresh graph (what ``saved_model_cli run`` does)."""
@@ -65,7 +127,11 @@ def _session_run(export_dir, signature, **inputs):
                         {sig.inputs[k].name: v for k, v in inputs.items()})
 
 
-def _saved_model_cli(export_dir, signature, work, **arrays):
+CAPTION_OUTPUTS = ("caption", "tokens", "logprob")
+EXPLAIN_OUTPUTS = CAPTION_OUTPUTS + ("word_logprobs", "gradcam", "gradcam_caption")
+
+
+def _saved_model_cli(export_dir, signature, work, outputs=CAPTION_OUTPUTS, **arrays):
     """``saved_model_cli run`` as a subprocess, inputs as .npy files (``--inputs``),
     outputs read back from ``--outdir``: {output name: array}."""
     work.mkdir(parents=True, exist_ok=True)
@@ -81,7 +147,7 @@ def _saved_model_cli(export_dir, signature, work, **arrays):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Result for output key caption" in proc.stdout
     return {name: np.load(outdir / f"{name}.npy", allow_pickle=True)
-            for name in ("caption", "tokens", "logprob")}
+            for name in outputs}
 
 
 def _jpeg_at(image, quality=90):
@@ -104,16 +170,33 @@ def exported(tmp_path_factory):
     return Captioner.load(root / "bundle"), tf.saved_model.load(str(out)), out
 
 
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory):
+    """(captioner writing captions of several lengths, reloaded SavedModel, export dir)."""
+    import tensorflow as tf
+
+    from source_code.model.export import export_saved_model
+
+    captioner = _varied_tiny_captioner()
+    out = export_saved_model(captioner, tmp_path_factory.mktemp("explain") / "1", beam_width=3)
+    return captioner, tf.saved_model.load(str(out)), out
+
+
 def test_export_writes_a_servable_saved_model(exported):
     captioner, model, out = exported
     assert (out / "saved_model.pb").is_file() and (out / "variables").is_dir()
-    assert {"serving_default", "caption_pixels"} <= set(model.signatures)
+    assert {"serving_default", "caption_pixels", "explain_pixels"} <= set(model.signatures)
     serving = model.signatures["serving_default"]
     (spec,) = serving.structured_input_signature[1].values()
     assert spec.dtype.name == "string" and spec.shape.as_list() == [None]
     assert set(serving.structured_outputs) == {"caption", "tokens", "logprob"}
+    explain = model.signatures["explain_pixels"]
+    (spec,) = explain.structured_input_signature[1].values()
+    assert spec.dtype.name == "float32" and spec.shape.as_list() == [1, SIZE, SIZE, 3]
+    assert set(explain.structured_outputs) == set(EXPLAIN_OUTPUTS)
     card = json.loads((out / "assets.extra" / "model_card.json").read_text())
     assert card["export"]["beam_width"] == 3 and card["export"]["input_size"] == SIZE
+    assert card["export"]["signatures"] == ["serving_default", "caption_pixels", "explain_pixels"]
     assert card["name"] == "tiny-attention"
     assert not list(out.parent.glob(".1.*"))   # no staging folder left behind
 
@@ -205,13 +288,60 @@ def test_saved_model_cli_runs_the_tiny_export(exported, tmp_path):
     _assert_same(got, captioner.caption(images, beam_width=3))
 
 
+def test_explain_signature_equals_app_gradcam(explained):
+    """explain_pixels (reloaded in TF2): the caption of Captioner.caption, every word's
+    Grad-CAM map and the caption's equal the app's ``gradcam`` (unnormalised), the
+    word scores its teacher-forced s_t; captions of several lengths, zeros after each."""
+    captioner, model, _ = explained
+    images = _scenes(6, first=300)
+    captions = captioner.caption(images, beam_width=3)
+    lengths = {len(c.words) for c in captions}
+    assert len(lengths) > 1 and min(lengths) > 0 and min(lengths) < captioner.max_length
+    for image, caption in zip(images, captions):
+        pixels = captioner.preprocess([image])
+        _assert_explains(model.signatures["explain_pixels"](pixels=pixels), captioner, pixels,
+                         caption)
+
+
+def test_session_loader_explain_signature_equals_app_gradcam(explained):
+    """explain_pixels in a TF1 session (TF Serving's loader): the gradients through the
+    decoder's while loop run there too, and equal the app's maps."""
+    captioner, _, out = explained
+    for image in _scenes(2, first=302):
+        pixels = captioner.preprocess([image])
+        got = _session_run(out, "explain_pixels", pixels=pixels.numpy())
+        assert set(got) == set(EXPLAIN_OUTPUTS)
+        _assert_explains(got, captioner, pixels, captioner.caption([image], beam_width=3)[0])
+
+
+def test_explain_of_an_empty_caption_is_zeros():
+    """A model that ends at once: empty caption, zero scores and maps (no error)."""
+    import tensorflow as tf
+
+    from source_code.model.export import explain_function
+
+    captioner = _talkative_tiny_captioner()
+    layer = captioner.decoder.logits_layer
+    bias = layer.bias.numpy()
+    bias[captioner.vocab.end_id] += 50.0
+    layer.bias.assign(bias)
+    image = _scenes(1, first=310)[0]
+    (caption,) = captioner.caption([image], beam_width=3)
+    assert caption.words == []
+    explain = tf.function(explain_function(captioner, beam_width=3), input_signature=[
+        tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32)])
+    pixels = captioner.preprocess([image])
+    _assert_explains(explain(pixels), captioner, pixels, caption)
+
+
 SHIPPED = sorted(p.parent.name for p in (REPO / "models").glob("*/config.json"))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_bundle_export_runs_in_saved_model_cli(name, tmp_path):
     """Integration (the bundled models): ``export`` through the CLI, then
-    ``saved_model_cli run`` on both signatures gives the Captioner's captions."""
+    ``saved_model_cli run`` on the caption signatures gives the Captioner's captions,
+    and on explain_pixels the app's caption, Grad-CAM maps and word scores."""
     from source_code.model.captioner import Captioner
 
     bundle = REPO / "models" / name
@@ -228,6 +358,11 @@ def test_shipped_bundle_export_runs_in_saved_model_cli(name, tmp_path):
     got = _saved_model_cli(out, "caption_pixels", tmp_path / "cli",
                            pixels=captioner.preprocess([px for _, px in jpegs]).numpy())
     _assert_same(got, expected)
+    pixels = captioner.preprocess([jpegs[0][1]])
+    got = _saved_model_cli(out, "explain_pixels", tmp_path / "cli", outputs=EXPLAIN_OUTPUTS,
+                           pixels=pixels.numpy())
+    assert expected[0].words
+    _assert_explains(got, captioner, pixels, expected[0])
 
 
 def test_greedy_export(tmp_path):

@@ -220,3 +220,25 @@ def test_evaluate_captions():
     assert [result[f"bleu{k}"] for k in range(1, 5)] == corpus_bleu(refs, hyps)
     assert result["cider"] == cider_d(refs, hyps)
     assert all(isinstance(v, float) for v in result.values())
+
+
+# Gaps found by mutation testing (bench/mutation.sh): each of these kills a mutant that
+# the tests above let through.
+
+def test_bleu_of_a_corpus_with_a_single_k_gram():
+    # one 4-token hypothesis = exactly one 4-gram, matched: every p_k = 1
+    assert corpus_bleu([[list("abcd")]], [list("abcd")]) == pytest.approx([1.0] * 4)
+
+
+def test_cider_accepts_one_order_and_a_small_sigma():
+    refs, hyps = [[["a", "b"]], [["c", "d"]]], [["a", "b"], ["c", "e"]]
+    assert cider_d(refs, hyps, n=1) > 0
+    assert cider_d(refs, hyps, sigma=0.5) > 0
+
+
+@pytest.mark.parametrize("refs", [[], "ab"])
+def test_empty_or_str_reference_sets_are_value_errors(refs):
+    with pytest.raises(ValueError, match="non-empty list of reference"):
+        corpus_bleu([refs], [["a"]])
+    with pytest.raises(ValueError, match="non-empty list of reference"):
+        cider_d([refs], [["a"]])

@@ -278,6 +278,24 @@ def test_explain_your_own_caption(client):
                  400, "not in the model's vocabulary", "purple", "unicorn")
 
 
+def test_trust_scores_for_the_words_asked(client):
+    body = post(client, "/api/explain", scene_png(), methods="gradcam,saliency", words="1",
+                faithfulness="1").get_json()
+    for method in ("gradcam", "saliency"):
+        section = body["explanations"][method]
+        trust = section["words"][1]["faithfulness"]
+        assert len(trust["fractions"]) == len(trust["probability"]) == len(trust["random_probability"])
+        assert trust["fractions"][0] == 0 and trust["fractions"][-1] == 1
+        assert 0 <= trust["auc"] <= 1 and 0 <= trust["random_auc"] <= 1
+        assert f"p({body['words'][1]})" in trust["verdict"]
+        assert "faithfulness" not in section["caption"]
+        assert "faithfulness" not in (section["words"][0] or {})
+    assert "faithfulness" in body["timings_ms"]
+    caption_only = post(client, "/api/explain", scene_png(), methods="gradcam",
+                        faithfulness="1").get_json()
+    assert "p(caption)" in caption_only["explanations"]["gradcam"]["caption"]["faithfulness"]["verdict"]
+
+
 def test_the_pgd_attack_is_reachable(client):
     res = post(client, "/api/explain", scene_png(), methods="ace", attack="pgd")
     assert res.status_code == 200

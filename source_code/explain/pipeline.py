@@ -97,11 +97,13 @@ class Explainer:
                 "timings_ms": timer.ms}
 
     def explain(self, image, methods=None, words=None, caption: str | None = None,
-                overlays: bool = False, **options) -> dict:
+                overlays: bool = False, faithfulness: bool = False, **options) -> dict:
         """Caption ``image`` (or score the given ``caption``, which must use the model's
         vocabulary) and explain it with ``methods`` (names from the registry; None: the
         default set). ``options``: the registry's method options (saliency_method,
-        adversarial, attack, contrast...). ``overlays``: PNG overlays beside heatmaps."""
+        adversarial, attack, contrast...). ``overlays``: PNG overlays beside heatmaps.
+        ``faithfulness``: a trust score (deletion curve against random maps) on the maps
+        of the words asked for, or on the caption's maps."""
         methods = parse_methods(methods, self.captioner)
         options = parse_options(options)
         timer = _Timer()
@@ -134,6 +136,10 @@ class Explainer:
             with timer(name):
                 result["explanations"][name] = REGISTRY[name].run(ctx)
         result["word_scores"] = self._word_scores(ctx)
+        if faithfulness:
+            from .trust import add_trust_scores
+            with timer("faithfulness"):
+                add_trust_scores(ctx, result["explanations"])
         with timer("render"):   # overlays still being drawn on the render pool
             result = resolve(result)
         timer.ms["total"] = round(1000 * (time.perf_counter() - t_all), 1)

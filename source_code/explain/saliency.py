@@ -79,14 +79,23 @@ def smoothgrad(captioner, pixels, target, word=None, samples: int = SMOOTHGRAD_S
     return tf.reduce_mean(tf.reduce_max(tf.abs(g), -1), 0).numpy()
 
 
-def integrated_gradients(captioner, pixels, target, word=None, steps: int = IG_STEPS,
-                         baseline=None, batch_size: int | None = None) -> np.ndarray:
-    """[S, S] map for the caption (word=None) or one word."""
+def integrated_gradients_attributions(captioner, pixels, target, word=None, steps: int = IG_STEPS,
+                                      baseline=None, batch_size: int | None = None) -> np.ndarray:
+    """Signed per-pixel, per-channel IG attributions [S, S, 3] for the caption
+    (word=None) or one word; they sum to about s(x) - s(baseline) (completeness)."""
     x = tf.convert_to_tensor(pixels, tf.float32)
     x0 = tf.zeros_like(x) if baseline is None else tf.convert_to_tensor(baseline, tf.float32)
     alphas = (tf.range(steps, dtype=tf.float32) + 0.5) / steps
     path = x0 + alphas[:, None, None, None] * (x - x0)
     g = _batched(lambda a, b: _gradients(captioner, path[a:b], target, [word] * (b - a)),
                  steps, captioner, batch_size)
-    attributions = (x - x0)[0] * tf.reduce_mean(g, 0)
-    return tf.abs(tf.reduce_sum(attributions, -1)).numpy()
+    return ((x - x0)[0] * tf.reduce_mean(g, 0)).numpy()
+
+
+def integrated_gradients(captioner, pixels, target, word=None, steps: int = IG_STEPS,
+                         baseline=None, batch_size: int | None = None) -> np.ndarray:
+    """[S, S] map for the caption (word=None) or one word: |sum over colour channels|
+    of ``integrated_gradients_attributions``."""
+    attributions = integrated_gradients_attributions(captioner, pixels, target, word, steps,
+                                                     baseline, batch_size)
+    return np.abs(attributions.sum(-1))

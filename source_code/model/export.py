@@ -4,7 +4,7 @@
 
 The SavedModel holds the backbone, the decoder, the vocabulary and the search
 (beam width fixed at export time), so a server needs nothing from this package.
-Two signatures:
+Three signatures:
 
 ``serving_default``
     ``images``: tf.string [B], encoded JPEG / PNG / BMP / GIF (first frame)
@@ -24,11 +24,34 @@ Both return ``caption`` (tf.string [B], the words joined by spaces), ``tokens``
 (int32 [B, max_length], the word ids, pad id after the caption) and
 ``logprob`` (float32 [B], total log-probability, end token included).
 
+``explain_pixels``
+    ``pixels``: float32 [1, S, S, 3], one image as for ``caption_pixels``. The
+    caption (same search, so the same ``caption``, ``tokens`` and ``logprob``)
+    and its Grad-CAM explanation, as the app's ``explain.gradcam.gradcam`` on
+    ``explain.target.caption_target`` of that caption computes it:
+
+    * ``word_logprobs`` (float32 [1, max_length]): s_t = log p(w_t | x, w_<t) by
+      teacher forcing for each word of the caption, 0 after its end (the end
+      token is not counted);
+    * ``gradcam`` (float32 [1, max_length, h, w]): each word's Grad-CAM map on
+      the backbone's feature grid h x w, zeros after the caption's end;
+    * ``gradcam_caption`` (float32 [1, h, w]): the whole caption's map, for
+      s = sum_t s_t.
+
+    Grad-CAM is taken at the backbone's output A (what the decoder reads), with
+    the gradients ds_t/dA through the decoder only: channel weights = spatial
+    mean of the gradient, map = ReLU(sum_k w_k A_k), not normalised (scale it
+    for display as the app does). The caption's length T is only known at run
+    time: A is tiled T times, row t is teacher-forced on the caption and scores
+    only s_t, so one ``tape.gradient`` gives all T word gradients (plain graph
+    ops that run in the session loader; the app uses a ``pfor`` Jacobian, with
+    the same result). An empty caption gives zero maps and scores.
+
 The SavedModel is written with Keras' ``ExportArchive`` (what ``model.export()``
 uses), which saves the Keras 3 variables so that the session-based loader of
 TensorFlow Serving and ``saved_model_cli run`` restores all of them (a plain
 ``tf.saved_model.save`` of a tf.Module loads in TF2 but fails there with
-"Could not find variable ... uninitialized"). The tests run both signatures
+"Could not find variable ... uninitialized"). The tests run every signature
 through that loader.
 
 The bundle's model card is copied to ``EXPORT_DIR/assets.extra/model_card.json``
@@ -38,14 +61,16 @@ export to ``models/captioner/1`` and point the server at ``models/captioner``.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import tensorflow as tf
 
+from ..files import atomic_dir
+
 SERVING_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "caption_pixels"
+EXPLAIN_SIGNATURE = "explain_pixels"
+SIGNATURES = (SERVING_SIGNATURE, PIXELS_SIGNATURE, EXPLAIN_SIGNATURE)
 CARD_FILE = Path("assets.extra") / "model_card.json"
 
 
@@ -83,22 +108,19 @@ def keras_parts(captioner) -> list:
     return parts
 
 
-def caption_functions(captioner, beam_width: int = 3, length_penalty: float = 0.0):
-    """(caption_images, caption_pixels): plain functions (encoded images tf.string [B]
-    / pixels float32 [B, S, S, 3]) -> {"caption", "tokens", "logprob"}; see the
-    module docstring. They only use the tensors and the Keras models of ``captioner``."""
-    size, max_len = captioner.input_size, captioner.max_length
-    vocab = captioner.vocab
-    backbone = captioner.backbone
+def _caption_from_features(captioner, beam_width: int, length_penalty: float):
+    """A plain function: feature map A [B, h, w, C] -> ({"caption", "tokens",
+    "logprob"}, is_word [B, max_length]) for the caption the search finds."""
+    max_len, vocab = captioner.max_length, captioner.vocab
     search = captioner.search_function(beam_width, length_penalty)
     tokens_table = list(vocab.tokens)
     stop_list = [vocab.end_id, vocab.pad_id]
 
-    def caption_pixels(pixels):
+    def caption_features(fmap):
         # Constants are made inside the traced function, so they belong to its graph.
         words = tf.constant(tokens_table)
         stop_ids = tf.constant(stop_list, tf.int32)
-        tokens, logps = search(backbone(pixels, training=False))
+        tokens, logps = search(fmap)
         # As Captioner.caption_from_search: the words are those before the first end/pad
         # token (at most max_length); the total includes that stop token.
         is_stop = tf.reduce_any(tf.equal(tokens[..., None], stop_ids), -1)
@@ -108,7 +130,21 @@ def caption_functions(captioner, beam_width: int = 3, length_penalty: float = 0.
         text = tf.strings.reduce_join(
             tf.ragged.boolean_mask(tf.gather(words, ids), is_word), axis=-1, separator=" ")
         logprob = tf.reduce_sum(tf.where(tf.equal(stops_before, 0), logps, 0.0), -1)
-        return {"caption": text, "tokens": tf.cast(ids, tf.int32), "logprob": logprob}
+        return {"caption": text, "tokens": tf.cast(ids, tf.int32), "logprob": logprob}, is_word
+
+    return caption_features
+
+
+def caption_functions(captioner, beam_width: int = 3, length_penalty: float = 0.0):
+    """(caption_images, caption_pixels): plain functions (encoded images tf.string [B]
+    / pixels float32 [B, S, S, 3]) -> {"caption", "tokens", "logprob"}; see the
+    module docstring. They only use the tensors and the Keras models of ``captioner``."""
+    size = captioner.input_size
+    backbone = captioner.backbone
+    caption_features = _caption_from_features(captioner, beam_width, length_penalty)
+
+    def caption_pixels(pixels):
+        return caption_features(backbone(pixels, training=False))[0]
 
     def caption_images(images):
         pixels = tf.map_fn(lambda b: decode_and_resize(b, size), images,
@@ -118,8 +154,58 @@ def caption_functions(captioner, beam_width: int = 3, length_penalty: float = 0.
     return caption_images, caption_pixels
 
 
+def explain_function(captioner, beam_width: int = 3, length_penalty: float = 0.0):
+    """explain_pixels: a plain function, pixels float32 [1, S, S, 3] -> {"caption",
+    "tokens", "logprob", "word_logprobs", "gradcam", "gradcam_caption"}: the caption
+    of ``caption_pixels`` and its per-word and whole-caption Grad-CAM maps, equal to
+    ``explain.gradcam.gradcam`` (see the module docstring)."""
+    max_len, vocab = captioner.max_length, captioner.vocab
+    backbone = captioner.backbone
+    grid_h, grid_w = (int(d) for d in backbone.output_shape[1:3])
+    caption_features = _caption_from_features(captioner, beam_width, length_penalty)
+
+    def explain_pixels(pixels):
+        fmap = tf.stop_gradient(backbone(pixels, training=False))        # A [1, h, w, C]
+        found, is_word = caption_features(fmap)
+        n = tf.reduce_sum(tf.cast(is_word[0], tf.int32))                 # T, 0..max_length
+        # The words are a prefix of the tokens: as explain.target.caption_target,
+        # start + words in, words + end out.
+        words = found["tokens"][:, :n]
+        tokens_in = tf.concat([tf.fill([1, 1], vocab.start_id), words], 1)   # [1, T + 1]
+        targets = tf.concat([words, tf.fill([1, 1], vocab.end_id)], 1)       # [1, T + 1]
+        # Row t of the tiled map is teacher-forced on the same caption and scores only
+        # s_t, so d(sum of rows)/d(tiled A) holds ds_t/dA in row t: every word's gradient
+        # from one backward pass through the decoder. At least one row, so that an empty
+        # caption still runs (its only row then scores nothing).
+        rows = tf.maximum(n, 1)
+        acts = tf.tile(fmap, [rows, 1, 1, 1])                            # [R, h, w, C]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(acts)
+            scores = captioner.word_logprobs(acts, tf.tile(tokens_in, [rows, 1]),
+                                             tf.tile(targets, [rows, 1]))   # [R, T + 1]
+            own = tf.linalg.diag_part(scores[:, :rows])                  # s_t of row t
+            own = tf.where(tf.range(rows) < n, own, 0.0)
+            total = tf.reduce_sum(own)
+        grads = tape.gradient(total, acts)                               # [R, h, w, C]
+        # explain.gradcam.cam_maps: weights = spatial mean of the gradient,
+        # map = ReLU(sum_k w_k A_k), not normalised; the caption's gradient is the sum.
+        word_maps = tf.nn.relu(tf.einsum("nhwc,nc->nhw", acts, tf.reduce_mean(grads, [1, 2])))
+        caption_grad = tf.reduce_sum(grads, 0, keepdims=True)
+        caption_map = tf.nn.relu(tf.einsum("nhwc,nc->nhw", fmap,
+                                           tf.reduce_mean(caption_grad, [1, 2])))
+        word_maps = tf.where((tf.range(rows) < n)[:, None, None], word_maps, 0.0)
+        pad = max_len - rows
+        word_maps = tf.ensure_shape(tf.pad(word_maps, [[0, pad], [0, 0], [0, 0]]),
+                                    [max_len, grid_h, grid_w])
+        own = tf.ensure_shape(tf.pad(own, [[0, pad]]), [max_len])
+        return dict(found, word_logprobs=own[None], gradcam=word_maps[None],
+                    gradcam_caption=tf.ensure_shape(caption_map, [1, grid_h, grid_w]))
+
+    return explain_pixels
+
+
 def build_archive(captioner, beam_width: int = 3, length_penalty: float = 0.0):
-    """A ``keras.export.ExportArchive`` with the two signatures. Keras 3 variables are
+    """A ``keras.export.ExportArchive`` with the three signatures. Keras 3 variables are
     not ``tf.Variable``s: only ExportArchive saves them so that the session-based
     loader (TensorFlow Serving, ``saved_model_cli run``) restores every one; a plain
     ``tf.saved_model.save`` of a tf.Module leaves some uninitialised there."""
@@ -135,6 +221,8 @@ def build_archive(captioner, beam_width: int = 3, length_penalty: float = 0.0):
                          [tf.TensorSpec([None], tf.string, name="images")])
     archive.add_endpoint(PIXELS_SIGNATURE, caption_pixels,
                          [tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
+    archive.add_endpoint(EXPLAIN_SIGNATURE, explain_function(captioner, beam_width, length_penalty),
+                         [tf.TensorSpec([1, size, size, 3], tf.float32, name="pixels")])
     return archive
 
 
@@ -146,19 +234,12 @@ def export_saved_model(captioner, out_dir, beam_width: int = 3,
     if beam_width < 1:
         raise ValueError(f"beam width must be at least 1, got {beam_width}")
     archive = build_archive(captioner, beam_width, length_penalty)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         archive.write_out(str(tmp), verbose=False)
         card = dict(captioner.card, export={"beam_width": int(beam_width),
                                             "length_penalty": float(length_penalty),
                                             "input_size": captioner.input_size,
-                                            "signatures": [SERVING_SIGNATURE, PIXELS_SIGNATURE]})
+                                            "signatures": list(SIGNATURES)})
         (tmp / CARD_FILE).parent.mkdir(parents=True, exist_ok=True)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

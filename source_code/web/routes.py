@@ -80,6 +80,8 @@ def explain_options(captioner) -> dict:
             "words": request.form.get("words") or None,
             "caption": caption if caption and caption.strip() else None,
             "overlays": registry.Option("overlays", "bool", False, "").parse(_last("overlays")),
+            "faithfulness": registry.Option("faithfulness", "bool", False, "").parse(
+                _last("faithfulness")),
             **registry.parse_options(raw_options)}
 
 

@@ -1,0 +1,43 @@
+"""A trust score for the maps a person is looking at: each map's deletion curve on
+this very frame against random maps (RISE-style deletion, ``faithfulness.deletion_curve``),
+and a one-line verdict. Requested with ``faithfulness=1``; it is computed for the maps
+of the words the request names (``words``), or for the caption's maps when it names none.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .faithfulness import deletion_curve
+
+VERDICT_FRACTION = 0.1        # the verdict reads the curves after deleting this much
+RANDOM_MAPS = 2
+
+
+def trust_score(ctx, word_index: int | None, heatmap) -> dict:
+    curve = deletion_curve(ctx.captioner, ctx.pixels, ctx.target, word_index,
+                           np.asarray(heatmap, np.float32), random_maps=RANDOM_MAPS)
+    fractions = np.asarray(curve["fractions"])
+    k = int(np.argmin(np.abs(fractions - VERDICT_FRACTION)))
+    p, p_random = curve["probability"], curve["random_probability"]
+    what = f"p({ctx.target.words[word_index]})" if word_index is not None else "p(caption)"
+    verdict = (f"deleting the top {round(100 * fractions[k])} % of this map drops {what} "
+               f"from {p[0]:.2f} to {p[k]:.2f}; random: {p_random[k]:.2f}")
+    ratio = curve["auc"] / max(curve["random_auc"], 1e-9)
+    return {"fractions": _rounded(fractions), "probability": _rounded(p),
+            "random_probability": _rounded(p_random), "auc": round(curve["auc"], 4),
+            "random_auc": round(curve["random_auc"], 4), "auc_over_random": round(ratio, 3),
+            "verdict": verdict}
+
+
+def add_trust_scores(ctx, explanations: dict) -> None:
+    """Adds ``faithfulness`` to the maps of the words asked for (or the caption's)."""
+    indices = ctx.words or [None]
+    for section in explanations.values():
+        for i in indices:
+            entry = section.get("caption") if i is None else (section.get("words") or [None] * (i + 1))[i]
+            if isinstance(entry, dict) and entry.get("heatmap"):
+                entry["faithfulness"] = trust_score(ctx, i, entry["heatmap"])
+
+
+def _rounded(values) -> list[float]:
+    return [round(float(v), 4) for v in values]
