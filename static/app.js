@@ -281,6 +281,8 @@
       form.append('image', blob, 'live.jpg');
       form.append('methods', 'gradcam');
       form.append('live', liveClient);
+      // the caption's map alone (one backward pass) unless a word's map is wanted
+      if (state.selected === null) form.append('gradcam_scope', 'caption');
       let result;
       try {
         result = await postForm('/api/explain', form);

@@ -278,6 +278,18 @@ def test_explain_your_own_caption(client):
                  400, "not in the model's vocabulary", "purple", "unicorn")
 
 
+def test_gradcam_of_the_caption_alone_equals_the_full_one(client):
+    full = post(client, "/api/explain", scene_png(), methods="gradcam").get_json()
+    fast = post(client, "/api/explain", scene_png(), methods="gradcam",
+                gradcam_scope="caption").get_json()
+    a = np.asarray(full["explanations"]["gradcam"]["caption"]["heatmap"])
+    b = np.asarray(fast["explanations"]["gradcam"]["caption"]["heatmap"])
+    assert np.abs(a - b).max() <= 2e-3      # grids are rounded to 1/1000
+    assert fast["explanations"]["gradcam"]["words"] == [None] * len(fast["words"])
+    assert abs(full["explanations"]["gradcam"]["caption"]["score"]
+               - fast["explanations"]["gradcam"]["caption"]["score"]) < 1e-3
+
+
 def test_trust_scores_for_the_words_asked(client):
     body = post(client, "/api/explain", scene_png(), methods="gradcam,saliency", words="1",
                 faithfulness="1").get_json()

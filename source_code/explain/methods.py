@@ -28,7 +28,8 @@ import tensorflow as tf
 from . import gradcam as gradcam_lib
 from . import saliency as saliency_lib
 from .render import map_json
-from .target import CaptionTarget, TeacherPass, scores_and_attention, teacher_pass
+from .target import (CaptionTarget, TeacherPass, score_gradients, scores_and_attention,
+                     teacher_pass)
 
 
 class ExplainError(ValueError):
@@ -80,10 +81,15 @@ class Method:
     run: Callable[["Context"], dict]
     default: bool = True                   # part of a request that names no methods
     options: tuple[Option, ...] = ()
-    needs_gradients: bool = False          # reads ds_t/dA for every word (ctx.teacher)
+    # reads ds_t/dA for every word (ctx.teacher): True, False, or a function of the options
+    needs_gradients: bool | Callable[[dict], bool] = False
     needs_pixel_gradient: Callable[[dict], bool] = lambda options: False
     unavailable: Callable[[object], str | None] = lambda captioner: None
     note: str = ""
+
+    def wants_gradients(self, options: dict) -> bool:
+        needs = self.needs_gradients
+        return bool(needs(options) if callable(needs) else needs)
 
     def describe(self, captioner=None) -> dict:
         why = self.unavailable(captioner) if captioner is not None else None
@@ -186,8 +192,22 @@ def _round(x, digits: int = 4) -> float:
 
 
 # -- the methods --------------------------------------------------------------------------
-@method("gradcam", "Grad-CAM", "where the model looked", needs_gradients=True)
+GRADCAM_SCOPE = Option(
+    "gradcam_scope", "choice", "words",
+    "words: the caption's map and every word's; caption: the caption's map alone, from one "
+    "backward pass (the live view's fast path)", ("words", "caption"))
+
+
+@method("gradcam", "Grad-CAM", "where the model looked", options=(GRADCAM_SCOPE,),
+        needs_gradients=lambda options: options.get("gradcam_scope", "words") == "words")
 def gradcam(ctx: Context) -> dict:
+    if ctx.options.get("gradcam_scope", "words") == "caption" and ctx._teacher is None:
+        # one gradient of s = sum_t s_t instead of every word's: the live view's need
+        ones = np.ones((1, ctx.target.n_words), np.float32)
+        scores, grad = score_gradients(ctx.captioner, ctx.feature_map, ctx.target, ones, False)
+        cam = gradcam_lib.cam_maps(ctx.feature_map, grad)[0]
+        return ctx.section(cam, [None] * ctx.target.n_words,
+                           {"score": _round(scores.numpy().sum())}, layer="top_activation")
     return ctx.cam_section(layer="top_activation")
 
 

@@ -129,7 +129,7 @@ class Explainer:
         ctx = Context(self.captioner, self, image, display_frame(np.asarray(image)), pixels,
                       feature_map, caption, target, parse_word_indices(words, target.n_words),
                       options, overlays, caption_pixel_grad)
-        if any(REGISTRY[m].needs_gradients for m in methods):
+        if any(REGISTRY[m].wants_gradients(options) for m in methods):
             with timer("decoder_gradients"):   # ds_t/dA for every word, shared by methods
                 ctx.teacher  # noqa: B018 (computed once, read by the methods)
         for name in methods:

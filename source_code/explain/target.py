@@ -133,13 +133,14 @@ def compiled_function(captioner, kind: str):
 def warm_up_compiled(captioner) -> None:
     """Run every compiled function a request uses once: tracing and TensorFlow's graph
     optimisation happen on the first run, so no request waits for them. ("features"
-    serves direct callers of ``score_gradients``, not the pipeline.)"""
+    serves the live view's caption-only Grad-CAM.)"""
     size, fmap_shape = captioner.input_size, tuple(captioner.backbone.output_shape[1:])
     tokens = tf.fill([1, 2], captioner.vocab.pad_id)
     weights = tf.zeros([1, 2])
     compiled_function(captioner, "pixels")(tf.zeros((1, size, size, 3)), tokens, tokens, weights)
     compiled_function(captioner, "forward")(tf.zeros((1,) + fmap_shape), tokens, tokens)
     compiled_function(captioner, "words")(tf.zeros((1,) + fmap_shape), tokens, tokens)
+    compiled_function(captioner, "features")(tf.zeros((1,) + fmap_shape), tokens, tokens, weights)
 
 
 @dataclass(frozen=True)
