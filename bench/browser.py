@@ -2,6 +2,7 @@
 Debian's Chromium, driven by Playwright, whose camera plays a .y4m clip."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,15 @@ def fake_camera_chromium(playwright, clip: Path):
         "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--no-first-run"])
+
+
+@contextmanager
+def camera_browser(sync_playwright, clip: Path):
+    """``fake_camera_chromium`` for the block, closed afterwards (sync_playwright:
+    Playwright's factory, passed in so that callers decide how its absence is handled)."""
+    with sync_playwright() as p:
+        browser = fake_camera_chromium(p, clip)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -513,19 +513,25 @@
     ctx.putImageData(image, 0, 0);
   }
 
-  function overlayUrl(key, map) {
-    if (map.overlay) return map.overlay;            // the server drew it (overlays=1)
+  // A heatmap drawn over the frame at most maxSide pixels a side, as a data URL, kept
+  // under ``key`` so switching back to it costs nothing.
+  function drawnUrl(key, heatmap, maxSide) {
     if (!state.drawn.has(key)) {
       const frame = el.frame;
-      if (!frame.complete || !frame.naturalWidth || !map.heatmap || !map.heatmap.length) return null;
-      const scale = Math.min(1, 480 / Math.max(frame.naturalWidth, frame.naturalHeight));
+      if (!frame.complete || !frame.naturalWidth || !heatmap || !heatmap.length) return null;
+      const scale = Math.min(1, maxSide / Math.max(frame.naturalWidth, frame.naturalHeight));
       const canvas = make('canvas');
       canvas.width = Math.max(1, Math.round(frame.naturalWidth * scale));
       canvas.height = Math.max(1, Math.round(frame.naturalHeight * scale));
-      drawHeatmap(canvas.getContext('2d'), frame, map.heatmap, canvas.width, canvas.height);
+      drawHeatmap(canvas.getContext('2d'), frame, heatmap, canvas.width, canvas.height);
       state.drawn.set(key, canvas.toDataURL('image/png'));
     }
     return state.drawn.get(key);
+  }
+
+  function overlayUrl(key, map) {
+    if (map.overlay) return map.overlay;            // the server drew it (overlays=1)
+    return drawnUrl(key, map.heatmap, 480);
   }
 
   // -- rendering ------------------------------------------------------------------------
@@ -755,18 +761,7 @@
 
   // Where a concept lies in this frame: its location map drawn over the frame, small.
   function aceWhereUrl(entry) {
-    const key = `ace-where:${entry.id}`;
-    if (!state.drawn.has(key)) {
-      const frame = el.frame;
-      if (!frame.complete || !frame.naturalWidth || !entry.heatmap || !entry.heatmap.length) return null;
-      const scale = Math.min(1, 160 / Math.max(frame.naturalWidth, frame.naturalHeight));
-      const canvas = make('canvas');
-      canvas.width = Math.max(1, Math.round(frame.naturalWidth * scale));
-      canvas.height = Math.max(1, Math.round(frame.naturalHeight * scale));
-      drawHeatmap(canvas.getContext('2d'), frame, entry.heatmap, canvas.width, canvas.height);
-      state.drawn.set(key, canvas.toDataURL('image/png'));
-    }
-    return state.drawn.get(key);
+    return drawnUrl(`ace-where:${entry.id}`, entry.heatmap, 160);
   }
 
   function aceTcavText(entry, word) {

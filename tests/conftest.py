@@ -27,6 +27,25 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+class MarkovDecoder:
+    """A hand-made decoder for the searches: the next-token distribution depends on the
+    previous token only (``step(tokens, state, memory)`` as the searches call it)."""
+
+    def __init__(self, table):
+        import tensorflow as tf
+        self.vocab_size = len(table)
+        self.logp = tf.math.log(tf.constant(table, tf.float32) + 1e-12)
+
+    def initial_state(self, memory):
+        import tensorflow as tf
+        z = tf.zeros([tf.shape(memory[0])[0], 1])
+        return z, z
+
+    def step(self, tokens, state, memory):
+        import tensorflow as tf
+        return tf.gather(self.logp, tokens), state, tf.zeros([tf.shape(tokens)[0], 1])
+
+
 def make_tiny_captioner(kind: str = "attention", input_size: int = 64, seed: int = 0):
     import keras
 

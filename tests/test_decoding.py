@@ -6,23 +6,9 @@ import tensorflow as tf
 
 from source_code.model.search import beam_search, greedy_search
 
+from conftest import MarkovDecoder
+
 PAD, START, END, A, B = 0, 1, 2, 3, 4
-
-
-class MarkovDecoder:
-    """A hand-made decoder: the next-token distribution depends on the previous token only."""
-
-    vocab_size = 5
-
-    def __init__(self, table):
-        self.logp = tf.math.log(tf.constant(table, tf.float32) + 1e-12)
-
-    def initial_state(self, memory):
-        z = tf.zeros([tf.shape(memory[0])[0], 1])
-        return z, z
-
-    def step(self, tokens, state, memory):
-        return tf.gather(self.logp, tokens), state, tf.zeros([tf.shape(tokens)[0], 1])
 
 
 # From start: A 0.6, B 0.4. After A everything is uncertain; after B the end is almost sure.

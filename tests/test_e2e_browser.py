@@ -22,7 +22,7 @@ from source_code.data.synthetic import canonical_caption, generate_scene
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from browser import CHROMIUM, fake_camera_chromium, write_y4m  # noqa: E402,F401  (shared with bench/live.py)
+from browser import CHROMIUM, camera_browser, fake_camera_chromium, write_y4m  # noqa: E402,F401  (shared with bench/live.py)
 from load import served  # noqa: E402  (one helper starts, waits for and stops app.py)
 SHAPES_BUNDLE = REPO / "models" / "shapes"
 
@@ -84,12 +84,8 @@ def server(browser_tools, tmp_path_factory):
 def browser(browser_tools, scene, tmp_path_factory):
     frame = np.asarray(Image.fromarray(scene.image).resize((FRAME_SIDE, FRAME_SIDE), Image.BILINEAR))
     clip = write_y4m(tmp_path_factory.mktemp("camera") / "scene.y4m", frame)
-    with browser_tools() as p:
-        b = fake_camera_chromium(p, clip)
-        try:
-            yield b
-        finally:
-            b.close()
+    with camera_browser(browser_tools, clip) as b:
+        yield b
 
 
 def test_y4m_writer_round_trips(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from source_code.data.synthetic import generate_scene
-from test_e2e_browser import browser_tools, fake_camera_chromium, server, write_y4m  # noqa: F401 (fixtures)
+from test_e2e_browser import browser_tools, camera_browser, server, write_y4m  # noqa: F401 (fixtures)
 
 FRAME_SIDE = 320
 SECONDS_EACH_SIDE = 3
@@ -35,12 +35,8 @@ def moving_clip() -> np.ndarray:
 @pytest.fixture(scope="module")
 def live_browser(browser_tools, tmp_path_factory):
     clip = write_y4m(tmp_path_factory.mktemp("camera") / "moving.y4m", moving_clip())
-    with browser_tools() as p:
-        b = fake_camera_chromium(p, clip)
-        try:
-            yield b
-        finally:
-            b.close()
+    with camera_browser(browser_tools, clip) as b:
+        yield b
 
 
 def start_camera(page, base):

@@ -16,6 +16,8 @@ from source_code.explain.adversarial import perturb
 from source_code.explain.target import caption_target, word_scores_from_pixels
 from source_code.model.search import beam_search
 
+from conftest import MarkovDecoder
+
 CAPTION = "a small red circle above a large blue square"
 
 
@@ -222,22 +224,6 @@ def test_every_words_saliency_row_is_that_words_own_gradient(tiny, pixels, targe
 
 
 PAD, START, END, A, B, C = 0, 1, 2, 3, 4, 5
-
-
-class MarkovDecoder:
-    """Next-token distribution from the previous token only (``step(tokens, state, memory)``
-    as the searches call it)."""
-
-    def __init__(self, table):
-        self.vocab_size = len(table)
-        self.logp = tf.math.log(tf.constant(table, tf.float32) + 1e-12)
-
-    def initial_state(self, memory):
-        z = tf.zeros([tf.shape(memory[0])[0], 1])
-        return z, z
-
-    def step(self, tokens, state, memory):
-        return tf.gather(self.logp, tokens), state, tf.zeros([tf.shape(tokens)[0], 1])
 
 
 # start -> A 0.45 | B 0.55; B -> end 0.9; A -> C -> end surely.
