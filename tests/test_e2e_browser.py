@@ -170,7 +170,7 @@ def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
 
     # The trust score of the clicked word's Grad-CAM: its deletion curve on this frame.
     page.wait_for_function("() => document.getElementById('trust-verdict').textContent"
-                           ".includes('deleting the top')", timeout=EXPLAIN_TIMEOUT_MS)
+                           ".toLowerCase().includes('deleting the top')", timeout=EXPLAIN_TIMEOUT_MS)
     assert f"p({result['words'][min(2, len(result['words']) - 1)]})" in page.inner_text("#trust-verdict")
     assert 0 <= float(page.get_attribute("#trust-plot", "data-auc")) <= 1
 
