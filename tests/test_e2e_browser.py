@@ -178,26 +178,18 @@ def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
     page.wait_for_selector("#word-panel:not([hidden]) #alternatives .chip", timeout=10_000)
     chip = page.locator("#alternatives .chip").first
     alternative = chip.inner_text().split()[0]
-    with page.expect_response(lambda r: r.url.endswith("/api/explain")
-                              and b'name="contrast"' in (r.request.post_data_buffer or b""),
-                              timeout=EXPLAIN_TIMEOUT_MS) as info:
-        chip.click()
-    assert info.value.status == 200, info.value.text()[:300]
+    chip.click()        # the contrast arrives as its own /api/explain answer
     page.wait_for_function("(alt) => document.getElementById('score-contrastive').textContent"
-                           ".includes(alt)", arg=f"“{alternative}”", timeout=10_000)
+                           ".includes(alt)", arg=f"“{alternative}”", timeout=EXPLAIN_TIMEOUT_MS)
     assert src("overlay-contrastive").startswith("data:image/png")
 
     # The user's own caption: scored and explained word by word; unknown words refused.
     own = "a small green triangle" if result["words"][:3] != ["a", "small", "green"] \
         else "a large blue circle"
     page.fill("#own-caption", own)
-    with page.expect_response(lambda r: r.url.endswith("/api/explain")
-                              and own.encode() in (r.request.post_data_buffer or b""),
-                              timeout=EXPLAIN_TIMEOUT_MS) as info:
-        page.click("#own-caption-submit")
-    assert info.value.status == 200 and info.value.json()["words"] == own.split()
+    page.click("#own-caption-submit")
     page.wait_for_function("(own) => document.getElementById('caption').innerText.trim()"
-                           ".replace(/\\s+/g, ' ') === own", arg=own, timeout=10_000)
+                           ".replace(/\\s+/g, ' ') === own", arg=own, timeout=EXPLAIN_TIMEOUT_MS)
     assert page.locator("#caption .caption-word.unlikely").count() >= 1   # not the model's words
     page.fill("#own-caption", "a purple unicorn")
     page.click("#own-caption-submit")
