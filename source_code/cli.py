@@ -285,12 +285,13 @@ def cmd_build_concepts(args) -> int:
     with significant TCAV). Prints each concept and the time taken."""
     import time
 
-    from .explain.concepts import (WORLD_LEVELS, build_concept_bank, default_clusters,
-                                   save_bank, world_examples)
+    from .explain.concepts import (DEFAULT_IMAGES, WORLD_LEVELS, build_concept_bank,
+                                   default_clusters, save_bank, world_examples)
     started = time.perf_counter()
     captioner = _load_captioner(args.bundle)
     world = captioner.config.get("world", "shapes")
-    n_tcav = max(args.images, args.tcav_images or 0)
+    n_images = args.images or DEFAULT_IMAGES.get(world, 200)
+    n_tcav = max(n_images, args.tcav_images or 2 * n_images)
     truths, levels = None, WORLD_LEVELS.get(world, WORLD_LEVELS["shapes"])
     if args.data:
         from .data.datasets import load_dataset
@@ -303,7 +304,7 @@ def cmd_build_concepts(args) -> int:
     clusters = args.clusters or default_clusters(world if not args.data else None)
     bank, patches = build_concept_bank(
         captioner, images, captions, truths, n_clusters=clusters, embedding=args.embedding,
-        discovery_images=args.images, random_sets=args.random_sets, name_levels=levels,
+        discovery_images=n_images, random_sets=args.random_sets, name_levels=levels,
         seed=args.seed, progress=not args.quiet)
     bank.info["source"] = (f"dataset {args.data}" if args.data else
                            f"{world} world, seeds {args.seed}..{args.seed + n_tcav - 1}")
@@ -532,13 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bundle(p)
     p.add_argument("--data", default=None, help="dataset folder (default: the bundle's own world)")
     p.add_argument("--dataset", default="auto")
-    p.add_argument("--images", type=int, default=200, help="images whose segments are clustered")
+    p.add_argument("--images", type=int, default=None,
+                   help="images whose segments are clustered (default: 200 shapes, 150 objects)")
     p.add_argument("--tcav-images", type=int, default=None,
-                   help="images whose captions give the TCAV examples (default: --images)")
+                   help="images whose captions give the TCAV examples (default: 2 x --images)")
     p.add_argument("--seed", type=int, default=20_000_000,
                    help="first synthetic seed (default: seeds no bundle trains or is scored on)")
     p.add_argument("--clusters", type=int, default=None,
-                   help="k-means clusters (default: 25, more for a world of many objects)")
+                   help="k-means clusters (default: 25; 40 shapes, 60 objects)")
     p.add_argument("--embedding", choices=("patch", "region"), default="patch",
                    help="patch: the paper's (a backbone pass per segment); region: the fast "
                         "option (region means of the image's feature map)")

@@ -357,7 +357,7 @@ def test_explain_default_methods_include_ace_and_the_adversarial_check(client):
     assert len(ace["words"]) == len(body["words"])
     assert isinstance(ace["concepts"], list)
     for concept in ace["concepts"]:
-        assert {"name", "importance", "patches"} <= set(concept)
+        assert {"id", "name", "patches"} <= set(concept)
     adv = ace["adversarial"]
     assert isinstance(adv["new_caption"], str) and isinstance(adv["changed_words"], list)
     assert_map(adv["all_pixels"]["perturbation"], "perturbation")

@@ -1,56 +1,108 @@
-"""ACE for captions: concepts found offline, matched and scored per request.
+"""ACE for captions: concepts found offline (``concepts.py``), named, and scored per request.
 
-Adapted from Ghorbani et al. 2019, "Towards Automatic Concept-based
-Explanations". What follows the paper:
-* multi-resolution SLIC superpixels (15, 50 and 80 segments) of many images;
-* segment embeddings in the backbone's bottleneck (the decoder's input layer,
-  ``top_activation``);
-* k-means concepts, then ACE's filtering: keep the segments nearest each
-  centre, drop clusters that are too small or come from too few images;
-* a concept activation vector (CAV) per concept, trained against random
-  counterparts several times, and TCAV scores (fraction of examples whose
-  directional derivative along the CAV is positive) for every vocabulary word,
-  with a two-sided t-test against random-vs-random CAVs.
+Ghorbani et al. 2019, "Towards Automatic Concept-based Explanations", with TCAV
+(Kim et al. 2018). What follows the paper (built by ``concepts.build_concept_bank``):
+* multi-resolution SLIC superpixels (15, 50 and 80 segments) of many images; segments
+  under 0.1 % of the image, or overlapping an already kept one (Jaccard > 0.5), are
+  dropped, as in the paper's code;
+* each segment's patch (its bounding box, the outside of the segment filled with ACE's
+  grey 117) resized to the input size and embedded through the backbone at the
+  bottleneck (``top_activation``, spatially pooled); k-means on these embeddings;
+* ACE's filtering: a concept is the segments nearest its centre (at most 40), and a
+  cluster is dropped when it is small or not spread over enough images (the paper's
+  three conditions on images per segment and share of images covered);
+* per concept, CAVs (logistic regression) against several random sets of segments, and
+  random-vs-random CAVs; per vocabulary word, TCAV: the fraction of the word's examples
+  whose directional derivative (sum_hw ds_t/dA) . v_C is positive, with a two-sided
+  Welch t-test of the concept's TCAV scores against the random CAVs' and a Bonferroni
+  correction over every (concept, word) pair the bank tests.
 Where and why it departs:
-* targets are words: the TCAV derivative is that of s_t = log p(w_t | x, w_<t)
-  for every occurrence of the word in a reference caption, not of a class logit;
-* a segment's embedding is its region of the whole image's feature map
-  (coverage-weighted mean of the cells it covers) rather than the backbone run
-  on the segment cut out and resized. One backbone pass serves all segments of
-  an image, which is what makes request-time ACE affordable with a large
-  backbone, and the bank and the request use the very same embedding;
-* at request time, segment importance for a word is the first-order effect of
-  removing the segment's features: sum over its cells of coverage x
-  (ds_t/dA . A), from the gradients Grad-CAM already computed. The paper's
-  occlusion-free TCAV score stays the concept-level importance (from the bank).
+* targets are words: s_t = log p(w_t | x, w_<t) by teacher forcing, for every occurrence
+  of the word in a reference caption, not a class logit;
+* a patch is padded to a square with the same grey before resizing (the paper stretches
+  it), so shapes keep their aspect;
+* the filter's "share of images covered" is taken per word: the paper discovers the
+  concepts of one class, we cluster a whole world at once (one backbone pass per segment
+  serves every word), so a cluster counts as populated when it covers a quarter (half)
+  of the images of some word, not of all images (a "red" concept can only be in the
+  images with something red). On the shapes world the paper's own share dropped every
+  object cluster (they cover 20-35 % of all images) and kept background only;
+* CAVs are trained on the members' region means (the cells of their own image's feature
+  map they cover: what the decoder reads there), not on the patch embeddings that
+  clustered them. The directional derivative moves the feature map the decoder reads;
+  a patch resized to the input size is the concept at another scale, and its CAV
+  pointed mostly along "less activation overall", which every word's gradient shares
+  (cosine -0.48 with the mean embedding): one background concept then had TCAV 0.97-0.99
+  for every word, and the right concept topped only 31 % of colour and shape words,
+  against 84 % with region CAVs (shapes bundle, 60 held-out scenes);
+* names: in a synthetic world the generator knows what lies under every segment, so a
+  concept is named from its members' ground truth (the most specific of colour + shape,
+  colour, shape that 90 % of them share; category; "background"), with its purity; from
+  real data, after the words with significant positive TCAV; ``concepts.json`` renames;
+* at request time one backbone pass must serve every segment (a pass per patch costs
+  6-30 ms on this CPU, times 80 segments), so the frame's segments are embedded as region
+  means of the frame's feature map and matched to concepts by a linear classifier (LDA)
+  the bank learned from its own segments, each labelled with the cluster its patch fell
+  in; a segment whose cluster the filter dropped is unmatched. On held-out shapes scenes
+  86 % of the objects' area matched a concept whose name agrees with the ground truth;
+* per word, the concepts present in the frame are ranked by the paper's conceptual
+  sensitivity S_C,t(x) = (sum_hw ds_t/dA) . v_C; each also carries its evidence where it
+  lies, sum_hw m_C(h, w) (ds_t/dA_hw . v_C) with m_C the share of cell (h, w) covered by
+  its segments (the first-order change of s_t if the concept's direction were
+  strengthened where it is), which paints the word's map;
+* ``embedding="region"`` builds a bank by clustering region means instead of patches (no
+  backbone pass per segment): a fast option, measured against the paper's in the README.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from skimage.segmentation import slic
 
 from ..files import atomic_path, atomic_write_text
+from .maps import normalize
 
 RESOLUTIONS = (15, 50, 80)
-REQUEST_RESOLUTION = 50      # the segmentation shown and ranked per request
+REQUEST_RESOLUTION = 80      # the segmentation matched to concepts per request
 SLIC_COMPACTNESS = 20.0
 BANK_DIR = "concepts"
-MATCH_MIN_COSINE = 0.5       # a segment farther than this from every concept is "unmatched"
-# Request-time SLIC runs on the input scaled down to at most this side (the labels
-# then span the image at that size): at 480 px it took 165 ms, at 240 px 26 ms,
-# for segments of the same count.
-REQUEST_SLIC_MAX_SIDE = 256
+RENAMES_FILE = "concepts.json"   # a person's names for concepts, read at load
+GREY = 117                   # ACE fills the outside of a segment with this grey
+MIN_SEGMENT_FRACTION = 0.001     # the paper's code drops smaller segments
+DEDUP_JACCARD = 0.5              # ... and a segment this close to one already kept
+# Request-time SLIC runs on the model's view scaled down to at most this side: the
+# segments are matched on the feature grid (10 x 10 or 14 x 14 cells), so finer
+# boundaries change little, and SLIC's cost grows with the pixels.
+REQUEST_SLIC_MAX_SIDE = 128
+# Sides of the JSON's maps: a word's map (painted by segments) and a concept's location
+# (repeated in every word's list). At 64 and 24 an answer for a 9-word caption with 9
+# concepts in the frame weighed 1 MB; the feature grid is 10 x 10 or 14 x 14.
+WORD_MAP_SIDE = 32
+CONCEPT_MAP_SIDE = 16
+BANK_SCHEMA = 2
+ID_PATTERN = re.compile(r"^c\d{2,4}$")
+# The page's patch URLs: None until the web layer serves patches at a route (then the
+# template's fields are key (the bank's fingerprint), concept (its id) and n); the JSON
+# then carries URLs, otherwise (CLI files) small PNG data URLs.
+PATCH_ROUTE: str | None = None
 
 
+def serve_patches_at(template: str | None) -> None:
+    """Called by the web layer: patches are served at ``template`` (see PATCH_ROUTE)."""
+    global PATCH_ROUTE
+    PATCH_ROUTE = template
+
+
+# -- segments and their embeddings ---------------------------------------------------------
 def segment(image: np.ndarray, n_segments: int) -> np.ndarray:
     """SLIC labels [H, W] (0..n-1) of an RGB uint8 image."""
-    labels = slic(image, n_segments=n_segments, compactness=SLIC_COMPACTNESS, start_label=0,
-                  channel_axis=-1)
-    return labels
+    return slic(image, n_segments=n_segments, compactness=SLIC_COMPACTNESS, start_label=0,
+                channel_axis=-1)
 
 
 def coverage(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -76,123 +128,299 @@ def region_embeddings(feature_map: np.ndarray, cover: np.ndarray) -> np.ndarray:
 
 def segment_importance(feature_map: np.ndarray, gradients: np.ndarray, cover: np.ndarray) -> np.ndarray:
     """gradients [T, gh, gw, C] (ds_t/dA) -> [T, n]: first-order drop of s_t if each
-    segment's features were removed (set to zero)."""
+    segment's features were removed (set to zero). ACE's fallback without a bank."""
     contrib = np.einsum("thwc,hwc->thw", gradients, feature_map)       # grad x activation per cell
     return np.einsum("thw,nhw->tn", contrib, cover)
 
 
+def ace_patch(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
+    """The paper's patch of a segment: its bounding box with the outside of the segment
+    grey, padded to a square with the same grey, resized to size x size (uint8)."""
+    from PIL import Image
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    crop = np.where(mask[..., None], image, np.uint8(GREY))[rows[0]: rows[-1] + 1,
+                                                            cols[0]: cols[-1] + 1]
+    h, w = crop.shape[:2]
+    side = max(h, w)
+    square = np.full((side, side, 3), GREY, np.uint8)
+    square[(side - h) // 2: (side - h) // 2 + h, (side - w) // 2: (side - w) // 2 + w] = crop
+    return np.asarray(Image.fromarray(square).resize((size, size), Image.BICUBIC))
+
+
+def _unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+
+
+# -- the bank ------------------------------------------------------------------------------
 @dataclass
 class ConceptBank:
-    names: list[str]
-    centroids: np.ndarray      # [K, C], unit length
-    cavs: np.ndarray           # [K, C], unit length (mean CAV)
-    word_scores: dict          # word -> {concept name -> {"tcav", "p_value", "significant"}}
-    info: dict                 # how the bank was built
-    patches: dict              # concept name -> [png file names]
+    """A bundle's concepts. Arrays are indexed by concept (K kept concepts) except the
+    matcher's, which covers every k-means cluster (M >= K; ``cluster_concept`` maps a
+    cluster to its concept index or -1 when the filter dropped it)."""
+    ids: list[str]                 # stable ids "c01".. (file names, renames, URLs)
+    names: list[str]               # what a person reads ("" for an unnamed concept)
+    named_by: list[str]            # "ground truth", "tcav", "user" or "" (unnamed)
+    purity: list                   # fraction of members agreeing with the name (None: unknown)
+    cavs: np.ndarray               # [K, C] unit: each concept's mean CAV
+    matcher_w: np.ndarray          # [M, C] the matcher: a linear classifier of unit
+    matcher_b: np.ndarray          # [M]     region-mean embeddings into the M clusters
+    cluster_concept: np.ndarray    # [M] int
+    word_scores: dict              # word -> {concept id -> {"tcav", "p_value", "significant"}}
+    info: dict                     # how the bank was built
+    patches: dict = field(default_factory=dict)   # concept id -> [png file names]
+    details: dict = field(default_factory=dict)   # concept id -> build figures (purities, sizes)
     root: Path | None = None
 
-    def match(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest concept by cosine for each embedding: (index or -1, cosine)."""
-        e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-8)
-        sims = e @ self.centroids.T
-        best = sims.argmax(1)
-        cos = sims[np.arange(len(e)), best]
-        return np.where(cos >= MATCH_MIN_COSINE, best, -1), cos
+    def __post_init__(self):
+        self._index = {cid: k for k, cid in enumerate(self.ids)}
+        self._png_cache = {}
 
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def key(self) -> str:
+        """A fingerprint of the bank's contents (in patch URLs, so caches never mix banks)."""
+        if "_key" not in self.__dict__:
+            blob = json.dumps([self.ids, self.names, self.info.get("built")], sort_keys=True)
+            self.__dict__["_key"] = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return self.__dict__["_key"]
+
+    def label(self, k: int) -> str:
+        """The name shown for concept k (an unnamed concept says so)."""
+        return self.names[k] or f"unnamed concept {self.ids[k]}"
+
+    def match(self, region_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each region-mean embedding -> (concept index or -1 when its cluster was dropped,
+        the matcher's probability of that cluster)."""
+        if len(self.matcher_w) == 0:
+            return np.full(len(region_emb), -1), np.zeros(len(region_emb))
+        scores = _unit(np.asarray(region_emb, np.float32)) @ self.matcher_w.T + self.matcher_b
+        best = scores.argmax(1)
+        top = scores[np.arange(len(scores)), best]
+        prob = 1.0 / np.exp(scores - top[:, None]).sum(1)
+        return self.cluster_concept[best], prob
+
+    def word_score(self, word: str, k: int) -> dict | None:
+        return self.word_scores.get(word, {}).get(self.ids[k])
+
+    # -- files ---------------------------------------------------------------------
     def save(self, bundle_dir) -> Path:
         root = Path(bundle_dir) / BANK_DIR
         root.mkdir(parents=True, exist_ok=True)
         with atomic_path(root / "bank.npz") as tmp:
-            np.savez(tmp, centroids=self.centroids.astype(np.float32),
-                     cavs=self.cavs.astype(np.float32))
-        meta = {"names": self.names, "word_scores": self.word_scores, "info": self.info,
-                "patches": self.patches}
+            np.savez(tmp, cavs=self.cavs.astype(np.float32),
+                     matcher_w=self.matcher_w.astype(np.float32),
+                     matcher_b=self.matcher_b.astype(np.float32),
+                     cluster_concept=self.cluster_concept.astype(np.int32))
+        meta = {"schema": BANK_SCHEMA, "concepts": [
+                    {"id": cid, "name": name, "named_by": by, "purity": pur,
+                     "patches": self.patches.get(cid, []), **self.details.get(cid, {})}
+                    for cid, name, by, pur in zip(self.ids, self.names, self.named_by, self.purity)],
+                "word_scores": self.word_scores, "info": self.info}
         atomic_write_text(root / "bank.json", json.dumps(meta, indent=1))
         return root
 
     @classmethod
     def load(cls, bundle_dir) -> "ConceptBank | None":
+        """The bundle's bank (None without one). Only JSON and a pickle-free npz are read;
+        ``concepts.json`` ({id: name}) renames concepts."""
+        from ..model.captioner import BundleError
         root = Path(bundle_dir) / BANK_DIR
         if not (root / "bank.json").is_file():
             return None
         meta = json.loads((root / "bank.json").read_text())
+        if meta.get("schema") != BANK_SCHEMA:
+            raise BundleError(f"concept bank {root} is from an older version of the program: "
+                              "rebuild it with `python -m source_code build-concepts`")
         with np.load(root / "bank.npz", allow_pickle=False) as z:  # never unpickle a bundle
-            centroids, cavs = z["centroids"], z["cavs"]
-        for names in meta.get("patches", {}).values():
-            for name in names:       # example patches are served: never a path out of patches/
+            arrays = {k: z[k] for k in ("cavs", "matcher_w", "matcher_b", "cluster_concept")}
+        concepts = meta["concepts"]
+        for c in concepts:
+            if not ID_PATTERN.match(str(c.get("id"))):
+                raise BundleError(f"concept bank {root} has a bad concept id {c.get('id')!r}")
+            for name in c.get("patches", []):   # patches are served: never a path out of patches/
                 if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-                    from ..model.captioner import BundleError
                     raise BundleError(f"concept bank {root} names a patch outside its "
                                       f"patches folder: {name!r}")
-        return cls(meta["names"], centroids, cavs, meta["word_scores"], meta["info"],
-                   meta.get("patches", {}), root)
+        skip = {"id", "name", "named_by", "purity", "patches"}
+        bank = cls([c["id"] for c in concepts], [c.get("name") or "" for c in concepts],
+                   [c.get("named_by") or "" for c in concepts], [c.get("purity") for c in concepts],
+                   arrays["cavs"], arrays["matcher_w"], arrays["matcher_b"],
+                   arrays["cluster_concept"],
+                   meta["word_scores"], meta["info"],
+                   {c["id"]: list(c.get("patches", [])) for c in concepts},
+                   {c["id"]: {k: v for k, v in c.items() if k not in skip} for c in concepts}, root)
+        bank.apply_renames(root / RENAMES_FILE)
+        return bank
 
-    def patch_paths(self, name: str) -> list[Path]:
-        return [self.root / "patches" / p for p in self.patches.get(name, [])] if self.root else []
+    def apply_renames(self, path: Path) -> None:
+        """``concepts.json``: {"c07": "cup handle", ...} (or {"c07": {"name": ...}})."""
+        from ..model.captioner import BundleError
+        if not path.is_file():
+            return
+        try:
+            renames = json.loads(path.read_text())
+        except ValueError as exc:
+            raise BundleError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(renames, dict):
+            raise BundleError(f"{path} must map concept ids to names")
+        for cid, value in renames.items():
+            name = value.get("name") if isinstance(value, dict) else value
+            if cid in self._index and isinstance(name, str) and name.strip():
+                k = self._index[cid]
+                self.names[k], self.named_by[k] = name.strip()[:80], "user"
 
-    def patch_url(self, path: Path) -> str:
-        """A patch as a PNG data URL, decoded and re-encoded once (never the file's own
-        bytes: what reaches the page is always a clean PNG), then kept."""
-        cache = self.__dict__.setdefault("_patch_urls", {})
-        if path not in cache:
+    # -- example patches -------------------------------------------------------------
+    def patch_png(self, concept_id: str, n: int) -> bytes | None:
+        """Example patch n of a concept as PNG bytes, decoded and re-encoded once (never
+        the file's own bytes), or None."""
+        files = self.patches.get(concept_id, [])
+        if self.root is None or not 0 <= n < len(files):
+            return None
+        if (concept_id, n) not in self._png_cache:
             from PIL import Image
 
-            from .render import data_url
-            with Image.open(path) as im:
-                cache[path] = data_url(np.asarray(im.convert("RGB")))
-        return cache[path]
+            from .render import png_bytes
+            with Image.open(self.root / "patches" / files[n]) as im:
+                self._png_cache[(concept_id, n)] = png_bytes(np.asarray(im.convert("RGB")))
+        return self._png_cache[(concept_id, n)]
+
+    def patch_urls(self, k: int, limit: int = 4) -> list[str]:
+        cid = self.ids[k]
+        count = min(limit, len(self.patches.get(cid, [])))
+        if PATCH_ROUTE:
+            return [PATCH_ROUTE.format(key=self.key, concept=cid, n=n) for n in range(count)]
+        import base64
+        return ["data:image/png;base64," + base64.b64encode(self.patch_png(cid, n)).decode("ascii")
+                for n in range(count) if self.patch_png(cid, n)]
+
+
+# -- request time --------------------------------------------------------------------------
+def _round(x, digits: int = 4):
+    return None if x is None else round(float(x), digits)
+
+
+def _shrink(m: np.ndarray, side: int) -> np.ndarray:
+    """A map averaged down (area mean) to at most side x side values."""
+    from PIL import Image
+    h, w = m.shape
+    if max(h, w) <= side:
+        return m.astype(np.float32)
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(size, Image.BOX))
+
+
+def _location_grid(mask: np.ndarray) -> list:
+    """Where a concept lies: the share of each cell of a CONCEPT_MAP_SIDE grid it covers."""
+    return np.round(normalize(_shrink(mask.astype(np.float32), CONCEPT_MAP_SIDE)), 2).tolist()
+
+
+def _sig(x, digits: int = 4):
+    """x to ``digits`` significant digits (gradients of a confident model are ~1e-4)."""
+    return float(f"{float(x):.{digits}g}")
+
+
+def locate_concepts(captioner, pixels, feature_map, bank):
+    """The frame's segments and the concept each one matches: (labels [H, W] on the
+    model's view scaled to at most REQUEST_SLIC_MAX_SIDE, coverage [n, gh, gw], concept
+    index per segment (-1: none), the matcher's probability)."""
+    from .render import display_frame
+    view = np.asarray(pixels[0]).astype(np.uint8)                  # the model's input view
+    labels = segment(display_frame(view, REQUEST_SLIC_MAX_SIDE), REQUEST_RESOLUTION)
+    cover = coverage(labels, captioner.grid)                       # [n, gh, gw]
+    if bank is None or len(bank) == 0:
+        return labels, cover, np.full(len(cover), -1), np.zeros(len(cover))
+    concept_of, prob = bank.match(region_embeddings(np.asarray(feature_map)[0], cover))
+    return labels, cover, concept_of, prob
 
 
 def explain_with_concepts(ctx) -> dict:
-    """Request-time ACE for the caption and each word (see the module docstring), on the
-    shared explanation context (methods.Context)."""
-    from .render import display_frame
+    """Request-time ACE (see the module docstring) on the shared explanation context
+    (methods.Context): per word and for the caption, the concepts in this frame ranked by
+    their conceptual sensitivity, each with the bank's TCAV score and its significance."""
 
     captioner, target = ctx.captioner, ctx.target
-    view = np.asarray(ctx.pixels[0]).astype(np.uint8)              # the model's input view
-    labels = segment(display_frame(view, REQUEST_SLIC_MAX_SIDE), REQUEST_RESOLUTION)
-    cover = coverage(labels, captioner.grid)
-    fmap = np.asarray(ctx.feature_map)[0]
-    imp_words = segment_importance(fmap, ctx.teacher.gradients.numpy(), cover)   # [T, n]
-    imp_caption = imp_words.sum(0)
     bank = ctx.explainer.concept_bank
-    if bank is not None:
-        concept_idx, cosine = bank.match(region_embeddings(fmap, cover))
-    else:
-        concept_idx, cosine = np.full(len(cover), -1), np.zeros(len(cover))
+    labels, cover, concept_of, similarity = locate_concepts(captioner, ctx.pixels,
+                                                            ctx.feature_map, bank)
+    fmap = np.asarray(ctx.feature_map)[0]
+    grads = ctx.teacher.gradients.numpy()[: target.n_words]        # [T, gh, gw, C]
+    info = {"n_segments": int(len(cover)), "resolution": REQUEST_RESOLUTION}
+    if bank is None or len(bank) == 0:
+        # No concepts to name: segments scored by their first-order effect (grad x A).
+        imp = segment_importance(fmap, grads, cover)
+        return {"caption": ctx.map(_shrink(np.maximum(imp.sum(0), 0)[labels], WORD_MAP_SIDE),
+                                   concepts=[]),
+                "words": [ctx.map(_shrink(np.maximum(imp[t], 0)[labels], WORD_MAP_SIDE),
+                                  concepts=[]) for t in range(target.n_words)],
+                "concepts": [], **info,
+                "note": "this bundle has no concept bank: segments are scored (gradient x "
+                        "activation), not named"}
 
-    def describe(importance, word=None):
-        order = np.argsort(-importance)
-        top = []
-        for s in order[:5]:
-            k = int(concept_idx[s])
-            entry = {"segment": int(s), "importance": round(float(importance[s]), 4),
-                     "concept": bank.names[k] if k >= 0 else None,
-                     "similarity": round(float(cosine[s]), 3)}
-            if k >= 0 and word is not None:
-                entry["tcav"] = bank.word_scores.get(word, {}).get(bank.names[k])
-            top.append(entry)
-        # each segment painted with its positive importance, on the model's input view
-        return ctx.map(np.maximum(importance, 0)[labels], segments=top)
+    present = sorted({int(k) for k in concept_of if k >= 0})
+    cavs = bank.cavs[present]                                      # [P, C]
+    # m_C: the fraction of each cell covered by the segments matched to each concept
+    presence = np.zeros((len(present),) + cover.shape[1:], np.float32)
+    for j, k in enumerate(present):
+        presence[j] = cover[concept_of == k].sum(0)
+    directional = np.einsum("thwc,pc->thwp", grads, cavs)          # ds_t/dA_hw . v_C
+    evidence = np.einsum("thwp,phw->tp", directional, presence)    # [T, P]
+    sensitivity = grads.sum((1, 2)) @ cavs.T                       # S_C,t(x), [T, P]
+    # each matched segment's share of its concept's evidence: the word maps
+    seg_evidence = np.zeros((target.n_words, len(cover)), np.float32)
+    if present:
+        per_segment = np.einsum("thwp,shw->tsp", directional, cover)   # [T, n, P]
+        column = np.searchsorted(present, np.maximum(concept_of, 0))
+        picked = np.take_along_axis(per_segment, column[None, :, None].repeat(len(per_segment), 0), 2)
+        seg_evidence = np.where(concept_of >= 0, picked[..., 0], 0.0)
+    area = np.array([float((concept_of[labels] == k).mean()) for k in present])
+    locations = [_location_grid(concept_of[labels] == k) for k in present]
 
-    result = {"caption": describe(imp_caption),
-              "words": [describe(imp_words[t], w) for t, w in enumerate(target.words)],
-              "n_segments": int(len(cover)), "resolution": REQUEST_RESOLUTION}
-    if bank is not None:
-        used = sorted({int(k) for k in concept_idx if k >= 0})
-        concepts = []
-        for k in used:
-            name = bank.names[k]
-            mask = concept_idx == k
-            concepts.append({
-                "name": name,
-                "importance": round(float(imp_caption[mask].sum()), 4),
-                "segments": int(mask.sum()),
-                "word_tcav": {w: bank.word_scores.get(w, {}).get(name) for w in target.words},
-                "patches": [bank.patch_url(p) for p in bank.patch_paths(name)[:4]],
-            })
-        result["concepts"] = sorted(concepts, key=lambda c: -c["importance"])
-    else:
-        result["concepts"] = []
-        result["note"] = "this bundle has no concept bank: segments are scored, not named"
-    return result
+    def entries(ev, sens, words):
+        out = []
+        for j in np.argsort(-sens, kind="stable"):
+            k = present[j]
+            scores = [(w, bank.word_score(w, k)) for w in words]
+            scores = [(w, s) for w, s in scores if s]
+            if len(words) == 1:
+                best = scores[0] if scores else (words[0], None)
+            else:   # the caption: its word for which the concept is most significant
+                best = min(scores, key=lambda ws: (not ws[1]["significant"], ws[1]["p_value"],
+                                                   -ws[1]["tcav"]), default=(None, None))
+            word, score = best
+            entry = {"id": bank.ids[k], "name": bank.label(k), "named": bool(bank.names[k]),
+                     "named_by": bank.named_by[k] or None, "purity": _round(bank.purity[k], 3),
+                     "evidence": _sig(ev[j]), "sensitivity": _sig(sens[j]),
+                     "tcav": _round(score["tcav"]) if score else None,
+                     "p_value": score["p_value"] if score else None,
+                     "p_adjusted": score.get("p_adjusted") if score else None,
+                     "significant": bool(score and score["significant"]),
+                     "area": _round(area[j], 3), "heatmap": locations[j]}
+            if len(words) > 1:
+                entry["tcav_word"] = word
+                entry["significant_for"] = [w for w, s in scores if s["significant"]]
+            out.append(entry)
+        return out
+
+    words = list(target.words)
+    def painted(values):       # each segment painted with its positive evidence
+        return _shrink(np.maximum(values, 0)[labels], WORD_MAP_SIDE)
+
+    caption = ctx.map(painted(seg_evidence.sum(0)),
+                      concepts=entries(evidence.sum(0), sensitivity.sum(0), words))
+    word_maps = [ctx.map(painted(seg_evidence[t]), concepts=entries(evidence[t], sensitivity[t], [w]))
+                 for t, w in enumerate(words)]
+    concepts = [{"id": bank.ids[k], "name": bank.label(k), "named": bool(bank.names[k]),
+                 "named_by": bank.named_by[k] or None, "purity": _round(bank.purity[k], 3),
+                 "area": _round(area[j], 3), "segments": int((concept_of == k).sum()),
+                 "match_probability": _round(similarity[concept_of == k].mean(), 3),
+                 "patches": bank.patch_urls(k), "heatmap": locations[j]}
+                for j, k in enumerate(present)]
+    unmatched = float((concept_of[labels] < 0).mean())
+    return {"caption": caption, "words": word_maps, "concepts": concepts, **info,
+            "unmatched_area": round(unmatched, 3),
+            "bank": {"concepts": len(bank), "key": bank.key,
+                     "embedding": bank.info.get("embedding"),
+                     "significance": bank.info.get("significance")}}

@@ -1,0 +1,202 @@
+"""ACE concept bank figures (issue 14's Done-when), written to docs/results/ace_<bundle>.json.
+
+    python bench/ace_concepts.py --bundle shapes  [--scenes 200] [--compare-region 200]
+    python bench/ace_concepts.py --bundle objects [--scenes 200]
+
+* the bank: kept concepts, their names and purity (members agreeing with the name), the
+  share with purity >= 0.9 (target >= 0.8 on shapes);
+* held-out scenes (seeds from 10,000,000; two-object scenes for shapes), captions the
+  model gets right: for every colour and shape word (shapes) or object word (objects),
+  whether the top-ranked significant concept of request-time ACE names that word
+  (target >= 0.9 on shapes; on objects >= 0.8, the concept named after the category);
+* request-time ACE in milliseconds (median over the scenes; target <= 150);
+* with --compare-region N: the same bank figures for the fast option (region-mean
+  embedding) built from the same N scenes, in memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+PURITY_TARGET, SHARE_TARGET = 0.9, 0.8
+WORD_TARGET = {"shapes": 0.9, "objects": 0.8}
+ACE_MS_TARGET = 150
+
+
+def bank_figures(bank) -> dict:
+    purity = [p for p in bank.purity if p is not None]
+    pure = sum(p >= PURITY_TARGET for p in purity)
+    return {"concepts": len(bank), "clusters": bank.info.get("clusters"),
+            "dropped_by_filter": len(bank.info.get("dropped", {})),
+            "segments": bank.info.get("segments"), "embedding": bank.info.get("embedding"),
+            "purity_mean": round(float(np.mean(purity)), 4) if purity else None,
+            "share_purity_at_least_0.9": round(pure / max(len(purity), 1), 4),
+            "names": [{"id": cid, "name": bank.label(k), "purity": bank.purity[k],
+                       **{key: bank.__dict__["details"].get(cid, {}).get(key)
+                          for key in ("cluster_purity", "segments", "cluster_size", "images",
+                                      "tcav_words")}}
+                      for k, cid in enumerate(bank.ids)],
+            "significant_pairs": sum(s["significant"] for row in bank.word_scores.values()
+                                     for s in row.values()),
+            "tested_pairs": sum(len(row) for row in bank.word_scores.values()),
+            "build_seconds": bank.info.get("seconds")}
+
+
+def held_out(world: str, n: int, size: int):
+    if world == "objects":
+        from source_code.evaluation.objects_eval import generate_held_out_objects
+        return generate_held_out_objects(n, image_size=size)
+    from source_code.evaluation.synthetic_eval import generate_held_out
+    return generate_held_out(n, image_size=size, n_objects=2)
+
+
+def correct(world: str, caption: str, reference: str) -> bool:
+    if world == "objects":
+        from source_code.data.objects_world import canonical_object_caption as canon
+    else:
+        from source_code.data.synthetic import canonical_caption as canon
+    return canon(caption) == canon(reference)
+
+
+def scored_words(world: str, scene, words: list[str]) -> list[int]:
+    """Indices of the words the figure scores: colour and shape words, or object nouns."""
+    kinds = ("color", "shape") if world == "shapes" else ("object",)
+    return [t for t, w in enumerate(words) if scene.word_kind(w) in kinds]
+
+
+def word_figures(explainer, world: str, scenes, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from source_code.explain.ace import explain_with_concepts
+    from source_code.explain.methods import Context, parse_options
+    from source_code.explain.render import display_frame
+    from source_code.explain.target import caption_target, teacher_pass
+
+    cap = explainer.captioner
+    hits = total = captions_right = 0
+    any_significant = top_any_hits = bound = 0
+    by_word, misses, ms = Counter(), Counter(), []
+    by_word_total = Counter()
+    for scene in tqdm(scenes, desc="held-out scenes", disable=not progress, unit="scene"):
+        pixels = cap.preprocess(scene.image)
+        fmap = cap.features(pixels)
+        caption = cap.decode_features(fmap, 3)[0]
+        if not caption.words or not correct(world, caption.text, scene.caption):
+            continue
+        captions_right += 1
+        target = caption_target(cap, caption.words)
+        ctx = Context(cap, explainer, scene.image, display_frame(scene.image), pixels, fmap,
+                      caption, target, [], parse_options({}),
+                      _teacher=teacher_pass(cap, fmap, target))
+        t0 = time.perf_counter()
+        section = explain_with_concepts(ctx)
+        ms.append(1000 * (time.perf_counter() - t0))
+        for t in scored_words(world, scene, caption.words):
+            word = caption.words[t]
+            ranked = section["words"][t]["concepts"]
+            top = next((c for c in ranked if c["significant"]), None)
+            ok = top is not None and word in top["name"].split()
+            total += 1
+            by_word_total[word] += 1
+            hits += ok
+            by_word[word] += ok
+            any_significant += top is not None
+            bound += any(c["significant"] and word in c["name"].split() for c in ranked)
+            top_any_hits += bool(ranked) and word in ranked[0]["name"].split()
+            if not ok:
+                misses[f"{word} -> {top['name'] if top else '(no significant concept)'}"] += 1
+    return {"scenes": len(scenes), "captions_right": captions_right, "words": total,
+            "top_significant_concept_names_the_word": round(hits / max(total, 1), 4),
+            "words_with_a_significant_concept": round(any_significant / max(total, 1), 4),
+            "top_concept_names_the_word_ignoring_significance": round(top_any_hits / max(total, 1), 4),
+            # the bound of any ranking: some significant concept in the frame names the word
+            "a_significant_concept_in_the_frame_names_the_word": round(bound / max(total, 1), 4),
+            "by_word": {w: {"hit_rate": round(by_word[w] / n, 4), "words": n}
+                        for w, n in sorted(by_word_total.items())},
+            "commonest_misses": dict(misses.most_common(15)),
+            "request_ms_median": round(float(np.median(ms)), 1) if ms else None,
+            "request_ms_p90": round(float(np.percentile(ms, 90)), 1) if ms else None}
+
+
+def region_bank_figures(cap, world: str, n: int, seed: int, progress: bool) -> dict:
+    """The fast option's bank from the same scenes as the shipped bank, in memory."""
+    from source_code.explain.concepts import (WORLD_LEVELS, build_concept_bank, default_clusters,
+                                              world_examples)
+    images, captions, truths = world_examples(world, n, seed, cap.input_size, progress)
+    t0 = time.perf_counter()
+    bank, _ = build_concept_bank(cap, images, captions, truths, default_clusters(world),
+                                 embedding="region", name_levels=WORLD_LEVELS[world],
+                                 seed=seed, progress=progress)
+    out = bank_figures(bank)
+    out["build_seconds_without_scenes"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main(argv=None) -> int:
+    from source_code.explain.pipeline import Explainer
+    from source_code.files import atomic_write_text
+    from source_code.model.bundles import resolve_bundle
+    from source_code.model.captioner import Captioner
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", default="shapes")
+    p.add_argument("--scenes", type=int, default=200)
+    p.add_argument("--compare-region", type=int, default=0, metavar="N",
+                   help="also build the region-embedding bank from N scenes and compare")
+    p.add_argument("--out", default=None, help="default: docs/results/ace_<bundle>.json")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    started = time.perf_counter()
+    bundle = resolve_bundle(args.bundle)
+    cap = Captioner.load(bundle)
+    world = cap.config.get("world", "shapes")
+    explainer = Explainer(cap)
+    bank = explainer.concept_bank
+    if bank is None:
+        print(f"{bundle} has no concept bank: run `python -m source_code build-concepts "
+              f"--bundle {args.bundle}` first", file=sys.stderr)
+        return 2
+    doc = {"bundle": bundle.name, "world": world, "bank": bank_figures(bank),
+           "command": " ".join(["python bench/ace_concepts.py"] + list(argv or sys.argv[1:]))}
+    doc["held_out"] = word_figures(explainer, world, held_out(world, args.scenes, cap.input_size),
+                                   progress=not args.quiet)
+    doc["held_out"]["seeds"] = [10_000_000, 10_000_000 + args.scenes - 1]
+    if args.compare_region:
+        seed = int(bank.info.get("seed", 20_000_000))
+        doc["region_embedding_bank"] = region_bank_figures(cap, world, args.compare_region, seed,
+                                                           not args.quiet)
+    share = doc["bank"]["share_purity_at_least_0.9"]
+    words = doc["held_out"]["top_significant_concept_names_the_word"]
+    ms = doc["held_out"]["request_ms_median"]
+    doc["targets"] = {
+        "words named by the top significant concept": {
+            "value": words, "min": WORD_TARGET[world], "met": words >= WORD_TARGET[world]},
+        "request-time ACE, median ms": {"value": ms, "max": ACE_MS_TARGET,
+                                        "met": ms is not None and ms <= ACE_MS_TARGET}}
+    if world == "shapes":
+        doc["targets"]["kept concepts with purity >= 0.9"] = {
+            "value": share, "min": SHARE_TARGET, "met": share >= SHARE_TARGET}
+    doc["seconds"] = round(time.perf_counter() - started, 1)
+    doc["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    out = Path(args.out or REPO / "docs" / "results" / f"ace_{bundle.name}.json")
+    atomic_write_text(out, json.dumps(doc, indent=1))
+    print(f"wrote {out}")
+    for name, row in doc["targets"].items():
+        bound = f"<= {row['max']}" if "max" in row else f">= {row['min']}"
+        print(f"  {name}: {row['value']} (target {bound}: {'met' if row['met'] else 'not met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,325 @@
+"""ACE concept banks (issue 14): CAVs, TCAV and its significance test on constructed
+activations with a known concept direction, the paper's filter, naming from ground truth
+and from TCAV, the bank's files, and the request-time JSON on the tiny bundle with and
+without a bank."""
+import json
+
+import numpy as np
+import pytest
+
+from source_code.explain import ace as A
+from source_code.explain import concepts as C
+
+DIM = 24
+
+
+def _direction(seed=0):
+    u = np.random.default_rng(seed).normal(size=DIM)
+    return u / np.linalg.norm(u)
+
+
+def _constructed(seed=0, n=60, shift=3.0):
+    """Random activations, a concept set shifted along a known unit direction u."""
+    rng = np.random.default_rng(seed)
+    u = _direction(seed)
+    background = rng.normal(size=(400, DIM)).astype(np.float32)
+    concept = (rng.normal(size=(n, DIM)) + shift * u).astype(np.float32)
+    return u, concept, background
+
+
+# -- CAVs and TCAV ---------------------------------------------------------------------------
+def test_cav_recovers_the_concept_direction():
+    u, concept, background = _constructed()
+    cav = C.train_cav(concept, background[:60])
+    assert cav.shape == (DIM,) and np.isclose(np.linalg.norm(cav), 1, atol=1e-5)
+    assert cav @ u > 0.8, "the CAV points towards the concept"
+
+
+def test_tcav_score_is_the_fraction_of_positive_directional_derivatives():
+    gradients = np.array([[1.0, 0.0], [-1.0, 0.0], [2.0, 1.0], [0.5, -3.0]])
+    cavs = np.array([[[1.0, 0.0], [0.0, 1.0]]])             # [1 concept, 2 runs, C]
+    assert C.tcav_scores(gradients, cavs).tolist() == [[0.75, 0.25]]
+
+
+def test_tcav_and_significance_with_a_known_concept():
+    rng = np.random.default_rng(1)
+    u, concept, background = _constructed(1)
+    embeddings = np.concatenate([background, concept])
+    members = [np.arange(len(background), len(embeddings))]
+    concept_cavs, random_cavs = C.train_cavs(embeddings, members, n_random=15, seed=0,
+                                             progress=False)
+    assert concept_cavs.shape == (1, 15, DIM) and random_cavs.shape == (15, DIM)
+    grads = {
+        "driven": (rng.normal(size=(40, DIM)) * 0.3 + u).astype(np.float32),     # s_t rises along u
+        "opposed": (rng.normal(size=(40, DIM)) * 0.3 - u).astype(np.float32),
+        "unrelated": rng.normal(size=(40, DIM)).astype(np.float32),
+        "rare": (rng.normal(size=(3, DIM)) + u).astype(np.float32),             # too few examples
+    }
+    # the unrelated word's gradients are orthogonal to u: no reason to follow the concept
+    g = grads["unrelated"]
+    grads["unrelated"] = g - np.outer(g @ u, u)
+    table, random_mean = C.tcav_table(grads, concept_cavs, random_cavs, ["c01"], min_examples=5)
+    assert "rare" not in table
+    assert table["driven"]["c01"]["tcav"] > 0.95 and table["driven"]["c01"]["significant"]
+    assert table["opposed"]["c01"]["tcav"] < 0.05 and table["opposed"]["c01"]["significant"]
+    assert not table["unrelated"]["c01"]["significant"]
+    for row in table.values():        # Bonferroni over the three (concept, word) pairs
+        s = row["c01"]
+        assert s["p_adjusted"] == pytest.approx(min(1.0, 3 * s["p_value"]), rel=1e-2)
+    assert set(random_mean) == {"driven", "opposed", "unrelated"}
+
+
+def test_welch_p_when_scores_do_not_vary():
+    assert C.welch_p(np.ones(5), np.ones(5)) == 1.0
+    assert C.welch_p(np.ones(5), np.zeros(5)) == 0.0
+    assert C.welch_p(np.array([0.9, 1.0, 0.95]), np.array([0.2, 0.6, 0.4, 0.5])) < 0.05
+
+
+# -- the paper's filter ----------------------------------------------------------------------
+def test_keep_cluster_follows_the_papers_conditions():
+    # (segments, images they come from, share of the discovery images covered)
+    assert not C.keep_cluster(10, 10, 0.1)[0]                  # too small
+    assert not C.keep_cluster(60, 1, 0.01)[0]                  # all from one image
+    assert C.keep_cluster(40, 30, 0.3)[0]                      # highly common
+    assert C.keep_cluster(100, 30, 0.3)[0]                     # mildly common, mildly populated
+    assert not C.keep_cluster(100, 30, 0.2)[0]                 # ... not populated enough
+    assert C.keep_cluster(500, 60, 0.6)[0]                     # from most images
+    assert not C.keep_cluster(2000, 100, 1.0)[0]               # many segments per image
+
+
+def test_populated_share_is_taken_per_word():
+    red = set(range(10))                                       # 10 of 100 images are red
+    cluster = set(range(8))
+    assert C.populated_share(cluster, 100) == 0.08             # the paper: 8 % of all images
+    assert C.populated_share(cluster, 100, {"red": red, "a": set(range(100))}) == 0.8
+    assert C.populated_share(cluster, 100, {"red": set(range(3))}) == 0.08   # too few images
+    assert C.content_word_images([[["a", "red", "cup"]], [["a", "cup"]]], 2) == {
+        "red": {0}, "cup": {0, 1}}
+
+
+def test_discover_drops_poor_clusters_and_keeps_the_nearest_members():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, DIM) * 20
+    emb, image = [], []
+    for c in range(3):                     # good: spread over many images
+        emb.append(centres[c] + rng.normal(size=(50, DIM)))
+        image.append(rng.integers(0, 60, 50))
+    emb.append(centres[3] + rng.normal(size=(50, DIM)))   # poor: every segment from one image
+    image.append(np.full(50, 7))
+    emb, image = np.concatenate(emb).astype(np.float32), np.concatenate(image)
+    found = C.discover(emb, image, n_clusters=4, n_discovery=60, max_per_concept=40)
+    assert all("images" in why for why in found.dropped.values())
+    assert len(found.kept) == 3 and len(found.dropped) == 1
+    dropped = next(iter(found.dropped))
+    assert set(image[found.assignment == dropped]) == {7}
+    for m, members in zip(found.kept, found.members):
+        assert len(members) == 40
+        inside = np.flatnonzero(found.assignment == m)
+        d = np.linalg.norm(emb[inside] - found.centres[m], axis=1)
+        assert np.linalg.norm(emb[members] - found.centres[m], axis=1).max() <= np.sort(d)[39] + 1e-5
+
+
+# -- segments, patches and names -------------------------------------------------------------
+def test_unique_segments_drops_tiny_and_duplicate_segments():
+    coarse = np.zeros((20, 20), int)
+    coarse[:, 10:] = 1
+    fine = coarse.copy() * 2          # the same halves (duplicates) ...
+    fine[:, :10] = 0
+    fine[0, 0] = 1                    # ... and one pixel alone (tiny at 1 %)
+    kept = A.MIN_SEGMENT_FRACTION
+    assert C.unique_segments([coarse, fine], min_fraction=0.01) == [(0, 0), (0, 1)]
+    assert kept == 0.001
+
+
+def test_segment_truth_names_the_object_covering_half_of_a_segment():
+    labels = np.zeros((10, 10), int)
+    labels[:, 5:] = 1
+    labels[:2, :2] = 2
+    mask = np.zeros((10, 10), bool)
+    mask[:, 6:] = True                # 80 % of segment 1
+    truth = C.segment_truth(labels, [0, 1, 2], [(mask, ("red", "circle"))])
+    assert truth == [(C.BACKGROUND,), ("red", "circle"), (C.BACKGROUND,)]
+
+
+def test_ace_patch_is_grey_outside_the_segment_and_square():
+    image = np.full((40, 40, 3), 200, np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[5:15, 10:30] = True          # 10 x 20: padded to a square with grey
+    patch = A.ace_patch(image, mask, 32)
+    assert patch.shape == (32, 32, 3)
+    assert (patch[0, 16] == A.GREY).all() and (patch[16, 16] == 200).all()
+
+
+def test_names_from_ground_truth_take_the_most_specific_agreeing_level():
+    red_circle, red_square = ("red", "circle"), ("red", "square")
+    name, purity, level, _ = C.name_from_truth([red_circle] * 19 + [red_square])
+    assert (name, purity, level) == ("red circle", 0.95, (0, 1))
+    name, purity, _, by = C.name_from_truth([red_circle] * 10 + [red_square] * 10)
+    assert (name, purity) == ("red", 1.0) and by["0 + 1"] == 0.5
+    name, purity, _, _ = C.name_from_truth([(C.BACKGROUND,)] * 9 + [red_circle])
+    assert (name, purity) == ("background", 0.9)
+    mixed = [red_circle] * 5 + [("blue", "circle")] * 3 + [("blue", "square")] * 2
+    name, purity, _, _ = C.name_from_truth(mixed)       # no level reaches 0.9: the purest
+    assert (name, purity) == ("circle", 0.8)
+    assert C.name_from_truth([("cup",)] * 8 + [("dog",)] * 2, levels=((0,),))[:2] == ("cup", 0.8)
+
+
+def test_names_from_tcav_use_significant_content_words():
+    table = {"cup": {"c01": {"tcav": 0.9, "significant": True}},
+             "a": {"c01": {"tcav": 1.0, "significant": True}},
+             "table": {"c01": {"tcav": 0.7, "significant": True}},
+             "dog": {"c01": {"tcav": 0.95, "significant": False}},
+             "cat": {"c01": {"tcav": 0.2, "significant": True}}}
+    assert C.name_from_tcav(table, "c01") == "cup, table"
+    assert C.name_from_tcav(table, "c02") == ""
+
+
+# -- a small bank on the tiny model ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    from conftest import make_tiny_captioner
+    return make_tiny_captioner(seed=2)
+
+
+@pytest.fixture(scope="module")
+def small_bank(tiny):
+    images, captions, truths = C.world_examples("shapes", 8, 20_000_000, tiny.input_size, False)
+    bank, patches = C.build_concept_bank(tiny, images, captions, truths, n_clusters=6,
+                                         resolutions=(15, 50), min_cluster_size=3,
+                                         random_sets=4, min_word_examples=2, progress=False)
+    return bank, patches
+
+
+def test_small_bank_is_named_from_ground_truth_and_round_trips(small_bank, tmp_path):
+    bank, patches = small_bank
+    assert len(bank) >= 1 and bank.cavs.shape == (len(bank), bank.matcher_w.shape[1])
+    assert len(bank.matcher_w) == len(bank.matcher_b) == bank.info["clusters"] >= len(bank)
+    assert all(by == "ground truth" for by in bank.named_by)
+    assert all(0 < p <= 1 for p in bank.purity)
+    assert set(patches) == set(bank.ids) and all(p[0].shape == (64, 64, 3) for p in patches.values())
+    for row in bank.word_scores.values():
+        assert set(row) <= set(bank.ids)
+        assert all({"tcav", "p_value", "p_adjusted", "significant"} <= set(s) for s in row.values())
+    root = C.save_bank(bank, patches, tmp_path)
+    (root / A.RENAMES_FILE).write_text(json.dumps({bank.ids[0]: "my concept", "c99": "x"}))
+    loaded = A.ConceptBank.load(tmp_path)
+    assert loaded.ids == bank.ids and np.allclose(loaded.cavs, bank.cavs)
+    assert loaded.names[0] == "my concept" and loaded.named_by[0] == "user"
+    assert loaded.patch_png(bank.ids[0], 0).startswith(b"\x89PNG")
+    assert loaded.patch_png(bank.ids[0], 99) is None and loaded.patch_png("c99", 0) is None
+
+
+def test_a_bank_naming_a_path_outside_its_patches_is_refused(small_bank, tmp_path):
+    from source_code.model.captioner import BundleError
+    bank, patches = small_bank
+    root = C.save_bank(bank, patches, tmp_path)
+    meta = json.loads((root / "bank.json").read_text())
+    meta["concepts"][0]["patches"] = ["../../config.json"]
+    (root / "bank.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="outside"):
+        A.ConceptBank.load(tmp_path)
+    meta["schema"] = 1
+    (root / "bank.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="rebuild"):
+        A.ConceptBank.load(tmp_path)
+
+
+def test_unnamed_concepts_say_so(small_bank):
+    bank = small_bank[0]
+    saved = bank.names[0]
+    bank.names[0] = ""
+    try:
+        assert bank.label(0) == f"unnamed concept {bank.ids[0]}"
+    finally:
+        bank.names[0] = saved
+
+
+# -- the request-time JSON -------------------------------------------------------------------
+CONCEPT_KEYS = {"id", "name", "sensitivity", "evidence", "tcav", "p_value", "significant",
+                "purity", "heatmap"}
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_bundle):
+    """The saved tiny bundle, loaded once (its compiled functions trace once)."""
+    from source_code.model.captioner import Captioner
+    return Captioner.load(tiny_bundle)
+
+
+def _explain(captioner, bank, **kw):
+    from source_code.data.synthetic import generate_scene
+    from source_code.explain.pipeline import Explainer
+    explainer = Explainer(captioner, concept_bank=bank)
+    image = generate_scene(31_000_001, image_size=captioner.input_size, n_objects=2).image
+    return explainer.explain(image, methods="ace", adversarial=False, **kw)
+
+
+def _check_grid(grid, limit=64):
+    g = np.asarray(grid)
+    assert g.ndim == 2 and max(g.shape) <= limit and 0 <= g.min() and g.max() <= 1
+
+
+def test_ace_json_without_a_bank(tiny_loaded):
+    out = _explain(tiny_loaded, None)
+    ace = out["explanations"]["ace"]
+    assert len(ace["words"]) == len(out["words"])
+    _check_grid(ace["caption"]["heatmap"])
+    assert ace["caption"]["concepts"] == [] and all(w["concepts"] == [] for w in ace["words"])
+    assert ace["concepts"] == [] and "no concept bank" in ace["note"]
+
+
+def test_ace_json_with_a_bank(tiny_loaded, small_bank):
+    bank = small_bank[0]
+    out = _explain(tiny_loaded, bank, overlays=True)
+    ace = out["explanations"]["ace"]
+    assert len(ace["words"]) == len(out["words"]) and "adversarial" not in ace
+    assert ace["bank"]["concepts"] == len(bank)
+    assert ace["caption"]["overlay"].startswith("data:image/png")   # MAPs still get overlays
+    for m in [ace["caption"]] + ace["words"]:
+        _check_grid(m["heatmap"])
+        sensitivity = [c["sensitivity"] for c in m["concepts"]]
+        assert sensitivity == sorted(sensitivity, reverse=True), "ranked by S_C,t(x)"
+        for c in m["concepts"]:
+            assert CONCEPT_KEYS <= set(c)
+            _check_grid(c["heatmap"], A.CONCEPT_MAP_SIDE)
+            assert isinstance(c["significant"], bool)
+    present = {c["id"] for c in ace["concepts"]}
+    assert present == {c["id"] for c in ace["caption"]["concepts"]}
+    for c in ace["concepts"]:
+        assert c["patches"] and all(p.startswith("data:image/png;base64,") for p in c["patches"])
+        assert 0 < c["area"] <= 1
+    # the per-word TCAV is the bank's own figure for that word
+    for t, w in enumerate(out["words"]):
+        for c in ace["words"][t]["concepts"]:
+            score = bank.word_scores.get(w, {}).get(c["id"])
+            assert c["tcav"] == (round(score["tcav"], 4) if score else None)
+
+
+def test_patches_are_urls_when_the_web_layer_serves_them(tiny_loaded, small_bank):
+    bank = small_bank[0]
+    A.serve_patches_at("/api/concepts/{key}/{concept}/{n}.png")
+    try:
+        ace = _explain(tiny_loaded, bank)["explanations"]["ace"]
+    finally:
+        A.serve_patches_at(None)
+    for c in ace["concepts"]:
+        assert c["patches"][0] == f"/api/concepts/{bank.key}/{c['id']}/0.png"
+
+
+def test_sensitivity_is_the_gradient_along_the_cav(tiny_loaded, small_bank):
+    """S_C,t(x) = (sum_hw ds_t/dA) . v_C, recomputed from the teacher pass."""
+    from source_code.data.synthetic import generate_scene
+    from source_code.explain.target import caption_target, teacher_pass
+    bank, cap = small_bank[0], tiny_loaded
+    out = _explain(cap, bank)
+    image = generate_scene(31_000_001, image_size=cap.input_size, n_objects=2).image
+    fmap = cap.features(cap.preprocess(image))
+    grads = teacher_pass(cap, fmap, caption_target(cap, out["words"])).gradients.numpy()
+    checked = 0
+    for t, m in enumerate(out["explanations"]["ace"]["words"]):
+        for c in m["concepts"]:
+            k = bank.ids.index(c["id"])
+            assert c["sensitivity"] == pytest.approx(float(grads[t].sum((0, 1)) @ bank.cavs[k]),
+                                                     rel=1e-3, abs=1e-9)
+            checked += 1
+    assert checked
