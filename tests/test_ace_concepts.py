@@ -207,6 +207,8 @@ def test_small_bank_is_named_from_ground_truth_and_round_trips(small_bank, tmp_p
     assert loaded.names[0] == "my concept" and loaded.named_by[0] == "user"
     assert loaded.patch_png(bank.ids[0], 0).startswith(b"\x89PNG")
     assert loaded.patch_png(bank.ids[0], 99) is None and loaded.patch_png("c99", 0) is None
+    C.save_bank(bank, patches, tmp_path)             # a rebuild keeps a person's names
+    assert A.ConceptBank.load(tmp_path).names[0] == "my concept"
 
 
 def test_a_bank_naming_a_path_outside_its_patches_is_refused(small_bank, tmp_path):
@@ -218,6 +220,7 @@ def test_a_bank_naming_a_path_outside_its_patches_is_refused(small_bank, tmp_pat
     (root / "bank.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="outside"):
         A.ConceptBank.load(tmp_path)
+    meta["concepts"][0]["patches"] = []
     meta["schema"] = 1
     (root / "bank.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="rebuild"):

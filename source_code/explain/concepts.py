@@ -24,8 +24,8 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
-from .ace import (BANK_DIR, DEDUP_JACCARD, MIN_SEGMENT_FRACTION, RESOLUTIONS, ConceptBank,
-                  _unit, ace_patch, coverage, region_embeddings, segment)
+from .ace import (BANK_DIR, DEDUP_JACCARD, MIN_SEGMENT_FRACTION, RENAMES_FILE, RESOLUTIONS,
+                  ConceptBank, _unit, ace_patch, coverage, region_embeddings, segment)
 
 log = logging.getLogger(__name__)
 PATCH_SIDE, PATCHES_PER_CONCEPT = 64, 5
@@ -550,12 +550,16 @@ def save_bank(bank: ConceptBank, patches: dict, bundle_dir) -> Path:
                 files.append(fname)
             bank.patches[cid] = files
         bank.save(staging)
+        renames = final / RENAMES_FILE      # a person's names outlive a rebuild
+        if renames.is_file():
+            shutil.copy2(renames, staging / BANK_DIR / RENAMES_FILE)
         if final.exists():
             shutil.rmtree(final)
         (staging / BANK_DIR).replace(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     bank.root = final
+    bank.apply_renames(final / RENAMES_FILE)
     return final
 
 
