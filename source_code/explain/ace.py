@@ -411,7 +411,8 @@ def explain_with_concepts(ctx) -> dict:
                      "area": _round(area[j], 3), "heatmap": locations[j]}
             if len(words) > 1:
                 entry["tcav_word"] = word
-                entry["significant_for"] = [w for w, s in scores if s["significant"]]
+                entry["significant_for"] = list(dict.fromkeys(w for w, s in scores
+                                                              if s["significant"]))
             out.append(entry)
         return out
 
