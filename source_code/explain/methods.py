@@ -326,13 +326,13 @@ def parse_contrast(value: str, target: CaptionTarget, vocab) -> dict[int, int]:
     return out
 
 
-def _special_ids(vocab) -> set[int]:
+def special_ids(vocab) -> set[int]:
     return {vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id}
 
 
 def runner_up(ctx: Context, t: int) -> int:
     """The model's most likely other word at step t (never a special token)."""
-    skip = _special_ids(ctx.captioner.vocab) | {ctx.target.token_ids[t]}
+    skip = special_ids(ctx.captioner.vocab) | {ctx.target.token_ids[t]}
     for i in ctx.teacher.top_ids.numpy()[t]:
         if int(i) not in skip:
             return int(i)

@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-from .methods import REGISTRY, Context, ExplainError, parse_methods, parse_options
+from .methods import REGISTRY, Context, ExplainError, parse_methods, parse_options, special_ids
 from .render import display_frame, resolve
 from .target import caption_target, scores_and_attention
 
@@ -149,7 +149,6 @@ class Explainer:
     def _word_scores(self, ctx: Context) -> list[dict]:
         """Per word: its probability under the model, whether it was the model's most
         likely word at that step, and the step's likeliest other words."""
-        from .methods import _special_ids
         vocab = self.captioner.vocab
         if ctx._teacher is not None:
             scores, top_logp, top_ids = (ctx.teacher.scores.numpy(), ctx.teacher.top_logp.numpy(),
@@ -157,7 +156,7 @@ class Explainer:
         else:
             scores, _, top_logp, top_ids = (t.numpy()[0] for t in scores_and_attention(
                 self.captioner, ctx.feature_map, ctx.target, with_top=True))
-        special = _special_ids(vocab)
+        special = special_ids(vocab)
         out = []
         for t, word in enumerate(ctx.target.words):
             word_id = ctx.target.token_ids[t]
