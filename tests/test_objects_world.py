@@ -59,6 +59,30 @@ def test_pasted_pixels_differ_from_the_background_under_the_mask(world):
     assert scene.objects[0].mask.mean() > 0.02
 
 
+def test_close_ups_fill_the_frame_and_may_be_cut_by_its_edges(world):
+    """Webcam framing: some one-object scenes show the object larger than the frame,
+    cut by an edge, yet mostly inside; mask and box describe only the visible part."""
+    from source_code.data import objects_world as ow
+    from source_code.data.objects_world import generate_object_scene
+    scenes = [generate_object_scene(seed, 128, n_objects=1, catalog=world) for seed in range(40)]
+    cut = [s for s in scenes if s.objects[0].mask[[0, -1], :].any() or s.objects[0].mask[:, [0, -1]].any()]
+    big = [s for s in scenes if s.objects[0].mask.mean() > 0.3]
+    assert 3 <= len(cut) < len(scenes) and big
+    for s in cut:
+        x0, y0, x1, y1 = s.objects[0].bbox
+        assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
+        assert max(x1 - x0, y1 - y0) >= ow.CLOSE_UP_MIN_VISIBLE * ow.CLOSE_UP_SCALE[0] * 128 * 0.9
+
+
+def test_overlap_slices_clip_a_pasted_image_to_the_frame():
+    from source_code.data.objects_world import _overlap
+    frame, part = _overlap(-10, 5, (30, 200), 100)
+    canvas, image = np.zeros((100, 100)), np.arange(200 * 30).reshape(200, 30)
+    canvas[frame] = image[part]
+    assert canvas[5, 0] == image[0, 10] and canvas[99, 19] == image[94, 29]
+    assert canvas[:5].sum() == 0 and canvas[:, 20:].sum() == 0
+
+
 def test_dataset_records_ground_each_noun_on_its_object(world, tmp_path):
     from source_code.data.objects_world import write_objects_dataset
     from source_code.training.samples import _grounded_words, load_grounding

@@ -34,6 +34,11 @@ from .synthetic import _word_object_index
 ARTICLES = frozenset({"a", "an"})
 P_ONE_OBJECT = 0.4
 ONE_OBJECT_SCALE = (0.40, 0.90)    # longer side of the object / image side
+# Webcam framing: a face, a pet or a mug held up to the camera fills the frame and
+# is cut by its edges. A share of one-object scenes is drawn that close.
+P_CLOSE_UP = 0.3
+CLOSE_UP_SCALE = (0.90, 1.45)
+CLOSE_UP_MIN_VISIBLE = 0.55        # share of the object's box inside the frame
 TWO_OBJECT_SCALE = (0.28, 0.46)
 # A two-object layout is kept only when one axis of the centre displacement is
 # clearly larger, so the relation word is never a coin toss.
@@ -231,6 +236,13 @@ def _prepare_cutout(rng, rgba: np.ndarray, longer_side: int) -> Image.Image:
     return rgb
 
 
+def _place_close_up(rng, size: tuple[int, int], side: int):
+    """Top-left corner of one large object, possibly cut by the frame's edges, with
+    at least CLOSE_UP_MIN_VISIBLE of its extent inside the frame on each axis."""
+    keep = CLOSE_UP_MIN_VISIBLE
+    return [tuple(int(rng.integers(-int((1 - keep) * e), side - int(keep * e) + 1)) for e in size)]
+
+
 def _place(rng, sizes: list[tuple[int, int]], side: int, tries: int = 200):
     """Top-left corners for boxes of ``sizes``, inside the frame and apart; None if none found."""
     margin = int(0.02 * side)
@@ -248,6 +260,16 @@ def _place(rng, sizes: list[tuple[int, int]], side: int, tries: int = 200):
         if apart and min(dx, dy) <= AMBIGUITY_RATIO * max(dx, dy):
             return corners
     return None
+
+
+def _overlap(x: int, y: int, size: tuple[int, int], side: int):
+    """Slices of the frame and of a pasted image at (x, y) that overlap; the image
+    may stick out of the frame on any side."""
+    w, h = size
+    fx0, fy0, fx1, fy1 = max(x, 0), max(y, 0), min(x + w, side), min(y + h, side)
+    frame = (slice(fy0, fy1), slice(fx0, fx1))
+    part = (slice(fy0 - y, fy1 - y), slice(fx0 - x, fx1 - x))
+    return frame, part
 
 
 def _camera(rng, canvas: np.ndarray) -> np.ndarray:
@@ -288,27 +310,29 @@ def generate_object_scene(seed: int, image_size: int = 224, n_objects: int | Non
     if n_objects is None:
         n_objects = 1 if rng.random() < P_ONE_OBJECT else 2
     side = int(image_size)
+    close_up = n_objects == 1 and rng.random() < P_CLOSE_UP
     while True:
         chosen = list(rng.choice(names, size=n_objects, replace=False))
-        lo, hi = ONE_OBJECT_SCALE if n_objects == 1 else TWO_OBJECT_SCALE
+        lo, hi = (CLOSE_UP_SCALE if close_up else ONE_OBJECT_SCALE if n_objects == 1
+                  else TWO_OBJECT_SCALE)
         cutouts, sources = [], []
         for name in chosen:
             source = _pick_source(rng, catalog.categories[name].sources)
             sources.append(source)
             cutouts.append(_prepare_cutout(rng, _cutout(_source_key(source)),
                                            int(side * rng.uniform(lo, hi))))
-        corners = _place(rng, [c.size for c in cutouts], side)
+        corners = (_place_close_up(rng, cutouts[0].size, side) if close_up
+                   else _place(rng, [c.size for c in cutouts], side))
         if corners is not None:
             break
     canvas = _background(rng, catalog, side)
     objects = []
     for name, source, cut, (x, y) in zip(chosen, sources, cutouts, corners):
+        frame, part = _overlap(x, y, cut.size, side)
         alpha = np.zeros((side, side), np.float32)
-        a = np.asarray(cut.getchannel("A"), np.float32) / 255.0
-        h, w = a.shape
-        alpha[y: y + h, x: x + w] = a[: side - y, : side - x]
+        alpha[frame] = (np.asarray(cut.getchannel("A"), np.float32) / 255.0)[part]
         rgb = np.zeros((side, side, 3), np.float32)
-        rgb[y: y + h, x: x + w] = np.asarray(cut.convert("RGB"), np.float32)[: side - y, : side - x]
+        rgb[frame] = np.asarray(cut.convert("RGB"), np.float32)[part]
         canvas = canvas * (1 - alpha[..., None]) + rgb * alpha[..., None]
         mask = alpha >= 0.5
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
