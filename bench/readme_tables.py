@@ -25,8 +25,16 @@ START, END = "<!-- faithfulness:start -->", "<!-- faithfulness:end -->"
 
 LABELS = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "smoothgrad": "SmoothGrad",
           "attention": "attention (not an attribution)", "random": "random maps"}
-KIND_COLUMNS = (("size", "size"), ("color", "colour"), ("shape", "shape"),
-                ("unique", "unique"), ("shared", "shared"), ("all", "all"))
+# Pointing columns per world: the shapes world scores size, colour and shape words
+# (an attribute unique to the described object or shared by both); the objects
+# world scores object nouns, never shared (a scene holds one object per category).
+KIND_COLUMNS = {"shapes": (("size", "size"), ("color", "colour"), ("shape", "shape"),
+                           ("unique", "unique"), ("shared", "shared"), ("all", "all")),
+                "objects": (("object", "object nouns"),)}
+TARGET_SOURCE = {"shapes": 'issue "Faithfulness you can trust"',
+                 "objects": 'deletion: issue "Faithfulness you can trust"; pointing on object '
+                            'words: issue "A default model that sees the real world"'}
+WORDS_SCORED = {"shapes": "size, colour and shape words", "objects": "object nouns"}
 
 
 def result_files(folder: Path = RESULTS) -> list[Path]:
@@ -58,6 +66,8 @@ def _count(n: int) -> str:
 def render_result(doc: dict, source: str) -> str:
     """One result file as Markdown: provenance, pointing, deletion/insertion, targets."""
     r, s = doc["report"], doc["report"]["settings"]
+    world = doc["bundle"].get("world", "shapes")
+    columns = KIND_COLUMNS[world]
     code = doc["code_version"]
     commit = code["commit"][:7] if code["commit"] != "unknown" else "unknown"
     dirty = {True: ", with uncommitted changes", False: "", None: ""}[code.get("dirty")]
@@ -70,17 +80,18 @@ def render_result(doc: dict, source: str) -> str:
         f"`{bundle['config_sha256'][:12]}`, weights sha256 `{bundle['weights_sha256'][:12]}`), "
         f"code `{commit}`{dirty}; {r['scenes']} {doc['scene_set']['generator']} "
         f"(seeds {seeds[0]}-{seeds[-1]}), {r['scenes_explained']} with a caption of the grammar"
-        + (f", {_count(words)} size, colour and shape words" if words else "") + f"{minutes}.",
+        + (f", {_count(words)} {WORDS_SCORED[world]}" if words else "") + f"{minutes}.",
         "",
         f"Pointing game: hit rate of the map's peak on the described object "
-        f"({s['pointing_tolerance_px']} px tolerance). *unique*: only the described object has "
-        f"the word's attribute; *shared*: both objects have it (\"large\" when both are large).",
+        f"({s['pointing_tolerance_px']} px tolerance)."
+        + (" *unique*: only the described object has the word's attribute; *shared*: both "
+           "objects have it (\"large\" when both are large)." if world == "shapes" else ""),
         "",
-        "| method | scenes | " + " | ".join(c for _, c in KIND_COLUMNS) + " | words |",
-        "|---" * (len(KIND_COLUMNS) + 3) + "|",
+        "| method | scenes | " + " | ".join(c for _, c in columns) + " | words |",
+        "|---" * (len(columns) + 3) + "|",
     ]
     for m, fig in r["pointing"].items():
-        cells = [_with_std(fig.get(g), "hit_rate") for g, _ in KIND_COLUMNS]
+        cells = [_with_std(fig.get(g), "hit_rate") for g, _ in columns]
         n = fig.get("all", {}).get("words", 0)
         lines.append(f"| {_label(m, r)} | {r['scenes_scored']['pointing'].get(m, 0)} | "
                      + " | ".join(cells) + f" | {_count(n)} |")
@@ -119,12 +130,13 @@ def render_result(doc: dict, source: str) -> str:
             bound = f"<= {t['max']}" if "max" in t else f">= {t['min']}"
             verdict = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
             parts.append(f"{names.get(name, name)} {bound}: {_num(t['value'], 3)}, {verdict}")
-        lines += ["", "Targets (issue \"Faithfulness you can trust\"): " + "; ".join(parts) + "."]
+        lines += ["", f"Targets ({TARGET_SOURCE[world]}): " + "; ".join(parts) + "."]
     extra = []
-    ace = r.get("ace_top_segment", {}).get("color+shape")
+    ace = r.get("ace_top_segment", {}).get("color+shape" if world == "shapes" else "object")
     if ace:
         extra.append(f"ACE: the top-ranked segment lies on the described object for "
-                     f"{ace['hit_rate']:.3f} of {_count(ace['words'])} colour and shape words")
+                     f"{ace['hit_rate']:.3f} of {_count(ace['words'])} "
+                     + ("colour and shape words" if world == "shapes" else "object nouns"))
     sanity = r.get("sanity_spearman_trained_vs_random")
     if sanity:
         extra.append(f"sanity check (Adebayo et al. 2018), Spearman correlation of the trained and "

@@ -325,12 +325,15 @@ def cmd_faithfulness(args) -> int:
     (written atomically; `python bench/readme_tables.py` turns it into the README's table)."""
     import time
 
-    from .evaluation.synthetic_eval import generate_held_out
     from .explain.faithfulness import randomized_copy
     from .explain.report import (REPORT_METHODS, faithfulness_report, result_document,
                                  sanity_check, write_json_atomic)
-    captioner = _shapes_captioner(args.bundle, "faithfulness")
+    captioner = _load_captioner(args.bundle)
     started = time.perf_counter()
+    if captioner.config.get("world", "shapes") == "objects":
+        from .evaluation.objects_eval import generate_held_out_objects as generate_held_out
+    else:
+        from .evaluation.synthetic_eval import generate_held_out
     scenes = generate_held_out(args.scenes, seed=args.seed, image_size=captioner.input_size,
                                n_objects=2)
     others = args.deletion_scenes if args.other_deletion_scenes is None else args.other_deletion_scenes

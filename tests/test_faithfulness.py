@@ -409,3 +409,24 @@ def test_committed_deletion_holds_on_fresh_scenes(shapes_captioner, committed, e
     assert len(ours) >= 6
     assert np.mean(ours) <= committed_cam + 0.12, (np.mean(ours), committed_cam)
     assert np.mean(ours) / np.mean(rand) <= committed_ratio + 0.2, (np.mean(ours), np.mean(rand))
+
+
+def test_the_report_scores_object_nouns_in_the_objects_world():
+    """In the objects world the scored words are the nouns, each tied to its object and
+    never shared (one object per category); articles and relations are not scored."""
+    from source_code.data.objects_world import default_world, generate_object_scene
+    from source_code.explain.report import attribute_sharing, groups_of
+    try:
+        world = default_world()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    scene = generate_object_scene(7, 128, n_objects=2, catalog=world)
+    words = scene.caption.split()
+    sharing = attribute_sharing(scene, scene.caption)
+    assert [t for t, s in enumerate(sharing) if s] == [1, len(words) - 1]
+    assert set(filter(None, sharing)) == {"unique"}
+    assert groups_of(scene.word_kind(words[1]), sharing[1]) == ("all", "object", "unique",
+                                                                 "object/unique")
+    absent = next(c for c in sorted(world.categories) if c not in words)
+    wrong = " ".join(words[:-1] + [absent])
+    assert attribute_sharing(scene, wrong)[-1] is None      # a noun naming no scene object

@@ -16,8 +16,8 @@ HELD_OUT_SEED = 10_000_000
 
 
 def generate_held_out_objects(n: int, seed: int = HELD_OUT_SEED, image_size: int = 224,
-                              progress: bool = False):
-    return [generate_object_scene(seed + i, image_size)
+                              progress: bool = False, n_objects: int | None = None):
+    return [generate_object_scene(seed + i, image_size, n_objects=n_objects)
             for i in tqdm(range(n), desc="held-out scenes", disable=not progress, unit="img")]
 
 
