@@ -2,9 +2,11 @@
 activations with a known concept direction, the paper's filter, naming from ground truth
 and from TCAV, the bank's files, and the request-time JSON on the tiny bundle with and
 without a bank."""
+import io
 import json
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from source_code.explain import ace as A
@@ -300,13 +302,43 @@ def test_ace_json_with_a_bank(tiny_loaded, small_bank):
 
 def test_patches_are_urls_when_the_web_layer_serves_them(tiny_loaded, small_bank):
     bank = small_bank[0]
-    A.serve_patches_at("/api/concepts/{key}/{concept}/{n}.png")
+    bank.patch_route = "/api/concepts/{key}/{concept}/{n}.png"
     try:
         ace = _explain(tiny_loaded, bank)["explanations"]["ace"]
     finally:
-        A.serve_patches_at(None)
+        bank.patch_route = None
     for c in ace["concepts"]:
         assert c["patches"][0] == f"/api/concepts/{bank.key}/{c['id']}/0.png"
+
+
+def test_the_server_serves_the_patches_its_answers_link(tiny_loaded, small_bank, tmp_path):
+    """Answers of the web app carry patch URLs (not inlined images); each URL gives the
+    PNG, cacheable; a key of another bank or an unknown concept is a clear 404."""
+    from source_code.data.synthetic import generate_scene
+    from source_code.explain.pipeline import Explainer
+    from source_code.web import create_app
+    bank, patches = small_bank
+    C.save_bank(bank, patches, tmp_path)
+    loaded = A.ConceptBank.load(tmp_path)
+    app = create_app({"QUEUE_SIZE": 2}, explainer=Explainer(tiny_loaded, concept_bank=loaded))
+    client = app.test_client()
+    image = generate_scene(31_000_001, image_size=tiny_loaded.input_size, n_objects=2).image
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    res = client.post("/api/explain", data={"image": (io.BytesIO(buf.getvalue()), "f.png"),
+                                             "methods": "ace", "adversarial": "0"})
+    assert res.status_code == 200 and res.headers["Cache-Control"] == "no-store"
+    urls = [u for c in res.get_json()["explanations"]["ace"]["concepts"] for u in c["patches"]]
+    assert urls and all(u.startswith(f"/api/concepts/{loaded.key}/") for u in urls)
+    got = client.get(urls[0])
+    assert got.status_code == 200 and got.mimetype == "image/png"
+    _, _, _, _, concept, name = urls[0].split("/")
+    assert got.data == loaded.patch_png(concept, int(name.removesuffix(".png")))
+    assert "public" in got.headers["Cache-Control"]
+    for bad in (urls[0].replace(loaded.key, "0" * len(loaded.key)),
+                f"/api/concepts/{loaded.key}/c99/0.png", f"/api/concepts/{loaded.key}/{loaded.ids[0]}/99.png"):
+        res = client.get(bad)
+        assert res.status_code == 404 and "no such concept patch" in res.get_json()["error"]
 
 
 def test_sensitivity_is_the_gradient_along_the_cav(tiny_loaded, small_bank):

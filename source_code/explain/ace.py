@@ -87,18 +87,6 @@ WORD_MAP_SIDE = 32
 CONCEPT_MAP_SIDE = 16
 BANK_SCHEMA = 2
 ID_PATTERN = re.compile(r"^c\d{2,4}$")
-# The page's patch URLs: None until the web layer serves patches at a route (then the
-# template's fields are key (the bank's fingerprint), concept (its id) and n); the JSON
-# then carries URLs, otherwise (CLI files) small PNG data URLs.
-PATCH_ROUTE: str | None = None
-
-
-def serve_patches_at(template: str | None) -> None:
-    """Called by the web layer: patches are served at ``template`` (see PATCH_ROUTE)."""
-    global PATCH_ROUTE
-    PATCH_ROUTE = template
-
-
 # -- segments and their embeddings ---------------------------------------------------------
 def segment(image: np.ndarray, n_segments: int) -> np.ndarray:
     """SLIC labels [H, W] (0..n-1) of an RGB uint8 image."""
@@ -171,6 +159,10 @@ class ConceptBank:
     patches: dict = field(default_factory=dict)   # concept id -> [png file names]
     details: dict = field(default_factory=dict)   # concept id -> build figures (purities, sizes)
     root: Path | None = None
+    # Where example patches are served: None (the CLI) puts small PNG data URLs in the
+    # answer; the web layer sets a URL template with the fields key (the bank's
+    # fingerprint), concept (its id) and n, so an answer carries short URLs instead.
+    patch_route: str | None = None
 
     def __post_init__(self):
         self._index = {cid: k for k, cid in enumerate(self.ids)}
@@ -300,8 +292,8 @@ class ConceptBank:
     def patch_urls(self, k: int, limit: int = 4) -> list[str]:
         cid = self.ids[k]
         count = min(limit, len(self.patches.get(cid, [])))
-        if PATCH_ROUTE:
-            return [PATCH_ROUTE.format(key=self.key, concept=cid, n=n) for n in range(count)]
+        if self.patch_route:
+            return [self.patch_route.format(key=self.key, concept=cid, n=n) for n in range(count)]
         import base64
         return ["data:image/png;base64," + base64.b64encode(self.patch_png(cid, n)).decode("ascii")
                 for n in range(count) if self.patch_png(cid, n)]

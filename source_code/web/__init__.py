@@ -62,7 +62,9 @@ def _security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if request.path.startswith("/api/") or request.path in ("/explain", "/healthz"):
-        response.headers["Cache-Control"] = "no-store"
+        # Answers about a frame are never cached; a route may say otherwise for what
+        # is immutable (a concept's example patch, addressed by its bank's fingerprint).
+        response.headers.setdefault("Cache-Control", "no-store")
     return response
 
 

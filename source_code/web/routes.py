@@ -261,3 +261,17 @@ def sample_png(n: int):
         raise ApiError(404, f"there is no world {world[:40]!r}; worlds are {', '.join(SAMPLE_SIZE)}")
     png, _ = sample_scene(n, world)
     return Response(png, mimetype="image/png", headers={"Cache-Control": "public, max-age=3600"})
+
+
+@bp.get("/api/concepts/<key>/<concept>/<int:n>.png")
+def concept_patch(key: str, concept: str, n: int):
+    """Example patch n of a concept of the served model's bank (answers link them
+    instead of inlining images). A key from another bank (the model was switched)
+    is a 404, never another concept's picture."""
+    bank = getattr(service().ready_explainer(), "concept_bank", None)
+    png = bank.patch_png(concept, n) if bank is not None and bank.key == key else None
+    if png is None:
+        raise ApiError(404, "there is no such concept patch for the model being served; "
+                            "explain the frame again")
+    return Response(png, mimetype="image/png",
+                    headers={"Cache-Control": "public, max-age=86400, immutable"})

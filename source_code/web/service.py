@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 EXTENSION = "captioning"
 
 
+# Example patches of the served model's concepts (routes.concept_patch); key is the
+# bank's fingerprint, so a page never shows patches of another model's bank.
+PATCH_ROUTE = "/api/concepts/{key}/{concept}/{n}.png"
+
+
 class QueueFull(Exception):
     pass
 
@@ -81,6 +86,9 @@ class ModelState:
         self.error = None
 
     def ready(self, explainer):
+        bank = getattr(explainer, "concept_bank", None)
+        if bank is not None:       # answers link the patches the server serves
+            bank.patch_route = PATCH_ROUTE
         self.explainer, self.error, self.status = explainer, None, "ready"
 
     def failed(self, message: str):
