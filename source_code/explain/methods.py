@@ -388,8 +388,21 @@ def parse_methods(value, captioner=None) -> list[str]:
     return items
 
 
+# Options of a whole request rather than of one method.
+REQUEST_OPTIONS = (
+    Option("overlays", "bool", False, "also PNG overlays (data URLs) beside the heat maps"),
+    Option("faithfulness", "bool", False,
+           "a trust score per word map: its deletion curve against random maps"),
+)
+
+
 def all_options() -> dict[str, Option]:
     return {o.name: o for m in REGISTRY.values() for o in m.options}
+
+
+def parse_request_options(raw: dict) -> dict:
+    """The request-wide options (REQUEST_OPTIONS), typed and validated from ``raw``."""
+    return {o.name: o.parse(raw.get(o.name)) for o in REQUEST_OPTIONS}
 
 
 def parse_options(raw: dict) -> dict:

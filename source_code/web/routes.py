@@ -73,15 +73,14 @@ def explain_options(captioner) -> dict:
     caption = request.form.get("caption")
     if caption is not None and len(caption) > MAX_CAPTION_CHARS:
         raise ApiError(400, f"the caption is too long (at most {MAX_CAPTION_CHARS} characters)")
-    raw_options = {name: _last(name) for name in registry.all_options()}
+    raw_options = {name: _last(name) for name in
+                   [*registry.all_options(), *(o.name for o in registry.REQUEST_OPTIONS)]}
     # the page's checkboxes send one "methods" field each; the API one comma list
     methods = ",".join(request.form.getlist("methods"))
     return {"methods": registry.parse_methods(methods, captioner),
             "words": request.form.get("words") or None,
             "caption": caption if caption and caption.strip() else None,
-            "overlays": registry.Option("overlays", "bool", False, "").parse(_last("overlays")),
-            "faithfulness": registry.Option("faithfulness", "bool", False, "").parse(
-                _last("faithfulness")),
+            **registry.parse_request_options(raw_options),
             **registry.parse_options(raw_options)}
 
 
