@@ -105,10 +105,12 @@ def cmd_train(args) -> int:
 def cmd_train_default(args) -> int:
     """Synthetic data -> training -> held-out evaluation, all recorded in the model card."""
     from .training.recipes import train_world
-    out = Path(args.out or BUNDLES_DIR / args.world)
+    # A control model is not shipped: it goes next to the data, not under models/.
+    out = Path(args.out or (Path("data") / f"{args.world}-control" if args.control
+                            else BUNDLES_DIR / args.world))
     captioner = train_world(args.world, out, Path(args.data or f"data/{args.world}"),
                             epochs=args.epochs, eval_scenes=args.eval_scenes,
-                            resume=args.resume, progress=not args.quiet)
+                            resume=args.resume, progress=not args.quiet, control=args.control)
     if out.resolve() == DEFAULT_BUNDLE.resolve():
         captioner.vocab.save(REPO_ROOT / "vocab.txt")   # the top-level copy is the default's
     return 0
@@ -448,10 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-default", help="re-train a bundled model from scratch (objects or shapes)")
     p.add_argument("--world", default="objects", choices=["objects", "shapes"],
                    help="objects: the default bundle (everyday things); shapes: the faithfulness lab")
-    p.add_argument("--out", default=None, help="bundle directory (default: models/WORLD)")
+    p.add_argument("--out", default=None,
+                   help="bundle directory (default: models/WORLD; data/WORLD-control with --control)")
     p.add_argument("--data", default=None, help="where the scenes are written (default: data/WORLD)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--eval-scenes", type=int, default=500)
+    p.add_argument("--control", action="store_true",
+                   help="the control model: the same recipe with the grounding losses off "
+                        "(for the faithfulness report; not shipped)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_default)

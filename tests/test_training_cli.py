@@ -101,3 +101,17 @@ def test_bad_dataset_path_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_the_control_recipe_differs_from_the_bundled_one_only_in_grounding():
+    """The faithfulness report's control model: the same recipe, the losses that pull
+    attention and Grad-CAM onto the named object off (and no concept bank built)."""
+    from source_code.training.recipes import RECIPES, _config, control_recipe
+    for world, recipe in RECIPES.items():
+        control = control_recipe(world)
+        assert control["attention_weight"] == control["gradcam_weight"] == 0
+        assert recipe["attention_weight"] > 0 and recipe["gradcam_weight"] > 0
+        differ = {k for k in recipe.keys() | control.keys() if recipe.get(k) != control.get(k)}
+        assert differ <= {"attention_weight", "gradcam_weight", "concept_images"}
+        cfg = _config(control, None)
+        assert cfg.attention_weight == cfg.gradcam_weight == 0 and cfg.epochs == recipe["epochs"]

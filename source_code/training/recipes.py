@@ -88,15 +88,27 @@ def _write_scenes(world: str, data: Path, r: dict, progress: bool) -> None:
                               progress=progress)
 
 
+def control_recipe(world: str) -> dict:
+    """The world's recipe with the grounding losses off (nothing pulls attention or
+    Grad-CAM onto the named object): what the explainers face on an ordinarily trained
+    captioner. Its ACE bank is not built (the faithfulness report does not read it)."""
+    return {**RECIPES[world], "attention_weight": 0.0, "gradcam_weight": 0.0,
+            "concept_images": 0}
+
+
 def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
-                eval_scenes: int = 500, resume: bool = False, progress: bool = True):
+                eval_scenes: int = 500, resume: bool = False, progress: bool = True,
+                control: bool = False):
     from ..data.datasets import load_dataset
-    r = RECIPES[world]
+    r = control_recipe(world) if control else RECIPES[world]
     t0 = time.time()
     _write_scenes(world, data, r, progress)
-    card = {"name": world, "world": world,
-            "training_command": f"python -m source_code train-default --world {world}",
-            "description": DESCRIPTIONS[world],
+    name = f"{world}-control" if control else world
+    card = {"name": name, "world": world,
+            "training_command": f"python -m source_code train-default --world {world}"
+                                + (" --control" if control else ""),
+            "description": ("Control model (grounding losses off) of: " if control else "")
+                           + DESCRIPTIONS[world],
             "data": {"kind": f"synthetic {world} scenes", "images": r["images"],
                      "seeds": [r["seed"], r["seed"] + r["images"] - 1],
                      "image_size": r["image_size"]}}
