@@ -8,11 +8,14 @@ import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# bench/ holds helpers the end-to-end tests share with the benchmarks (browser, load).
+sys.path.insert(0, str(REPO / "bench"))
 SHAPES_BUNDLE = REPO / "models" / "shapes"
 SYNTH_WORDS = ["a", "small", "large", "red", "green", "blue", "yellow", "circle", "square",
                "triangle", "left", "right", "of", "above", "below"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -20,10 +19,10 @@ from PIL import Image
 
 from source_code.data.synthetic import canonical_caption, generate_scene
 
+from browser import CHROMIUM, camera_browser, write_y4m  # shared with bench/live.py
+from load import served  # one helper starts, waits for and stops app.py
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-from browser import CHROMIUM, camera_browser, fake_camera_chromium, write_y4m  # noqa: E402,F401  (shared with bench/live.py)
-from load import served  # noqa: E402  (one helper starts, waits for and stops app.py)
 SHAPES_BUNDLE = REPO / "models" / "shapes"
 
 SCREENSHOT = REPO / "docs" / "screenshot.png"

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from source_code.data.synthetic import generate_scene
-from test_e2e_browser import browser_tools, camera_browser, server, write_y4m  # noqa: F401 (fixtures)
+from browser import camera_browser, write_y4m
+from test_e2e_browser import browser_tools, server  # noqa: F401 (fixtures)
 
 FRAME_SIDE = 320
 SECONDS_EACH_SIDE = 3

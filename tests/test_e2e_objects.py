@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_e2e_browser import fake_camera_chromium, require_playwright, write_y4m
-from load import served  # bench/ is on the path once test_e2e_browser is imported
+from browser import fake_camera_chromium, write_y4m
+from load import served
+from test_e2e_browser import require_playwright
 
 REPO = Path(__file__).resolve().parent.parent
 OBJECTS_BUNDLE = REPO / "models" / "objects"
