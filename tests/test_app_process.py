@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-from load import free_port, served, server_env  # noqa: E402  (one server helper)
+from load import free_port, served, server_env  # bench/load.py: one server helper
 STARTUP_TIMEOUT = 120
 
 

@@ -13,8 +13,7 @@ import pytest
 from source_code.data.synthetic import generate_scene, write_flickr8k_layout
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-from load import free_port  # noqa: E402  (one free-port helper)
+from load import free_port  # bench/load.py: one free-port helper
 TINY = ["--backbone", "slim", "--input-size", "64", "--weights", "none", "--width", "0.25",
         "--depth", "0.25", "--last-stride", "1", "--units", "32", "--min-count", "1",
         "--batch-size", "8", "--epochs", "1", "--quiet"]

@@ -1,6 +1,5 @@
 """The objects world: captions in the grammar, masks and boxes that match the picture,
 determinism per seed, and grounding records the training loop reads."""
-import json
 
 import numpy as np
 import pytest

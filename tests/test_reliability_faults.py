@@ -11,7 +11,6 @@ import os
 import pickle
 import shutil
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,8 +25,7 @@ from test_app_process import load_app_module
 from test_web_api import post, scene_png
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-import load as bench  # noqa: E402  (bench/load.py: server start/stop, HTTP helpers)
+import load as bench  # bench/load.py: server start/stop, HTTP helpers
 
 IDLE_TIMEOUT = 2           # the server's --idle-timeout here; the sweep runs every second
 

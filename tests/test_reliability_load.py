@@ -4,14 +4,12 @@ small enough to fill. The three-minute run behind the README's figures is the sa
 `python bench/load.py`."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-import load as bench  # noqa: E402
+import load as bench  # bench/load.py
 
-from conftest import SHAPES_BUNDLE  # noqa: E402
+from conftest import SHAPES_BUNDLE
 
 
 def test_the_server_under_load(tmp_path):

@@ -3,9 +3,8 @@ freshly generated scenes (seeds never used in training)."""
 import json
 
 import numpy as np
-import pytest
 
-from conftest import SHAPES_BUNDLE, REPO
+from conftest import SHAPES_BUNDLE
 
 FRESH_SEED = 30_000_000   # training used seeds below 8,000; evaluation in the card 10,000,000+
 
