@@ -68,6 +68,16 @@ _compiled = weakref.WeakKeyDictionary()   # captioner -> {kind: compiled functio
 FUNCTION_KINDS = ("features", "pixels", "forward", "words")
 
 
+def _teacher_scores(captioner, fmap, tokens_in, targets):
+    """Teacher forcing of ``targets``: each step's score (log-probability of its target
+    word), attention, and its TOP_ALTERNATIVES likeliest words (no gradient through those)."""
+    logits, attention = captioner.decoder((fmap, tokens_in), training=False)
+    logp, scores = token_logprobs(logits, targets)
+    k = min(TOP_ALTERNATIVES, captioner.decoder.vocab_size)
+    top_logp, top_ids = tf.math.top_k(tf.stop_gradient(logp), k=k)
+    return scores, attention, top_logp, top_ids
+
+
 def compiled_function(captioner, kind: str):
     """The compiled function ``kind``: "features" and "pixels" (scores and gradients,
     from feature maps or pixels), "forward" (scores and attention) or "words" (every
@@ -90,23 +100,18 @@ def compiled_function(captioner, kind: str):
             def words(fmap, tokens_in, targets):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(fmap)
-                    logits, attention = captioner.decoder((fmap, tokens_in), training=False)
-                    logp, scores = token_logprobs(logits, targets)
+                    scores, attention, top_logp, top_ids = _teacher_scores(
+                        captioner, fmap, tokens_in, targets)
                     scores = scores[0, :-1]
-                top_logp, top_ids = tf.math.top_k(tf.stop_gradient(logp[0, :-1]), k=top_k)
-                return scores, tape.jacobian(scores, fmap)[:, 0], attention[0, :-1], top_logp, top_ids
-            top_k = min(TOP_ALTERNATIVES, captioner.decoder.vocab_size)
+                return (scores, tape.jacobian(scores, fmap)[:, 0], attention[0, :-1],
+                        top_logp[0, :-1], top_ids[0, :-1])
             fn = tf.function(words, input_signature=[
                 tf.TensorSpec((1,) + fmap_shape, tf.float32), tokens, tokens])
         elif kind == "forward":
             def forward(fmap, tokens_in, targets):
                 b = tf.shape(fmap)[0]
-                tokens_in, targets = tf.tile(tokens_in, [b, 1]), tf.tile(targets, [b, 1])
-                logits, attention = captioner.decoder((fmap, tokens_in), training=False)
-                logp, scores = token_logprobs(logits, targets)
-                top_logp, top_ids = tf.math.top_k(logp, k=top_k)
-                return scores, attention, top_logp, top_ids
-            top_k = min(TOP_ALTERNATIVES, captioner.decoder.vocab_size)
+                return _teacher_scores(captioner, fmap, tf.tile(tokens_in, [b, 1]),
+                                       tf.tile(targets, [b, 1]))
             fn = tf.function(forward, input_signature=[
                 tf.TensorSpec((None,) + fmap_shape, tf.float32), tokens, tokens])
         else:
