@@ -275,6 +275,13 @@ def test_deletion_curve_for_a_word_and_for_the_caption(shapes_captioner, explain
     a = deletion_curve(shapes_captioner, pixels, target, word, sal, steps=16, random_maps=0)
     b = deletion_insertion(shapes_captioner, pixels, target, {word: sal}, 16, insertion=False)
     assert a["auc"] == pytest.approx(b["deletion"][word], abs=1e-5) and a["random_aucs"] == []
+    # several maps of one word in one batch: each curve as if scored alone, one shared baseline
+    from source_code.explain.faithfulness import deletion_curves
+    both = deletion_curves(shapes_captioner, pixels, target, word, [maps[word], sal], steps=16,
+                           random_maps=2)
+    assert both[0]["probability"] == pytest.approx(out["probability"], abs=1e-5)
+    assert both[1]["auc"] == pytest.approx(a["auc"], abs=1e-5)
+    assert both[0]["random_aucs"] == both[1]["random_aucs"]
     # None: the caption's probability exp(sum_t s_t)
     total = float(np.exp(word_scores_from_pixels(shapes_captioner, pixels, target).numpy()[0].sum()))
     whole = deletion_curve(shapes_captioner, pixels, caption, None, maps.sum(0), steps=8)

@@ -222,6 +222,15 @@ def deletion_curve(captioner, pixels, target, word_index, heatmap, steps: int = 
     batches of 64 at 160 px: one backbone call for the defaults. ``steps`` trades time
     for resolution: the report's ``STEPS`` (128) is finer than any object but costs
     2 + 127 x (1 + random_maps) images."""
+    return deletion_curves(captioner, pixels, target, word_index, [heatmap], steps,
+                           random_maps, seed, batch_size)[0]
+
+
+def deletion_curves(captioner, pixels, target, word_index, heatmaps, steps: int = REQUEST_STEPS,
+                    random_maps: int = 1, seed: int = 0, batch_size: int | None = None) -> list[dict]:
+    """``deletion_curve`` for several maps of the same word (one per method), scored in
+    one batch against one shared set of random maps: 2 + (steps - 1) x (n + random_maps)
+    images instead of n times 2 + (steps - 1) x (1 + random_maps)."""
     if not isinstance(target, CaptionTarget):
         target = caption_target(captioner, target)
     x = np.asarray(pixels, np.float32)
@@ -230,33 +239,34 @@ def deletion_curve(captioner, pixels, target, word_index, heatmap, steps: int = 
     size = captioner.input_size
     if x.shape != (1, size, size, 3):
         raise ValueError(f"pixels must be [1, {size}, {size}, 3], got {list(x.shape)}")
-    m = np.asarray(heatmap, np.float32)
-    if m.ndim != 2 or m.size == 0 or not np.all(np.isfinite(m)):
-        raise ValueError("heatmap must be a finite 2-D map")
+    maps = [np.asarray(h, np.float32) for h in heatmaps]
+    for m in maps:
+        if m.ndim != 2 or m.size == 0 or not np.all(np.isfinite(m)):
+            raise ValueError("heatmap must be a finite 2-D map")
     if word_index is not None and not 0 <= int(word_index) < target.n_words:
         raise ValueError(f"word index {word_index} is outside the caption's {target.n_words} words")
     steps, random_maps = int(steps), int(random_maps)
     if steps < 2 or random_maps < 0:
         raise ValueError("steps must be >= 2 and random_maps >= 0")
     rng = np.random.default_rng(seed)
-    maps = [m] + [rng.random(captioner.grid) for _ in range(random_maps)]
-    ranks = [pixel_ranks(mm, size, rng) for mm in maps]
+    randoms = [rng.random(captioner.grid) for _ in range(random_maps)]
+    ranks = [pixel_ranks(mm, size, rng) for mm in maps + randoms]
     logp = perturbation_scores(captioner, x, target, ranks, steps, ("deletion",),
                                batch_size)["deletion"].astype(np.float64)
     logp = logp.sum(-1) if word_index is None else logp[..., int(word_index)]
-    probs = np.exp(logp)                                   # [1 + random_maps, steps + 1]
-    random_aucs = [auc(p) for p in probs[1:]]
-    return {
+    probs = np.exp(logp)                             # [n + random_maps, steps + 1]
+    n = len(maps)
+    random_aucs = [auc(p) for p in probs[n:]]
+    shared = {
         "fractions": fractions(steps).tolist(),
-        "probability": probs[0].tolist(),
-        "random_probability": probs[1:].mean(0).tolist() if random_maps else [],
-        "auc": auc(probs[0]),
+        "random_probability": probs[n:].mean(0).tolist() if random_maps else [],
         "random_auc": float(np.mean(random_aucs)) if random_aucs else None,
         "random_auc_std": float(np.std(random_aucs)) if random_aucs else None,
         "random_aucs": random_aucs,
         "steps": steps,
         "word_index": None if word_index is None else int(word_index),
     }
+    return [dict(shared, probability=probs[k].tolist(), auc=auc(probs[k])) for k in range(n)]
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,5 +1,5 @@
 """A trust score for the maps a person is looking at: each map's deletion curve on
-this very frame against random maps (RISE-style deletion, ``faithfulness.deletion_curve``),
+this very frame against random maps (RISE-style deletion, ``faithfulness.deletion_curves``),
 and a one-line verdict. Requested with ``faithfulness=1``; it is computed for the maps
 of the words the request names (``words``), or for the caption's maps when it names none.
 """
@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .faithfulness import deletion_curve
+from .faithfulness import deletion_curves
 
 VERDICT_FRACTION = 0.1        # the verdict reads the curves after deleting this much
 RANDOM_MAPS = 1           # one random map: the request stays under a third of a second
 
 
-def trust_score(ctx, word_index: int | None, heatmap) -> dict:
-    curve = deletion_curve(ctx.captioner, ctx.pixels, ctx.target, word_index,
-                           np.asarray(heatmap, np.float32), random_maps=RANDOM_MAPS)
+def trust_score(ctx, word_index: int | None, curve: dict) -> dict:
+    """A map's deletion curve (``deletion_curves``) as the API's entry and verdict."""
     fractions = np.asarray(curve["fractions"])
     k = int(np.argmin(np.abs(fractions - VERDICT_FRACTION)))
     p, p_random = curve["probability"], curve["random_probability"]
@@ -30,13 +29,21 @@ def trust_score(ctx, word_index: int | None, heatmap) -> dict:
 
 
 def add_trust_scores(ctx, explanations: dict) -> None:
-    """Adds ``faithfulness`` to the maps of the words asked for (or the caption's)."""
-    indices = ctx.words or [None]
-    for section in explanations.values():
-        for i in indices:
+    """Adds ``faithfulness`` to the maps of the words asked for (or the caption's): the
+    maps of one word, whatever their method, are scored in one batch against the same
+    random maps."""
+    for i in ctx.words or [None]:
+        entries = []
+        for section in explanations.values():
             entry = section.get("caption") if i is None else (section.get("words") or [None] * (i + 1))[i]
             if isinstance(entry, dict) and entry.get("heatmap"):
-                entry["faithfulness"] = trust_score(ctx, i, entry["heatmap"])
+                entries.append(entry)
+        if not entries:
+            continue
+        curves = deletion_curves(ctx.captioner, ctx.pixels, ctx.target, i,
+                                 [e["heatmap"] for e in entries], random_maps=RANDOM_MAPS)
+        for entry, curve in zip(entries, curves):
+            entry["faithfulness"] = trust_score(ctx, i, curve)
 
 
 def _rounded(values) -> list[float]:
