@@ -287,29 +287,25 @@ def cmd_build_concepts(args) -> int:
     with significant TCAV). Prints each concept and the time taken."""
     import time
 
-    from .explain.concepts import (DEFAULT_IMAGES, WORLD_LEVELS, build_concept_bank,
-                                   default_clusters, save_bank, world_examples)
+    from .explain.concepts import (DEFAULT_IMAGES, build_concept_bank, build_world_bank,
+                                   default_clusters, save_bank)
     started = time.perf_counter()
     captioner = _load_captioner(args.bundle)
-    world = captioner.config.get("world", "shapes")
-    n_images = args.images or DEFAULT_IMAGES.get(world, 200)
-    n_tcav = max(n_images, args.tcav_images or 2 * n_images)
-    truths, levels = None, WORLD_LEVELS.get(world, WORLD_LEVELS["shapes"])
+    options = dict(embedding=args.embedding, random_sets=args.random_sets, progress=not args.quiet)
     if args.data:
         from .data.datasets import load_dataset
         from .training.samples import first_training_images
+        n_images = args.images or DEFAULT_IMAGES.get(captioner.config.get("world", "shapes"), 200)
+        n_tcav = max(n_images, args.tcav_images or 2 * n_images)
         images, captions = first_training_images(load_dataset(args.dataset, args.data), n_tcav,
                                                  captioner.input_size, not args.quiet)
+        bank, patches = build_concept_bank(
+            captioner, images, captions, None, n_clusters=args.clusters or default_clusters(None),
+            discovery_images=n_images, seed=args.seed, **options)
+        bank.info["source"] = f"dataset {args.data}"
     else:
-        images, captions, truths = world_examples(world, n_tcav, args.seed, captioner.input_size,
-                                                  not args.quiet)
-    clusters = args.clusters or default_clusters(world if not args.data else None)
-    bank, patches = build_concept_bank(
-        captioner, images, captions, truths, n_clusters=clusters, embedding=args.embedding,
-        discovery_images=n_images, random_sets=args.random_sets, name_levels=levels,
-        seed=args.seed, progress=not args.quiet)
-    bank.info["source"] = (f"dataset {args.data}" if args.data else
-                           f"{world} world, seeds {args.seed}..{args.seed + n_tcav - 1}")
+        bank, patches = build_world_bank(captioner, args.images, args.tcav_images, args.clusters,
+                                         args.seed, **options)
     bank.info["command"] = " ".join(["python -m source_code"] + list(getattr(args, "argv", [])))
     bank.info["seconds"]["build, all"] = round(time.perf_counter() - started, 1)
     root = save_bank(bank, patches, args.bundle)

@@ -112,6 +112,6 @@ def test_the_control_recipe_differs_from_the_bundled_one_only_in_grounding():
         assert control["attention_weight"] == control["gradcam_weight"] == 0
         assert recipe["attention_weight"] > 0 and recipe["gradcam_weight"] > 0
         differ = {k for k in recipe.keys() | control.keys() if recipe.get(k) != control.get(k)}
-        assert differ <= {"attention_weight", "gradcam_weight", "concept_images"}
+        assert differ <= {"attention_weight", "gradcam_weight", "concept_bank"}
         cfg = _config(control, None)
         assert cfg.attention_weight == cfg.gradcam_weight == 0 and cfg.epochs == recipe["epochs"]

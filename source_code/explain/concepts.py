@@ -605,3 +605,25 @@ def default_clusters(world: str | None) -> int:
 # 2-core CPU (a patch through Lite0 at 224 px costs about 30 ms, through the shapes
 # backbone at 160 px about 8 ms, and an image gives about 115 patches).
 DEFAULT_IMAGES = {"shapes": 200, "objects": 150}
+
+# Where a world bank's scenes start: unseen by training (seeds < 1,000,000) and by the
+# held-out evaluation (10,000,000..).
+WORLD_BANK_SEED = 20_000_000
+
+
+def build_world_bank(captioner, n_images: int | None = None, tcav_images: int | None = None,
+                     clusters: int | None = None, seed: int = WORLD_BANK_SEED, **options):
+    """A bundle's concept bank from scenes of its own world, concepts named from the
+    generator's ground truth: what ``build-concepts`` and ``train-default`` build.
+    Returns (bank, patches) with the scenes recorded in ``bank.info["source"]``."""
+    world = captioner.config.get("world", "shapes")
+    n_images = n_images or DEFAULT_IMAGES.get(world, 200)
+    n_tcav = max(n_images, tcav_images or 2 * n_images)
+    progress = options.get("progress", True)
+    images, captions, truths = world_examples(world, n_tcav, seed, captioner.input_size, progress)
+    bank, patches = build_concept_bank(
+        captioner, images, captions, truths, n_clusters=clusters or default_clusters(world),
+        discovery_images=n_images, name_levels=WORLD_LEVELS.get(world, WORLD_LEVELS["shapes"]),
+        seed=seed, **options)
+    bank.info["source"] = f"{world} world, seeds {seed}..{seed + n_tcav - 1}"
+    return bank, patches

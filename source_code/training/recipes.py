@@ -49,7 +49,6 @@ OBJECTS_RECIPE = {
     "attention_weight": 1.0, "gradcam_weight": 0.5, "gradcam_start_epoch": 2,
     "gradcam_ramp_epochs": 3,
     "familiarity_scenes": 2000,     # training scenes in the familiarity bank
-    "concept_images": 100,          # training scenes the ACE concept bank is built from
 }
 
 RECIPES = {"shapes": SHAPES_RECIPE, "objects": OBJECTS_RECIPE}
@@ -93,7 +92,7 @@ def control_recipe(world: str) -> dict:
     Grad-CAM onto the named object): what the explainers face on an ordinarily trained
     captioner. Its ACE bank is not built (the faithfulness report does not read it)."""
     return {**RECIPES[world], "attention_weight": 0.0, "gradcam_weight": 0.0,
-            "concept_images": 0}
+            "concept_bank": False}
 
 
 def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
@@ -139,18 +138,14 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
     fit_familiarity(captioner, dataset, calibration, r.get("familiarity_scenes", 2000))
     captioner.config["training"]["total_seconds_with_data_and_eval"] = round(time.time() - t0, 1)
     captioner.save(out)
-    if r.get("concept_images"):
-        build_bank_from_training_scenes(captioner, dataset, out, r["concept_images"], progress)
+    if r.get("concept_bank", True):
+        # The same bank as `build-concepts --bundle WORLD` (unseen scenes of the world,
+        # concepts named from the generator's ground truth).
+        from ..explain.concepts import build_world_bank, save_bank
+        bank, patches = build_world_bank(captioner, progress=progress)
+        bank.info["command"] = card["training_command"]
+        save_bank(bank, patches, out)
     return captioner
-
-
-def build_bank_from_training_scenes(captioner, dataset, out: Path, n_images: int, progress: bool):
-    """The ACE concept bank from the first training scenes (as ``build-concepts --data``)."""
-    from ..explain.concepts import build_concept_bank, save_bank
-    from .samples import first_training_images
-    images, captions = first_training_images(dataset, n_images, captioner.input_size, progress)
-    bank, patches = build_concept_bank(captioner, images, captions, progress=progress)
-    save_bank(bank, patches, out)
 
 
 def described_features(captioner, images, batch_size: int = 32) -> np.ndarray:
