@@ -179,7 +179,7 @@ def cmd_evaluate_photos(args) -> int:
 def cmd_calibrate_familiarity(args) -> int:
     """Refit a bundle's familiarity (bank from its training scenes, calibration on held-out ones)."""
     from .data.datasets import load_dataset
-    from .training.recipes import fit_familiarity
+    from .training.recipes import familiarity_negatives, fit_familiarity
     captioner = _load_captioner(args.bundle)
     world = captioner.config.get("world", "shapes")
     if world == "objects":
@@ -187,9 +187,12 @@ def cmd_calibrate_familiarity(args) -> int:
     else:
         from .evaluation.synthetic_eval import generate_held_out as held_out
     images = [s.image for s in held_out(args.scenes, seed=20_000_000, image_size=captioner.input_size)]
-    fit_familiarity(captioner, load_dataset("flickr8k", args.data), images, args.bank)
+    negatives = familiarity_negatives(world, args.scenes, captioner.input_size)
+    fit_familiarity(captioner, load_dataset("flickr8k", args.data), images, args.bank, negatives)
     captioner.familiarity.save(args.bundle)      # only this file changes
-    print(f"familiarity calibrated on {len(images)} held-out {world} scenes; written to {args.bundle}")
+    print(f"familiarity calibrated on {len(images)} held-out {world} scenes"
+          + (f", floor {captioner.familiarity.floor} set on {len(negatives)} frames without an "
+             f"object" if negatives else "") + f"; written to {args.bundle}")
     return 0
 
 

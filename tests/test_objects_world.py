@@ -95,3 +95,10 @@ def test_dataset_records_ground_each_noun_on_its_object(world, tmp_path):
             if k is not None:
                 assert rec["objects"][k]["category"] == w
     assert not list((out / "Images").glob(".*"))      # no temporary files left behind
+
+
+def test_empty_frames_are_deterministic_backgrounds(world):
+    from source_code.data.objects_world import generate_empty_frame
+    a, b = generate_empty_frame(3, 96, world), generate_empty_frame(3, 96, world)
+    assert a.shape == (96, 96, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert not np.array_equal(a, generate_empty_frame(4, 96, world))

@@ -349,6 +349,14 @@ def generate_object_scene(seed: int, image_size: int = 224, n_objects: int | Non
     return ObjectScene(image, caption, objects, relation, int(seed))
 
 
+def generate_empty_frame(seed: int, image_size: int = 224, catalog: Catalog | None = None) -> np.ndarray:
+    """A frame of the world with no object in it: a background through the webcam
+    (what familiarity must not take for a scene of this world)."""
+    catalog = catalog or default_world()
+    rng = np.random.default_rng([int(seed), 1])
+    return _camera(rng, _background(rng, catalog, int(image_size)))
+
+
 def scene_file_name(seed: int) -> str:
     return f"objects_{int(seed):07d}.jpg"
 

@@ -594,7 +594,7 @@ def default_clusters(world: str | None) -> int:
     than it has kinds of objects, or they share clusters with backgrounds: on the shapes
     world (12 colour + shape kinds, 90 % of segments background) 40 clusters named the
     colour and shape words of held-out scenes better than 25 (0.84 against 0.75 on 60
-    scenes); the objects world has 40 categories."""
+    scenes); the objects world has 41 categories (1.5 clusters a category)."""
     if world == "objects":
         from ..data.objects_world import default_world
         return max(25, round(1.5 * len(default_world().categories)))

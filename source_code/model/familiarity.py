@@ -14,6 +14,13 @@ typical than the frame (an empirical p-value in [0, 1]), and a frame is
 ``familiar`` when at least ``FLOOR`` of held-out in-world scenes are less
 typical: by construction about ``1 - FLOOR`` of in-world scenes pass.
 
+Where the world can show frames with nothing of it (the objects world's backgrounds
+without an object: what a captioner that always names objects should not take for
+its world), the floor is chosen on those held-out negatives instead: the floor
+between FLOOR and MAX_FLOOR that best separates them from in-world scenes (largest
+balanced accuracy, ties to the lower floor). Both sets are validation data of the
+world; real photographs never take part.
+
 Stored in the bundle as ``familiarity.npz`` (plain arrays, no pickles).
 """
 from __future__ import annotations
@@ -29,6 +36,17 @@ FILE = "familiarity.npz"
 K = 5
 COMPONENTS = 96
 FLOOR = 0.01
+MAX_FLOOR = 0.05            # at most 5 % of in-world scenes may be called unfamiliar
+FLOOR_STEP = 0.005
+
+
+def choose_floor(negative_p: np.ndarray) -> float:
+    """The floor in [FLOOR, MAX_FLOOR] that best separates in-world scenes (a share
+    ``floor`` of which fall below it, by construction of the p-values) from negatives
+    with familiarity ``negative_p``: the largest balanced accuracy, ties to the lower."""
+    candidates = np.round(np.arange(FLOOR, MAX_FLOOR + 1e-9, FLOOR_STEP), 4)
+    accuracy = [(1 - f) + np.mean(np.asarray(negative_p) < f) for f in candidates]
+    return float(candidates[int(np.argmax(accuracy))])
 
 
 def describe(feature_maps: np.ndarray) -> np.ndarray:
@@ -48,8 +66,10 @@ class Familiarity:
     floor: float = FLOOR
 
     @classmethod
-    def fit(cls, train_vectors, calibration_vectors, components: int = COMPONENTS) -> "Familiarity":
-        """From ``describe``d training and held-out calibration feature maps."""
+    def fit(cls, train_vectors, calibration_vectors, components: int = COMPONENTS,
+            negative_vectors=None) -> "Familiarity":
+        """From ``describe``d training and held-out calibration feature maps (and, when
+        given, held-out frames with nothing of the world, which set the floor)."""
         x = np.asarray(train_vectors, np.float32)
         mean = x.mean(0)
         _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
@@ -57,7 +77,14 @@ class Familiarity:
                     np.zeros(0, np.float32), np.zeros(0, np.float32))
         model.bank, model.bank_residual = model._project(x)
         model.calibration = np.sort(model.typicality_of(np.asarray(calibration_vectors)))
+        if negative_vectors is not None and len(negative_vectors):
+            model.floor = choose_floor(model.p_values(np.asarray(negative_vectors)))
         return model
+
+    def p_values(self, described: np.ndarray) -> np.ndarray:
+        """Familiarity: the share of held-out in-world scenes less typical than each frame."""
+        t = self.typicality_of(described)
+        return np.searchsorted(self.calibration, t, side="right") / max(len(self.calibration), 1)
 
     def _project(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         centred = x - self.mean
@@ -74,8 +101,7 @@ class Familiarity:
 
     def score(self, feature_maps) -> list[tuple[bool, float]]:
         """[B, h, w, C] -> (familiar, familiarity) per frame."""
-        t = self.typicality_of(describe(feature_maps))
-        p = np.searchsorted(self.calibration, t, side="right") / max(len(self.calibration), 1)
+        p = self.p_values(describe(feature_maps))
         return [(bool(v >= self.floor), round(float(v), 4)) for v in p]
 
     def save(self, bundle_dir) -> None:

@@ -52,6 +52,9 @@ OBJECTS_RECIPE = {
 }
 
 RECIPES = {"shapes": SHAPES_RECIPE, "objects": OBJECTS_RECIPE}
+# Seeds of the object-free frames that set the familiarity floor (training uses seeds
+# below 1,000,000, evaluation 10,000,000.., calibration and concept banks 20,000,000..).
+NEGATIVE_SEED = 30_000_000
 DESCRIPTIONS = {
     "shapes": "Printed-shapes captioner (slim EfficientNetV2 from scratch + attention LSTM), "
               "trained offline on the project's shape generator: exact ground truth, the "
@@ -135,7 +138,8 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
         captioner.config["metrics"] = {"held_out_objects": results}
         calibration = [s.image for s in generate_held_out_objects(
             eval_scenes, seed=20_000_000, image_size=r["image_size"], progress=progress)]
-    fit_familiarity(captioner, dataset, calibration, r.get("familiarity_scenes", 2000))
+    fit_familiarity(captioner, dataset, calibration, r.get("familiarity_scenes", 2000),
+                    familiarity_negatives(world, eval_scenes, r["image_size"]))
     captioner.config["training"]["total_seconds_with_data_and_eval"] = round(time.time() - t0, 1)
     captioner.save(out)
     if r.get("concept_bank", True):
@@ -158,12 +162,25 @@ def described_features(captioner, images, batch_size: int = 32) -> np.ndarray:
     return np.concatenate(out)
 
 
-def fit_familiarity(captioner, dataset, calibration_images, n_train: int) -> None:
+def fit_familiarity(captioner, dataset, calibration_images, n_train: int,
+                    negative_images=None) -> None:
     """Bank from training scenes, calibration on held-out scenes of the same world
-    (seeds never trained on and not the ones the evaluation reports)."""
+    (seeds never trained on and not the ones the evaluation reports); the floor from
+    held-out frames with nothing of the world, when the world makes them."""
     from ..model.familiarity import Familiarity
     from .samples import load_images
     ids = dataset.splits["train"][:n_train]
     train_images = load_images([dataset.image_path(i) for i in ids], captioner.input_size, False)
+    negatives = described_features(captioner, negative_images) if negative_images else None
     captioner.familiarity = Familiarity.fit(described_features(captioner, list(train_images)),
-                                            described_features(captioner, calibration_images))
+                                            described_features(captioner, calibration_images),
+                                            negative_vectors=negatives)
+
+
+def familiarity_negatives(world: str, n: int, image_size: int) -> list | None:
+    """Held-out frames with nothing of the world (objects world: a background without
+    an object, through the same camera); None for a world without them."""
+    if world != "objects":
+        return None
+    from ..data.objects_world import generate_empty_frame
+    return [generate_empty_frame(NEGATIVE_SEED + i, image_size) for i in range(n)]
