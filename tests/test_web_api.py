@@ -226,6 +226,17 @@ def test_default_answer_is_compact_and_overlays_come_when_asked(client):
     assert_error(post(client, "/api/explain", scene_png(), overlays="maybe"), 400, "overlays")
 
 
+def test_the_adversarial_check_sends_only_the_image_the_page_shows(client):
+    """The attacked whole image is shown; the salient-pixels one (about 100 KB) comes
+    only with overlays=1."""
+    for overlays, expected in (("0", {"all_pixels"}), ("1", {"all_pixels", "salient_pixels"})):
+        adv = post(client, "/api/explain", scene_png(), methods="ace",
+                   overlays=overlays).get_json()["explanations"]["ace"]["adversarial"]
+        with_image = {k for k in ("all_pixels", "salient_pixels") if "perturbed_image" in adv[k]}
+        assert with_image == expected
+        assert adv["all_pixels"]["perturbed_image"].startswith("data:image/png;base64,")
+
+
 @pytest.mark.parametrize("method", ["gradcam_pp", "smoothgrad", "integrated_gradients"])
 def test_every_registered_map_method_is_reachable(client, method):
     res = post(client, "/api/explain", scene_png(), methods=method, words="0")

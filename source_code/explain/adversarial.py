@@ -97,9 +97,13 @@ def adversarial_check(explainer, pixels, caption, frame, method: str = "fgsm",
             "caption_changed": new.words != caption.words,
             "original_caption_logprob_after": round(float(s_new[i]), 4),
             "perturbation": map_json(delta, frame if overlay else None),
-            "perturbed_image": data_url(np.clip(perturbed[i].numpy(), 0, 255).astype(np.uint8)),
             "fraction_of_pixels": fraction or 1.0,
         }
+        if name == "all_pixels" or overlay:
+            # The page shows the whole-image attack; the salient-pixels image (about
+            # 100 KB as PNG) comes only with the other images (overlays=1, the CLI).
+            report[name]["perturbed_image"] = data_url(
+                np.clip(perturbed[i].numpy(), 0, 255).astype(np.uint8))
     # the top-level keys describe the whole-image attack, which is what the page shows first
     report.update({k: report["all_pixels"][k] for k in ("new_caption", "changed_words")})
     return report
