@@ -378,6 +378,22 @@ def test_readme_table_is_generated_from_the_committed_result_files():
     assert tables.main(["--check"]) == 0
 
 
+def test_the_control_comparison_reads_each_figure_from_its_file(committed):
+    """The trained-versus-control table: each cell is the figure of its own file, a
+    figure missing from a file shows as "-"."""
+    import copy
+    tables = _readme_tables()
+    control = copy.deepcopy(committed)
+    control["report"]["pointing"]["gradcam"]["all"]["hit_rate"] = 0.4321
+    del control["report"]["pointing"]["attention"]
+    table = tables.render_comparison(committed, control)
+    row = next(r for r in table.splitlines() if r.startswith("| Grad-CAM pointing, all words"))
+    trained = committed["report"]["pointing"]["gradcam"]["all"]["hit_rate"]
+    assert row == f"| Grad-CAM pointing, all words | {trained:.3f} | 0.432 |"
+    row = next(r for r in table.splitlines() if r.startswith("| attention pointing"))
+    assert row.endswith(" | - |")
+
+
 # -- the committed figures hold on fresh scenes ---------------------------------------------------
 def test_committed_pointing_holds_on_fresh_scenes(committed, explained):
     """30 fresh scenes (180 words): Grad-CAM's pointing at most 0.06 below the committed
