@@ -54,3 +54,14 @@ def test_in_world_scenes_are_familiar_and_a_star_field_is_not(objects_captioner)
         stars = objects_captioner.features(objects_captioner.preprocess(load_photo(source))).numpy()
         [(familiar, familiarity)] = objects_captioner.familiar(stars)
         assert familiar is False and familiarity < objects_captioner.familiarity.floor, source
+
+
+def test_the_sanity_checks_randomised_copy_has_nothing_of_imagenet(objects_captioner):
+    """Adebayo et al.'s check needs the same architecture with random weights: the
+    per-cell ImageNet head is randomised with the backbone, not refused."""
+    from source_code.explain.faithfulness import randomized_copy
+    copy = randomized_copy(objects_captioner)
+    trained, random = objects_captioner.decoder.imagenet_head, copy.decoder.imagenet_head
+    assert random.kernel.shape == trained.kernel.shape
+    assert not np.allclose(random.kernel.numpy(), trained.kernel.numpy())
+    assert copy.config["backbone"]["weights"] is None

@@ -141,7 +141,9 @@ class Captioner:
         dec = CaptionDecoder(len(vocab), grid_cells=grid_h * grid_w,
                              embedding_matrix=embedding_matrix, **dec_cfg)
         dec.build_for((grid_h, grid_w, channels), max_length + 1)
-        if dec_cfg.get("imagenet_head"):
+        if dec_cfg.get("imagenet_head") and backbone.weights is not None:
+            # A backbone with random weights (the sanity check's randomised copy)
+            # keeps a random head too: nothing of ImageNet is left in that model.
             dec.imagenet_head.set_weights(list(_imagenet_classifier(backbone)))
         config = {"format": BUNDLE_FORMAT, "backbone": backbone.to_dict(), "decoder": dec_cfg,
                   "max_length": int(max_length), "grid": [grid_h, grid_w],
