@@ -327,8 +327,9 @@ def cmd_faithfulness(args) -> int:
     import time
 
     from .explain.faithfulness import randomized_copy
-    from .explain.report import (REPORT_METHODS, faithfulness_report, result_document,
-                                 sanity_check, write_json_atomic)
+    from .explain.report import (POINTING_TOLERANCE, REPORT_METHODS, WORLD_TOLERANCE,
+                                 faithfulness_report, result_document, sanity_check,
+                                 write_json_atomic)
     captioner = _load_captioner(args.bundle)
     started = time.perf_counter()
     if captioner.config.get("world", "shapes") == "objects":
@@ -340,10 +341,12 @@ def cmd_faithfulness(args) -> int:
     others = args.deletion_scenes if args.other_deletion_scenes is None else args.other_deletion_scenes
     deletion_scenes = {m: args.deletion_scenes if m in ("gradcam", "random") else others
                        for m in REPORT_METHODS}
+    world = captioner.config.get("world", "shapes")
     report = faithfulness_report(captioner, scenes, deletion_scenes=deletion_scenes,
                                  progress=not args.quiet, deletion_steps=args.deletion_steps,
                                  random_seeds=args.random_seeds,
-                                 smoothgrad_scenes=args.smoothgrad_scenes)
+                                 smoothgrad_scenes=args.smoothgrad_scenes,
+                                 tolerance=WORLD_TOLERANCE.get(world, POINTING_TOLERANCE))
     command = " ".join(["python -m source_code"] + list(getattr(args, "argv", []) or ["faithfulness"]))
     doc = result_document(report, captioner, args.bundle, args.seed, command)
     if args.out:   # kept even if the sanity check below fails

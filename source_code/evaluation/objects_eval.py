@@ -47,7 +47,7 @@ def evaluate_objects(captioner, scenes, beam_width: int = 3, batch_size: int = 3
             "two_object_scenes": by_count[2][1]}
 
 
-def pointing_objects(captioner, scenes, tolerance: int = 8, progress: bool = True) -> dict:
+def pointing_objects(captioner, scenes, tolerance: int | None = None, progress: bool = True) -> dict:
     """Per-word Grad-CAM pointing on object nouns of the model's own captions."""
     from ..explain import gradcam as gradcam_lib
     from ..explain.pointing import pointing_game
@@ -63,4 +63,7 @@ def pointing_objects(captioner, scenes, tolerance: int = 8, progress: bool = Tru
         return caption.text, gradcam_lib.gradcam(captioner, fmap, target)["words"]
 
     bar = tqdm(scenes, desc="pointing game", disable=not progress, unit="scene")
+    if tolerance is None:
+        from ..explain.report import WORLD_TOLERANCE
+        tolerance = WORLD_TOLERANCE["objects"]
     return pointing_game(explain_words, bar, tolerance=tolerance)
