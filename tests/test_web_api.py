@@ -170,6 +170,14 @@ def test_the_model_picker_switches_to_another_shipped_bundle(explainer):
     assert 'value="shapes" title=' in client.get("/").get_data(as_text=True)
 
 
+def test_the_model_picker_marks_a_bundle_served_by_name(explainer):
+    """`app.py --bundle shapes` serves the bundle by name: the picker must show it."""
+    import re
+    page = create_app({"QUEUE_SIZE": 2, "BUNDLE": "shapes"}, explainer=explainer).test_client().get("/")
+    picker = page.get_data(as_text=True).split('id="bundle-picker"', 1)[1].split("</select>", 1)[0]
+    assert re.findall(r'<option value="(\w+)"[^>]*\bselected\b', picker) == ["shapes"]
+
+
 def test_caption(client):
     res = post(client, "/api/caption", scene_png())
     assert res.status_code == 200

@@ -74,9 +74,11 @@ def create_app(config: dict | None = None, explainer=None) -> Flask:
     the API answer 503 until it is ready."""
     cfg = dict(DEFAULT_CONFIG)
     cfg.update(config or {})
-    if cfg["BUNDLE"] is None and explainer is None:
-        from ..model.bundles import default_bundle
-        cfg["BUNDLE"] = str(default_bundle())
+    if explainer is None or cfg["BUNDLE"] is not None:
+        # A name (`--bundle shapes`) becomes its folder, so the page's model picker
+        # and /healthz can tell which shipped bundle is served.
+        from ..model.bundles import resolve_bundle
+        cfg["BUNDLE"] = str(resolve_bundle(cfg["BUNDLE"]))
 
     app = Flask(__name__, template_folder=str(REPO_ROOT / "templates"),
                 static_folder=str(REPO_ROOT / "static"), static_url_path="/static")
