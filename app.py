@@ -147,8 +147,8 @@ def main(argv=None) -> int:
             return 2
 
     max_bytes = int(args.max_upload_mb * 1024 * 1024)
-    app = create_app({"MAX_CONTENT_LENGTH": max_bytes, "QUEUE_SIZE": args.queue_size},
-                     explainer=explainer)
+    app = create_app({"MAX_CONTENT_LENGTH": max_bytes, "QUEUE_SIZE": args.queue_size,
+                      "BUNDLE": args.bundle}, explainer=explainer)
     host_in_url = f"[{args.host}]" if ":" in args.host else args.host
     url_host = "localhost" if args.host in ("0.0.0.0", "::", "") else host_in_url
 

@@ -123,6 +123,9 @@ def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
 
     # The frame the server saw is the fake camera's, whole.
     assert result["image"] == {"width": FRAME_SIDE, "height": FRAME_SIDE}
+    # The model picker names the bundle being served.
+    if page.query_selector("#bundle-picker") and server["is_default"]:
+        assert page.eval_on_selector("#bundle-picker", "el => el.value") == "shapes"
 
     shown = " ".join(page.inner_text("#caption").split())
     assert shown == result["caption"]
