@@ -290,7 +290,7 @@ def cmd_build_concepts(args) -> int:
     with significant TCAV). Prints each concept and the time taken."""
     import time
 
-    from .explain.concepts import (DEFAULT_IMAGES, build_concept_bank, build_world_bank,
+    from .explain.concepts import (build_concept_bank, build_world_bank, concept_image_counts,
                                    default_clusters, save_bank)
     started = time.perf_counter()
     captioner = _load_captioner(args.bundle)
@@ -298,8 +298,8 @@ def cmd_build_concepts(args) -> int:
     if args.data:
         from .data.datasets import load_dataset
         from .training.samples import first_training_images
-        n_images = args.images or DEFAULT_IMAGES.get(captioner.config.get("world", "shapes"), 200)
-        n_tcav = max(n_images, args.tcav_images or 2 * n_images)
+        n_images, n_tcav = concept_image_counts(captioner.config.get("world", "shapes"),
+                                                args.images, args.tcav_images)
         images, captions = first_training_images(load_dataset(args.dataset, args.data), n_tcav,
                                                  captioner.input_size, not args.quiet)
         bank, patches = build_concept_bank(
@@ -327,12 +327,13 @@ def cmd_faithfulness(args) -> int:
     import time
 
     from .explain.faithfulness import randomized_copy
-    from .explain.report import (POINTING_TOLERANCE, REPORT_METHODS, WORLD_TOLERANCE,
-                                 faithfulness_report, result_document, sanity_check,
-                                 write_json_atomic)
+    from .explain.pointing import WORLD_TOLERANCE
+    from .explain.report import (REPORT_METHODS, faithfulness_report, result_document,
+                                 sanity_check, write_json_atomic)
     captioner = _load_captioner(args.bundle)
     started = time.perf_counter()
-    if captioner.config.get("world", "shapes") == "objects":
+    world = captioner.config.get("world", "shapes")
+    if world == "objects":
         from .evaluation.objects_eval import generate_held_out_objects as generate_held_out
     else:
         from .evaluation.synthetic_eval import generate_held_out
@@ -341,12 +342,11 @@ def cmd_faithfulness(args) -> int:
     others = args.deletion_scenes if args.other_deletion_scenes is None else args.other_deletion_scenes
     deletion_scenes = {m: args.deletion_scenes if m in ("gradcam", "random") else others
                        for m in REPORT_METHODS}
-    world = captioner.config.get("world", "shapes")
     report = faithfulness_report(captioner, scenes, deletion_scenes=deletion_scenes,
                                  progress=not args.quiet, deletion_steps=args.deletion_steps,
                                  random_seeds=args.random_seeds,
                                  smoothgrad_scenes=args.smoothgrad_scenes,
-                                 tolerance=WORLD_TOLERANCE.get(world, POINTING_TOLERANCE))
+                                 tolerance=WORLD_TOLERANCE[world])
     command = " ".join(["python -m source_code"] + list(getattr(args, "argv", []) or ["faithfulness"]))
     doc = result_document(report, captioner, args.bundle, args.seed, command)
     if args.out:   # kept even if the sanity check below fails

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from ..data.objects_world import (canonical_object_caption, caption_nouns, generate_object_scene,
                                   parse_object_caption)
+from ..explain.pointing import WORLD_TOLERANCE
 
 # Training uses seeds below 1,000,000; evaluation starts here (as in the shapes world).
 HELD_OUT_SEED = 10_000_000
@@ -47,7 +48,8 @@ def evaluate_objects(captioner, scenes, beam_width: int = 3, batch_size: int = 3
             "two_object_scenes": by_count[2][1]}
 
 
-def pointing_objects(captioner, scenes, tolerance: int | None = None, progress: bool = True) -> dict:
+def pointing_objects(captioner, scenes, tolerance: int = WORLD_TOLERANCE["objects"],
+                     progress: bool = True) -> dict:
     """Per-word Grad-CAM pointing on object nouns of the model's own captions."""
     from ..explain import gradcam as gradcam_lib
     from ..explain.pointing import pointing_game
@@ -63,7 +65,4 @@ def pointing_objects(captioner, scenes, tolerance: int | None = None, progress: 
         return caption.text, gradcam_lib.gradcam(captioner, fmap, target)["words"]
 
     bar = tqdm(scenes, desc="pointing game", disable=not progress, unit="scene")
-    if tolerance is None:
-        from ..explain.report import WORLD_TOLERANCE
-        tolerance = WORLD_TOLERANCE["objects"]
     return pointing_game(explain_words, bar, tolerance=tolerance)

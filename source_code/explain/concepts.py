@@ -606,6 +606,14 @@ def default_clusters(world: str | None) -> int:
 # backbone at 160 px about 8 ms, and an image gives about 115 patches).
 DEFAULT_IMAGES = {"shapes": 200, "objects": 150}
 
+def concept_image_counts(world: str, n_images: int | None = None,
+                         tcav_images: int | None = None) -> tuple[int, int]:
+    """(discovery images, TCAV example images) of a bank build: the world's default
+    discovery count, and twice as many TCAV examples unless told otherwise."""
+    n_images = n_images or DEFAULT_IMAGES.get(world, 200)
+    return n_images, max(n_images, tcav_images or 2 * n_images)
+
+
 # Where a world bank's scenes start: unseen by training (seeds < 1,000,000) and by the
 # held-out evaluation (10,000,000..).
 WORLD_BANK_SEED = 20_000_000
@@ -617,8 +625,7 @@ def build_world_bank(captioner, n_images: int | None = None, tcav_images: int | 
     generator's ground truth: what ``build-concepts`` and ``train-default`` build.
     Returns (bank, patches) with the scenes recorded in ``bank.info["source"]``."""
     world = captioner.config.get("world", "shapes")
-    n_images = n_images or DEFAULT_IMAGES.get(world, 200)
-    n_tcav = max(n_images, tcav_images or 2 * n_images)
+    n_images, n_tcav = concept_image_counts(world, n_images, tcav_images)
     progress = options.get("progress", True)
     images, captions, truths = world_examples(world, n_tcav, seed, captioner.input_size, progress)
     bank, patches = build_concept_bank(

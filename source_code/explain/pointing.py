@@ -19,6 +19,9 @@ from ..data.synthetic import WORD_KIND
 from .maps import peak
 
 CATEGORY = WORD_KIND     # shapes-world word -> size / color / shape
+# Peak tolerance per world: 4 px at the shapes world's 160 px; 8 px at the objects
+# world's 224 px (Zhang et al. 2016 use 15 px at about 224 px).
+WORLD_TOLERANCE = {"shapes": 4, "objects": 8}
 
 
 def word_objects(scene, caption: str) -> list[int | None] | None:

@@ -35,7 +35,7 @@ from . import gradcam as gradcam_lib
 from . import saliency as saliency_lib
 from .ace import REQUEST_RESOLUTION, coverage, segment, segment_importance
 from .faithfulness import STEPS, BLUR_RADIUS, deletion_insertion, spearman
-from .pointing import pointing_hits, word_objects
+from .pointing import WORLD_TOLERANCE, pointing_hits, word_objects
 from .target import caption_target
 
 REPORT_METHODS = ("gradcam", "gradcampp", "smoothgrad", "attention", "random")
@@ -43,10 +43,7 @@ WORD_KINDS = ("size", "color", "shape", "object")
 SHARING = ("unique", "shared", "mismatch")
 GROUPS = (("all",) + WORD_KINDS + SHARING
           + tuple(f"{k}/{s}" for k in WORD_KINDS for s in SHARING))
-POINTING_TOLERANCE = 4
-# Per world: 4 px at the shapes world's 160 px; 8 px at the objects world's 224 px, as
-# evaluate-objects scores pointing (Zhang et al. 2016 use 15 px at about 224 px).
-WORLD_TOLERANCE = {"shapes": 4, "objects": 8}
+POINTING_TOLERANCE = WORLD_TOLERANCE["shapes"]
 SCHEMA = "faithfulness-report/2"
 RESULT_SCHEMA = "faithfulness-result/1"
 # The targets per world: the shapes bundle's from "Faithfulness you can trust", the
