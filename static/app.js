@@ -594,6 +594,7 @@
     el.selectionLabel.textContent = sel === null
       ? 'Evidence for the whole caption'
       : `Evidence for “${r.words[sel]}” (word ${sel + 1} of ${r.words.length})`;
+    renderTrust();      // first: its request goes ahead of an on-demand saliency map's
 
     METHODS.filter((m) => m.available).forEach(({ name: m }) => {
       const card = $(`card-${m}`);
@@ -629,7 +630,6 @@
       if (section.note) $(`hint-${m}`).textContent = section.note;
     });
     renderWordPanel();
-    renderTrust();
     renderAceSegments();
   }
 
@@ -647,40 +647,53 @@
     if (known) { drawTrust(known); return; }
     el.trustVerdict.textContent = '';
     clearTrustPlot();
-    requestTrust(key);
+    el.trustStatus.textContent = 'measuring…';
+    const [method, sel] = key.split(':');
+    requestTrust(method, sel === 'null' ? null : [Number(sel)]);
   }
 
-  async function requestTrust(key) {
+  // One request for the caption's map (indices null) or for the maps of some words. The
+  // caption's answer is followed by one for every word, in the background: the server
+  // keeps the frame's random baseline from the first, and a click finds its word's score
+  // here instead of waiting for a request.
+  async function requestTrust(method, indices) {
     const result = state.result;
-    if (state.pendingTrust.has(key)) return;
-    state.pendingTrust.add(key);
-    const [method, sel] = key.split(':');
+    const keys = indices === null ? [`${method}:null`] : indices.map((i) => `${method}:${i}`);
+    const todo = keys.filter((k) => !state.pendingTrust.has(k) && !state.trust.has(k));
+    if (!todo.length) return;
+    todo.forEach((k) => state.pendingTrust.add(k));
     const form = new FormData();
     form.append('image', state.blob, state.blob.name || 'frame.png');
     form.append('methods', method);
     form.append('caption', result.caption);
     form.append('faithfulness', '1');
     form.append('adversarial', '0');
-    if (sel !== 'null') form.append('words', sel);
+    if (indices !== null) form.append('words', todo.map((k) => k.split(':')[1]).join(','));
     const sal = (result.explanations || {}).saliency;
     if (method === 'saliency' && sal) form.append('saliency_method', sal.method || 'vanilla');
-    el.trustStatus.textContent = 'measuring…';
     const t0 = performance.now();
     try {
       const answer = await postForm('/api/explain', form);
       if (state.result !== result) return;
       const section = answer.explanations[method];
-      const map = sel === 'null' ? section.caption : section.words[Number(sel)];
-      const trust = map && map.faithfulness;
-      if (trust) {
+      todo.forEach((key) => {
+        const sel = key.split(':')[1];
+        const map = sel === 'null' ? section.caption : section.words[Number(sel)];
+        const trust = map && map.faithfulness;
+        if (!trust) return;
         trust.roundTripMs = Math.round(performance.now() - t0);
+        trust.key = key;
         state.trust.set(key, trust);
-      }
-      if (trustKey() === key) renderTrust();
+      });
+      el.trustSection.dataset.scored = [...state.trust.keys()].join(' ');   // for bench/trust.py
+      if (todo.includes(trustKey())) renderTrust();
+      if (indices === null) requestTrust(method, result.words.map((_, i) => i));
     } catch (err) {
-      if (state.result === result) el.trustStatus.textContent = `could not measure: ${err.message}`;
+      if (state.result === result && todo.includes(trustKey())) {
+        el.trustStatus.textContent = `could not measure: ${err.message}`;
+      }
     } finally {
-      state.pendingTrust.delete(key);
+      todo.forEach((k) => state.pendingTrust.delete(k));
     }
   }
 
@@ -691,8 +704,9 @@
 
   function drawTrust(trust) {
     el.trustVerdict.textContent = capitalize(trust.verdict);
-    el.trustStatus.textContent = `area under the curve ${fixed2(trust.auc)} (random ${fixed2(trust.random_auc)}), ${trust.roundTripMs} ms`;
+    el.trustStatus.textContent = `area under the curve ${fixed2(trust.auc)} (random ${fixed2(trust.random_auc)}), measured in ${trust.roundTripMs} ms`;
     el.trustPlot.dataset.auc = String(trust.auc);
+    el.trustPlot.dataset.key = trust.key;                    // read by bench/trust.py
     clearTrustPlot();
     const g = el.trustPlot.getContext('2d');
     const W = el.trustPlot.width, H = el.trustPlot.height, pad = 24;

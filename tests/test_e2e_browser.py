@@ -175,6 +175,11 @@ def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
                            ".toLowerCase().includes('deleting the top')", timeout=EXPLAIN_TIMEOUT_MS)
     assert f"p({result['words'][min(2, len(result['words']) - 1)]})" in page.inner_text("#trust-verdict")
     assert 0 <= float(page.get_attribute("#trust-plot", "data-auc")) <= 1
+    # ... and every word's score arrives in the background, so the next click needs no request
+    page.wait_for_function("(n) => { const s = (document.getElementById('trust-section').dataset"
+                           ".scored || '').split(' '); return [...Array(n).keys()]"
+                           ".every((i) => s.includes(`gradcam:${i}`)); }",
+                           arg=len(result["words"]), timeout=EXPLAIN_TIMEOUT_MS)
 
     # "Why this word and not that one?": the word's alternatives, one click from a contrast.
     page.wait_for_selector("#word-panel:not([hidden]) #alternatives .chip", timeout=10_000)

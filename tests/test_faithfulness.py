@@ -293,6 +293,38 @@ def test_deletion_curve_for_a_word_and_for_the_caption(shapes_captioner, explain
         deletion_curve(shapes_captioner, pixels, target, 0, np.zeros(5))
 
 
+def test_a_frames_random_baseline_is_computed_once_and_serves_every_map(shapes_captioner, explained,
+                                                                        monkeypatch):
+    from source_code.explain import faithfulness, trust
+
+    scene, caption, pixels, target, maps = explained[0]
+    base = faithfulness.random_baseline(shapes_captioner, pixels, target, steps=8, random_maps=2)
+    assert base.shape == (3, 9, target.n_words)
+    # given the baseline, a curve is the one computed from scratch (same seed, same maps)
+    for word in range(target.n_words):
+        fresh = faithfulness.deletion_curve(shapes_captioner, pixels, target, word, maps[word],
+                                            steps=8, random_maps=2)
+        reused = faithfulness.deletion_curves(shapes_captioner, pixels, target, word, [maps[word]],
+                                              steps=8, random_maps=2, baseline=base)[0]
+        assert reused["random_aucs"] == pytest.approx(fresh["random_aucs"], abs=1e-6)
+        assert reused["probability"] == pytest.approx(fresh["probability"], abs=1e-5)
+    with pytest.raises(ValueError, match="other steps"):
+        faithfulness.deletion_curves(shapes_captioner, pixels, target, 0, [maps[0]], steps=16,
+                                     random_maps=2, baseline=base)
+    # the trust score's cache: one baseline per frame and caption, whatever the word
+    calls = []
+    real = trust.random_baseline
+    monkeypatch.setattr(trust, "random_baseline", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(trust, "_baselines", __import__("weakref").WeakKeyDictionary())
+    first = trust.frame_baseline(shapes_captioner, pixels, target, 8)
+    assert trust.frame_baseline(shapes_captioner, np.array(pixels), target, 8) is first
+    other = np.array(pixels, copy=True)
+    other[0, 0, 0, :] += 1                                     # another frame
+    trust.frame_baseline(shapes_captioner, other, target, 8)
+    assert len(calls) == 2
+    assert faithfulness.request_steps(shapes_captioner) == faithfulness.REQUEST_STEPS   # 160 px
+
+
 # -- the result file -----------------------------------------------------------------------------
 def check_result_schema(doc: dict) -> None:
     """What a faithfulness result file holds (see source_code/explain/report.py)."""

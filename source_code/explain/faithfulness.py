@@ -44,6 +44,8 @@ STEPS = 128            # the report's steps: one step < the smallest object
 # deletion_curve's default: 2 + 23 x 2 = 48 images with one random map, about 0.27 s on
 # models/shapes on a shared 2-core CPU (32 steps: 64 images, about 0.36-0.5 s there).
 REQUEST_STEPS = 24
+REQUEST_SIZE = 160       # ... at this input size; larger inputs take fewer (request_steps)
+MIN_REQUEST_STEPS = 8
 BLUR_RADIUS = 8
 # Images per backbone call: 64 of 160 x 160 px (forward only, so memory is small;
 # on a 2-core CPU larger batches were slower per image).
@@ -107,27 +109,30 @@ def captioner_scorer(captioner, target: CaptionTarget):
 
 
 def perturbation_curves(score, pixels, ranks, steps: int = STEPS, kinds=("deletion", "insertion"),
-                        batch_size: int = 64) -> dict:
+                        batch_size: int = 64, known_ends: dict | None = None) -> dict:
     """Every score along each map's deletion (and insertion) path.
 
     score: images [B, S, S, 3] -> [B, K] (log-probabilities, e.g. ``captioner_scorer``);
     ranks: one ``pixel_ranks`` array per map. Returns {kind: [len(ranks), steps + 1, K]}.
     The end points (the image, the fully deleted image, the blurred image) are shared
-    by all maps and scored once; the images are built batch by batch, so memory stays
-    at one batch whatever the number of maps."""
+    by all maps and scored once (not at all when ``known_ends`` {name: scores} has them);
+    the images are built batch by batch, so memory stays at one batch whatever the
+    number of maps."""
     x, fill, blurred = substrates(pixels, blur="insertion" in kinds)
     size = x.shape[0]
     counts = step_counts(size * size, steps)
     ends = {"image": x, "deleted": fill}
     if "insertion" in kinds:
         ends["blurred"] = blurred
+    known = {k: v for k, v in (known_ends or {}).items() if k in ends}
+    ends = {k: v for k, v in ends.items() if k not in known}
     rows = [(j, kind, k) for kind in kinds for j in range(len(ranks)) for k in range(1, steps)]
     rank_arr = np.stack([np.asarray(r, np.int32) for r in ranks]) if ranks else None
     a = {"deletion": fill.reshape(-1, 3), "insertion": x.reshape(-1, 3)}     # the kept set's pixels
     b = {"deletion": x.reshape(-1, 3), "insertion": None if blurred is None   # the others'
          else blurred.reshape(-1, 3)}
     total = len(ends) + len(rows)            # even batches: no small one at the end
-    batch_size = max(len(ends), -(-total // -(-total // max(1, int(batch_size)))))
+    batch_size = max(len(ends), 1, -(-total // -(-total // max(1, int(batch_size)))))
     scored = []
     first, start = list(ends.values()), 0
     while start < len(rows) or first:
@@ -146,7 +151,7 @@ def perturbation_curves(score, pixels, ranks, steps: int = STEPS, kinds=("deleti
                 at += len(sel)
         scored.append(np.asarray(score(batch.reshape(-1, size, size, 3))))
     scores = np.concatenate(scored)
-    end_scores = dict(zip(ends, scores[: len(ends)]))
+    end_scores = dict(zip(ends, scores[: len(ends)]), **known)
     body = scores[len(ends):].reshape((len(kinds), len(ranks), steps - 1) + scores.shape[1:])
     out = {}
     for i, kind in enumerate(kinds):
@@ -226,33 +231,65 @@ def deletion_curve(captioner, pixels, target, word_index, heatmap, steps: int = 
                            random_maps, seed, batch_size)[0]
 
 
+def request_steps(captioner) -> int:
+    """Deletion steps for a request: ``REQUEST_STEPS`` at 160 px, fewer for larger inputs
+    so that one map costs about as much backbone work on every bundle (12 at 224 px)."""
+    scaled = REQUEST_STEPS * (REQUEST_SIZE / captioner.input_size) ** 2
+    return int(np.clip(round(scaled), MIN_REQUEST_STEPS, REQUEST_STEPS))
+
+
+def random_baseline(captioner, pixels, target, steps: int = REQUEST_STEPS, random_maps: int = 1,
+                    seed: int = 0, batch_size: int | None = None) -> np.ndarray:
+    """Log-probabilities of every word along the deletion paths of ``random_maps`` random
+    maps on the feature grid: [random_maps + 1, steps + 1, T]; the last row holds the
+    two end points (the image and the fully deleted image) at its first and last step.
+    It does not depend on the explained map or word, so one frame's baseline serves
+    every map of it (``deletion_curves(baseline=...)``)."""
+    x, target = _checked_pixels_and_target(captioner, pixels, target)
+    steps, random_maps = _checked_steps(steps, random_maps)
+    if not random_maps:                  # the end points alone
+        end_scores = captioner_scorer(captioner, target)(np.stack(substrates(x, blur=False)[:2]))
+        ends = np.full((1, steps + 1, target.n_words), np.nan, np.float32)
+        ends[0, 0], ends[0, -1] = end_scores
+        return ends
+    rng = np.random.default_rng(seed)
+    randoms = [rng.random(captioner.grid) for _ in range(random_maps)]
+    ranks = [pixel_ranks(m, captioner.input_size, rng) for m in randoms]
+    logp = perturbation_scores(captioner, x, target, ranks, steps, ("deletion",),
+                               batch_size)["deletion"]
+    ends = np.full((1,) + logp.shape[1:], np.nan, np.float32)
+    ends[0, 0], ends[0, -1] = logp[0, 0], logp[0, -1]
+    return np.concatenate([logp, ends])
+
+
 def deletion_curves(captioner, pixels, target, word_index, heatmaps, steps: int = REQUEST_STEPS,
-                    random_maps: int = 1, seed: int = 0, batch_size: int | None = None) -> list[dict]:
+                    random_maps: int = 1, seed: int = 0, batch_size: int | None = None,
+                    baseline: np.ndarray | None = None) -> list[dict]:
     """``deletion_curve`` for several maps of the same word (one per method), scored in
     one batch against one shared set of random maps: 2 + (steps - 1) x (n + random_maps)
-    images instead of n times 2 + (steps - 1) x (1 + random_maps)."""
-    if not isinstance(target, CaptionTarget):
-        target = caption_target(captioner, target)
-    x = np.asarray(pixels, np.float32)
-    if x.ndim == 3:
-        x = x[None]
-    size = captioner.input_size
-    if x.shape != (1, size, size, 3):
-        raise ValueError(f"pixels must be [1, {size}, {size}, 3], got {list(x.shape)}")
+    images instead of n times 2 + (steps - 1) x (1 + random_maps). With ``baseline``
+    (``random_baseline`` of this frame, caption, steps and random maps) only the maps'
+    own (steps - 1) x n images are scored."""
+    x, target = _checked_pixels_and_target(captioner, pixels, target)
     maps = [np.asarray(h, np.float32) for h in heatmaps]
+    if not maps:
+        raise ValueError("no heatmap to score")
     for m in maps:
         if m.ndim != 2 or m.size == 0 or not np.all(np.isfinite(m)):
             raise ValueError("heatmap must be a finite 2-D map")
     if word_index is not None and not 0 <= int(word_index) < target.n_words:
         raise ValueError(f"word index {word_index} is outside the caption's {target.n_words} words")
-    steps, random_maps = int(steps), int(random_maps)
-    if steps < 2 or random_maps < 0:
-        raise ValueError("steps must be >= 2 and random_maps >= 0")
-    rng = np.random.default_rng(seed)
-    randoms = [rng.random(captioner.grid) for _ in range(random_maps)]
-    ranks = [pixel_ranks(mm, size, rng) for mm in maps + randoms]
-    logp = perturbation_scores(captioner, x, target, ranks, steps, ("deletion",),
-                               batch_size)["deletion"].astype(np.float64)
+    steps, random_maps = _checked_steps(steps, random_maps)
+    if baseline is None:
+        baseline = random_baseline(captioner, x, target, steps, random_maps, seed, batch_size)
+    elif baseline.shape[:2] != (random_maps + 1, steps + 1):
+        raise ValueError("the baseline was computed for other steps or random maps")
+    rng = np.random.default_rng([seed, 1])      # the maps' tie-breaks, apart from the baseline's
+    ranks = [pixel_ranks(mm, captioner.input_size, rng) for mm in maps]
+    ends = {"image": baseline[-1, 0], "deleted": baseline[-1, -1]}
+    own = perturbation_curves(captioner_scorer(captioner, target), x, ranks, steps, ("deletion",),
+                              batch_size or batch_size_for(captioner), known_ends=ends)["deletion"]
+    logp = np.concatenate([own, baseline[:-1]]).astype(np.float64)
     logp = logp.sum(-1) if word_index is None else logp[..., int(word_index)]
     probs = np.exp(logp)                             # [n + random_maps, steps + 1]
     n = len(maps)
@@ -267,6 +304,25 @@ def deletion_curves(captioner, pixels, target, word_index, heatmaps, steps: int 
         "word_index": None if word_index is None else int(word_index),
     }
     return [dict(shared, probability=probs[k].tolist(), auc=auc(probs[k])) for k in range(n)]
+
+
+def _checked_pixels_and_target(captioner, pixels, target) -> tuple[np.ndarray, CaptionTarget]:
+    if not isinstance(target, CaptionTarget):
+        target = caption_target(captioner, target)
+    x = np.asarray(pixels, np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    size = captioner.input_size
+    if x.shape != (1, size, size, 3):
+        raise ValueError(f"pixels must be [1, {size}, {size}, 3], got {list(x.shape)}")
+    return x, target
+
+
+def _checked_steps(steps, random_maps) -> tuple[int, int]:
+    steps, random_maps = int(steps), int(random_maps)
+    if steps < 2 or random_maps < 0:
+        raise ValueError("steps must be >= 2 and random_maps >= 0")
+    return steps, random_maps
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
