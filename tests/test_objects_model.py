@@ -65,3 +65,64 @@ def test_the_sanity_checks_randomised_copy_has_nothing_of_imagenet(objects_capti
     assert random.kernel.shape == trained.kernel.shape
     assert not np.allclose(random.kernel.numpy(), trained.kernel.numpy())
     assert copy.config["backbone"]["weights"] is None
+
+
+# -- the ImageNet noun prior -------------------------------------------------------------------
+def test_noun_table_names_world_categories_and_each_class_once():
+    from source_code.data.objects_world import default_world
+    from source_code.model.imagenet_nouns import noun_classes
+    table = noun_classes()
+    categories = set(default_world().categories)
+    assert set(table) <= categories and len(table) >= 30
+    classes = [k for ks in table.values() for k in ks]
+    assert len(classes) == len(set(classes)) and all(0 <= k < 1000 for k in classes)
+    assert table["cat"] == [281, 282, 283, 284, 285]          # tabby ... Egyptian cat
+
+
+def test_noun_prior_raises_the_nouns_of_the_frames_imagenet_classes_only():
+    """A constructed head: the frame's pooled ImageNet evidence is all on class 281
+    (tabby); the bias is the capped log ratio for "cat", 0 for every other token."""
+    import tensorflow as tf
+    from source_code.model import decoders
+    from source_code.model.decoders import CaptionDecoder
+    dec = CaptionDecoder(6, kind="attention", grid_cells=4, embed_dim=4, units=8, imagenet_head=1000)
+    matrix = np.zeros((1000, 6), np.float32)
+    matrix[[281, 282], 4] = 1             # token 4 "cat": two classes
+    matrix[[500], 5] = 1                  # token 5: one class the frame does not show
+    logits = np.full((1, 4, 1000), -10.0, np.float32)
+    logits[0, :, 281] = 10.0
+    dec.set_noun_prior(matrix, 0.5)
+    bias = dec._noun_bias(tf.constant(logits)).numpy()[0]
+    share = 2 / 1000
+    expected = 0.5 * min(decoders.PRIOR_CAP, np.log((1.0 + decoders.PRIOR_EPS) / (share + decoders.PRIOR_EPS)))
+    assert bias[4] == pytest.approx(expected, rel=1e-3)
+    assert np.all(bias[:4] == 0) and bias[5] == 0            # no classes, or no evidence
+    dec.set_noun_prior(matrix, 0.0)
+    assert dec.noun_prior is None
+
+
+def test_prior_is_part_of_the_models_scores_everywhere(tmp_path):
+    """With the prior, the search's token log-probabilities are the teacher-forced scores
+    of its caption (explanations explain what decoded), and it survives save and load."""
+    import shutil
+    from source_code.data.objects_world import generate_object_scene
+    from source_code.explain.target import caption_target, teacher_pass
+    from source_code.model.captioner import Captioner
+    bundle = tmp_path / "objects"
+    shutil.copytree(OBJECTS_BUNDLE, bundle, ignore=shutil.ignore_patterns("concepts"))
+    model = Captioner.load(bundle)
+    model.set_imagenet_prior(0.7)
+    model.save(bundle)
+    model = Captioner.load(bundle)
+    assert model.config["decoder"]["imagenet_prior"] == 0.7 and model.decoder.noun_prior
+    plain = Captioner.load(bundle)
+    plain.set_imagenet_prior(0.0)
+    changed = 0
+    for i in range(6):
+        fmap = model.features(model.preprocess(generate_object_scene(FRESH_SEED + 300 + i, 224).image))
+        [cap] = model.decode_features(fmap, beam_width=1)
+        scores = teacher_pass(model, fmap, caption_target(model, cap.words)).scores.numpy()
+        np.testing.assert_allclose(scores, cap.token_logprobs[: len(cap.words)], atol=1e-4)
+        without = teacher_pass(plain, fmap, caption_target(plain, cap.words)).scores.numpy()
+        changed += not np.allclose(without, scores, atol=1e-4)
+    assert changed >= 1                   # the prior moved some noun's probability

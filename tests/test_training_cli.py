@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import REPO
 from source_code.cli import main
 from source_code.data.synthetic import generate_scene, write_flickr8k_layout
 
@@ -115,3 +116,22 @@ def test_the_control_recipe_differs_from_the_bundled_one_only_in_grounding():
         assert differ <= {"attention_weight", "gradcam_weight", "concept_bank"}
         cfg = _config(control, None)
         assert cfg.attention_weight == cfg.gradcam_weight == 0 and cfg.epochs == recipe["epochs"]
+
+
+def test_choosing_an_imagenet_prior_for_the_shapes_bundle_is_a_clear_error(capsys):
+    config = (REPO / "models" / "shapes" / "config.json").read_text()
+    assert main(["choose-imagenet-prior", "--bundle", "shapes", "--scenes", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "use --bundle objects" in err and "Traceback" not in err
+    assert (REPO / "models" / "shapes" / "config.json").read_text() == config   # untouched
+
+
+def test_prior_weight_rule():
+    from source_code.evaluation.imagenet_prior import pick_weight
+    rows = [{"weight": 0.0, "exact_match": 0.80, "exact_match_stamps": 0.70},
+            {"weight": 0.2, "exact_match": 0.795, "exact_match_stamps": 0.75},
+            {"weight": 0.5, "exact_match": 0.78, "exact_match_stamps": 0.90},   # costs 0.02
+            {"weight": 0.3, "exact_match": 0.80, "exact_match_stamps": 0.75}]
+    assert pick_weight(rows) == 0.2                  # the best allowed; a tie goes to the smaller
+    assert pick_weight(rows, max_loss=0.05) == 0.5
+    assert pick_weight([dict(rows[0])]) == 0.0

@@ -336,7 +336,10 @@ def randomized_copy(captioner, seed: int = 1):
 
     from ..model.backbone import BackboneSpec
     from ..model.captioner import Captioner
+    from ..model.captioner import PRIOR_KEY
     keras.utils.set_random_seed(seed)
     spec = BackboneSpec.from_dict(dict(captioner.config["backbone"], weights=None))
-    return Captioner.build(captioner.vocab, spec, captioner.config["decoder"],
+    copy = Captioner.build(captioner.vocab, spec, captioner.config["decoder"],
                            captioner.max_length)
+    copy.set_imagenet_prior(captioner.config["decoder"].get(PRIOR_KEY, 0.0))  # on its random head
+    return copy

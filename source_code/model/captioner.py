@@ -38,6 +38,8 @@ BUNDLE_FORMAT = 1
 CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.txt"
 DECODER_WEIGHTS, BACKBONE_WEIGHTS = "decoder.weights.h5", "backbone.weights.h5"
 DECODER_KEYS = ("kind", "embed_dim", "units", "dropout", "train_embedding", "imagenet_head")
+# Read from the config's decoder section but not a constructor argument: set after loading.
+PRIOR_KEY = "imagenet_prior"
 # File kinds that carry code (pickles and their cousins, whole Keras models, Python).
 CODE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".dill", ".keras", ".py", ".pyc", ".so")
 PICKLE_MAGIC = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
@@ -213,7 +215,20 @@ class Captioner:
         captioner = cls(net, dec, vocab, config)
         captioner.bundle_dir = bundle_dir
         captioner.familiarity = Familiarity.load(bundle_dir)
+        captioner.set_imagenet_prior(dec_cfg.get(PRIOR_KEY, 0.0))
         return captioner
+
+    def set_imagenet_prior(self, weight: float) -> None:
+        """The decoder's ImageNet noun prior at this weight (0: none), recorded in the
+        config. Set it before the first caption: compiled searches keep the prior they
+        were built with."""
+        weight = float(weight or 0.0)
+        if weight and not self.config["decoder"].get("imagenet_head"):
+            raise ValueError("an ImageNet noun prior needs a decoder with the ImageNet head")
+        from .imagenet_nouns import class_token_matrix
+        self.decoder.set_noun_prior(class_token_matrix(self.vocab) if weight else None, weight)
+        decoder = {k: v for k, v in self.config["decoder"].items() if k != PRIOR_KEY}
+        self.config = dict(self.config, decoder=dict(decoder, **({PRIOR_KEY: weight} if weight else {})))
 
     # -- inference ------------------------------------------------------------
     def preprocess(self, images) -> tf.Tensor:

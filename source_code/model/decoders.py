@@ -10,6 +10,12 @@ with either:
 ``call((feature_map, tokens_in))`` runs teacher forcing over a whole caption
 prefix and returns per-step logits and attention weights.
 
+An attention decoder with the ImageNet head can also add an ImageNet noun prior to
+its logits (``set_noun_prior``): for each noun that names ImageNet classes, the
+frame's ImageNet evidence for those classes beyond their uniform share (log ratio,
+never negative, capped) times a weight. It is part of the model's scores, so search,
+teacher forcing and every gradient see the same probabilities.
+
 ``merge`` is the classic captioner: pooled image vector -> dropout -> dense,
 caption prefix -> embedding -> dropout -> LSTM, added, dense, softmax.
 ``attention`` is Show, Attend and Tell (Xu et al. 2015): soft attention over
@@ -25,6 +31,8 @@ import tensorflow as tf
 from keras import layers
 
 DECODER_KINDS = ("merge", "attention")
+PRIOR_EPS = 1e-3      # keeps log(q / r) finite; below it ImageNet evidence counts as none
+PRIOR_CAP = 5.0       # nats: the prior alone never outweighs everything the decoder read
 
 
 class CaptionDecoder(keras.Model):
@@ -51,6 +59,7 @@ class CaptionDecoder(keras.Model):
         self.cell = layers.LSTMCell(units, name="lstm")
         self.out_dropout = layers.Dropout(dropout)
         self.logits_layer = layers.Dense(vocab_size, name="logits")
+        self.imagenet_head = self.noun_prior = None     # see set_noun_prior
         if kind == "merge":
             self.image_dropout = layers.Dropout(dropout)
             self.image_dense = layers.Dense(units, activation="relu", name="image_dense")
@@ -76,6 +85,27 @@ class CaptionDecoder(keras.Model):
             # each word's gradient depend on what is attended, not only on the word.
             self.deep = layers.Dense(units, activation="relu", name="deep_output")
 
+    # -- the ImageNet noun prior -------------------------------------------------
+    def set_noun_prior(self, class_tokens: np.ndarray | None, weight: float = 0.0):
+        """class_tokens [classes, V]: 1 where an ImageNet class names a vocabulary token
+        (None or weight 0: no prior). Compiled functions built before keep the old prior."""
+        if class_tokens is None or not weight or self.imagenet_head is None:
+            self.noun_prior = None
+            return
+        m = np.asarray(class_tokens, np.float32)
+        self.noun_prior = (tf.constant(m), tf.constant(m.mean(0)), float(weight))
+
+    def _noun_bias(self, cell_logits):
+        """cell_logits [B, N, classes] -> [B, V]: weight * min(CAP, max(0, log(q / r))),
+        q the frame's ImageNet probability of a token's classes (the head is linear, so
+        the mean of its cell logits is its logits on the pooled features, as the
+        classifier reads them), r their uniform share; 0 for tokens with no class."""
+        matrix, share, weight = self.noun_prior
+        probs = tf.nn.softmax(tf.reduce_mean(cell_logits, axis=1), axis=-1)
+        q = tf.matmul(probs, matrix)
+        ratio = tf.math.log((q + PRIOR_EPS) / (share + PRIOR_EPS))
+        return weight * tf.clip_by_value(ratio, 0.0, PRIOR_CAP)
+
     # -- the three calls shared by decoding and explanations -------------------
     def encode(self, feature_map, training=False):
         """feature_map [B, h, w, C] -> memory (a tuple of tensors)."""
@@ -84,6 +114,7 @@ class CaptionDecoder(keras.Model):
             return (self.image_dense(self.image_dropout(pooled, training=training)),)
         shape = tf.shape(feature_map)
         cells = tf.reshape(feature_map, [shape[0], shape[1] * shape[2], feature_map.shape[-1]])
+        bias = ()
         if self.imagenet_head is not None:
             # Class scores standardised per cell: log-probabilities would bring values
             # near -20 beside features in [0, 6], and training stalls on that scale.
@@ -91,8 +122,10 @@ class CaptionDecoder(keras.Model):
             mean, var = tf.nn.moments(logits, axes=[-1], keepdims=True)
             scores = (logits - mean) * tf.math.rsqrt(var + 1e-6)
             cells = tf.concat([cells, scores], -1)
+            if self.noun_prior is not None:
+                bias = (self._noun_bias(logits),)
         values = self.cell_proj(cells) + self.position
-        return values, self.att_keys(values)
+        return (values, self.att_keys(values)) + bias
 
     def initial_state(self, memory):
         if self.kind == "merge":
@@ -111,13 +144,15 @@ class CaptionDecoder(keras.Model):
             logits = self.logits_layer(self.out_dropout(merged, training=training))
             attention = tf.zeros([tf.shape(tokens)[0], self.grid_cells])
             return logits, (h, c), attention
-        values, keys = memory
+        values, keys = memory[:2]
         scores = self.att_score(tf.tanh(keys + self.att_query(h)[:, None, :]))[..., 0]
         attention = tf.nn.softmax(scores, axis=-1)
         context = tf.einsum("bn,bnu->bu", attention, values)
         out, (h, c) = self.cell(tf.concat([emb, context], -1), [h, c], training=training)
         deep = self.deep(tf.concat([emb, out, context], -1))
         logits = self.logits_layer(self.out_dropout(deep, training=training))
+        if len(memory) > 2:                           # the ImageNet noun prior
+            logits = logits + memory[2]
         return logits, (h, c), attention
 
     def call(self, inputs, training=False):
