@@ -213,11 +213,13 @@ def cmd_choose_imagenet_prior(args) -> int:
           f"{result['stamp_scenes']} of them all stamps)")
     config_path = Path(args.bundle) / CONFIG_FILE
     config = json.loads(config_path.read_text())
-    config["decoder"].pop(PRIOR_KEY, None)
-    if result["chosen"]:
-        config["decoder"][PRIOR_KEY] = result["chosen"]
-    config["imagenet_prior_choice"] = {k: v for k, v in result.items() if k != "rows"}
-    atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+    if result["chosen"] != config["decoder"].get(PRIOR_KEY, 0.0):     # the card changes only then
+        config["decoder"].pop(PRIOR_KEY, None)
+        if result["chosen"]:
+            config["decoder"][PRIOR_KEY] = result["chosen"]
+        config["imagenet_prior_choice"] = {k: v for k, v in result.items() if k != "rows"}
+        atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+        print(f"recorded in {config_path}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return 0
