@@ -58,3 +58,15 @@ def camera_browser(sync_playwright, clip: Path):
             yield browser
         finally:
             browser.close()
+
+
+def page_with_camera(browser, base: str, viewport=(1440, 960)):
+    """A new page of the app at ``base``, its model loaded and the camera started."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.goto(base + "/")
+    page.wait_for_function("() => document.getElementById('model-status').textContent"
+                           ".startsWith('model ')")
+    page.click("#start-camera")
+    page.wait_for_function("() => { const v = document.getElementById('preview');"
+                           " return v && v.readyState >= 2 && v.videoWidth > 0; }")
+    return page

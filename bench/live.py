@@ -20,7 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from browser import camera_browser, write_y4m  # noqa: E402
+from browser import camera_browser, page_with_camera, write_y4m  # noqa: E402
 from load import served  # noqa: E402
 
 TARGET_FPS = 8.0
@@ -40,13 +40,7 @@ def clip_of(world: str, seconds: int = 4) -> np.ndarray:
 def live_frames_per_second(base: str, clip: Path, seconds: float, warm_up: float) -> dict:
     from playwright.sync_api import sync_playwright
     with camera_browser(sync_playwright, clip) as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(base + "/")
-        page.wait_for_function("() => document.getElementById('model-status').textContent"
-                               ".startsWith('model ')")
-        page.click("#start-camera")
-        page.wait_for_function("() => { const v = document.getElementById('preview');"
-                               " return v && v.readyState >= 2 && v.videoWidth > 0; }")
+        page = page_with_camera(browser, base, viewport=(1280, 900))
         page.click("#live")
         page.wait_for_function("() => Number(document.getElementById('live-overlay')"
                                ".dataset.frames || 0) >= 1", timeout=120_000)

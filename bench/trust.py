@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from browser import camera_browser, write_y4m  # noqa: E402
+from browser import camera_browser, page_with_camera, write_y4m  # noqa: E402
 from live import clip_of  # noqa: E402
 from load import served  # noqa: E402
 
@@ -43,13 +43,7 @@ def trust_click_times(base: str, clip: Path, captures: int) -> dict:
     from playwright.sync_api import sync_playwright
     immediate, settled, background = [], [], []
     with camera_browser(sync_playwright, clip) as browser:
-        page = browser.new_page(viewport={"width": 1440, "height": 960})
-        page.goto(base + "/")
-        page.wait_for_function("() => document.getElementById('model-status').textContent"
-                               ".startsWith('model ')")
-        page.click("#start-camera")
-        page.wait_for_function("() => { const v = document.getElementById('preview');"
-                               " return v && v.readyState >= 2 && v.videoWidth > 0; }")
+        page = page_with_camera(browser, base)
         for k in range(captures):
             time.sleep(1.1)                      # the clip moves on to its next scene
             page.evaluate("() => { document.getElementById('caption').textContent = ''; }")
