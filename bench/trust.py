@@ -13,6 +13,14 @@ word's. Two kinds of click are timed from the click to the score drawn on the pa
 A click also fetches the word's saliency map, as it does for a user.
 
     python bench/trust.py --bundles shapes objects --captures 6 --json docs/results/trust.json
+    python bench/trust.py --bundles objects shapes --captures 0 --agreement 20 \
+        --json docs/results/trust_steps.json
+
+``--agreement N``: what the request's coarser deletion costs. On N held-out scenes of
+each bundle's world, every word's Grad-CAM map is scored with the request's steps
+(``request_steps``: 24 at 160 px, 12 at 224 px) and with the faithfulness report's 128,
+each against one random map; printed and written: the rank correlation of the maps'
+AUC-over-random between the two, and their mean absolute difference.
 """
 from __future__ import annotations
 
@@ -86,15 +94,54 @@ def _click_to_shown(page, index: int) -> int:
     }""", [index, f"gradcam:{index}"]))
 
 
+def step_agreement(bundle: str, n_scenes: int) -> dict:
+    """Request steps against the report's 128 steps on held-out scenes (see the module)."""
+    import numpy as np
+    from scipy import stats
+    from source_code.explain import faithfulness as F
+    from source_code.explain import gradcam as G
+    from source_code.explain.target import caption_target
+    from source_code.model.bundles import resolve_bundle
+    from source_code.model.captioner import Captioner
+    captioner = Captioner.load(resolve_bundle(bundle))
+    world = captioner.config.get("world", "shapes")
+    if world == "objects":
+        from source_code.evaluation.objects_eval import generate_held_out_objects as held_out
+    else:
+        from source_code.evaluation.synthetic_eval import generate_held_out as held_out
+    steps = F.request_steps(captioner)
+    ratios = {steps: [], F.STEPS: []}
+    for scene in held_out(n_scenes, image_size=captioner.input_size):
+        pixels = captioner.preprocess(scene.image)
+        fmap = captioner.features(pixels)
+        caption = captioner.decode_features(fmap, beam_width=3)[0]
+        if not caption.words:
+            continue
+        target = caption_target(captioner, caption.words)
+        maps = G.gradcam(captioner, fmap, target)["words"]
+        for t in range(target.n_words):
+            for k in ratios:
+                curve = F.deletion_curve(captioner, pixels, target, t, maps[t], steps=k)
+                ratios[k].append(curve["auc"] / max(curve["random_auc"], 1e-9))
+    a, b = np.array(ratios[steps]), np.array(ratios[F.STEPS])
+    return {"bundle": bundle, "scenes": n_scenes, "maps": int(len(a)), "request_steps": steps,
+            "report_steps": F.STEPS, "spearman": round(float(stats.spearmanr(a, b).statistic), 4),
+            "mean_abs_difference": round(float(np.abs(a - b).mean()), 4),
+            "median_ratio_request": round(float(np.median(a)), 4),
+            "median_ratio_report": round(float(np.median(b)), 4)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundles", nargs="+", default=["shapes", "objects"])
-    ap.add_argument("--captures", type=int, default=6)
+    ap.add_argument("--captures", type=int, default=6, help="0: no click timing")
+    ap.add_argument("--agreement", type=int, default=0,
+                    help="also compare the request's steps with the report's on N scenes")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     from source_code.model.bundles import resolve_bundle
     rows = []
-    for name in args.bundles:
+    for name in args.bundles if args.captures else []:
         bundle = resolve_bundle(name)
         world = json.loads((Path(bundle) / "config.json").read_text()).get("world", "shapes")
         with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +151,12 @@ def main(argv=None) -> int:
         rows.append({"bundle": name, "captures": args.captures,
                      **{f"{kind}_median_ms": statistics.median(times[f"{kind}_ms"])
                         for kind in ("settled", "immediate", "background")}, **times})
+    agreement = [step_agreement(name, args.agreement) for name in args.bundles] if args.agreement else []
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores")
+    for a in agreement:
+        print(f"{a['bundle']:8s} {a['request_steps']} steps against {a['report_steps']} on {a['maps']} "
+              f"Grad-CAM word maps: Spearman {a['spearman']} of AUC/random, mean |difference| "
+              f"{a['mean_abs_difference']} (medians {a['median_ratio_request']} / {a['median_ratio_report']})")
     for r in rows:
         print(f"{r['bundle']:8s} click to trust score shown: median {r['settled_median_ms']} ms over "
               f"{len(r['settled_ms'])} clicks once the background request answered (target <= "
@@ -115,7 +167,7 @@ def main(argv=None) -> int:
         from source_code.files import atomic_write_text
         atomic_write_text(args.json, json.dumps(
             {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "target_ms": TARGET_MS,
-             "results": rows}, indent=1))
+             "results": rows, "step_agreement": agreement}, indent=1))
     return 0
 
 
