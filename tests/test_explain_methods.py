@@ -118,6 +118,15 @@ def test_gradcam_plus_plus_only_changes_the_weights(tiny, image):
     assert pp["words"].shape == plain["words"].shape
     assert np.all(pp["words"] >= 0)
     np.testing.assert_allclose(pp["scores"], plain["scores"])
+    # the word and caption maps are Grad-CAM++'s (cam_from is checked against the paper's
+    # closed form in test_explain_maths.py), not Grad-CAM's
+    g = grads[1].numpy()
+    acts = np.repeat(fmap.numpy(), len(g), 0)
+    np.testing.assert_allclose(pp["words"], G.cam_from(acts, g, plus_plus=True), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(pp["caption"], G.cam_from(fmap.numpy(), g.sum(0, keepdims=True),
+                                                         plus_plus=True)[0], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(pp["words"], plain["words"], rtol=1e-3)
+    assert not np.allclose(pp["caption"], plain["caption"], rtol=1e-3)
 
 
 def test_integrated_gradients_completeness(tiny, image):
