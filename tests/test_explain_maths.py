@@ -14,7 +14,7 @@ from source_code.explain import gradcam as G
 from source_code.explain import saliency as S
 from source_code.explain.adversarial import perturb
 from source_code.explain.target import caption_target, word_scores_from_pixels
-from source_code.model.search import beam_search
+from source_code.model.search import beam_search, greedy_search
 
 from conftest import MarkovDecoder
 
@@ -254,6 +254,32 @@ def test_beam_length_penalty_changes_the_winner(alpha):
     got = tuple(tokens.numpy()[0, :len(expected)])
     assert got == expected
     assert float(tf.reduce_sum(logps)) == pytest.approx(totals[expected], abs=1e-5)
+
+
+def test_beam_length_penalty_counts_an_empty_caption_as_one_token():
+    """start -> end 0.6 | A 0.4; A -> end. Over length ** 1 (the end token counted),
+    "A <end>" (log 0.4 / 2) beats "<end>" (log 0.6 / 1); a length floor above one
+    token would flip it."""
+    table = [[1 / 6] * 6, [0.0, 0.0, 0.6, 0.4, 0.0, 0.0], [1 / 6] * 6,
+             [0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [1 / 6] * 6, [1 / 6] * 6]
+    assert np.log(0.4) / 2 > np.log(0.6) / 1 and np.log(0.4) / 2 < np.log(0.6) / 2
+    tokens, _ = beam_search(MarkovDecoder(table), (tf.zeros([1, 1]),), START, END, PAD,
+                            max_len=3, width=2, length_penalty=1.0)
+    assert tuple(tokens.numpy()[0, :2]) == (A, END)
+
+
+def test_searches_never_choose_a_banned_token():
+    """start -> B (banned, 0.7) | A 0.3; A -> end. Both searches skip B and say "A"."""
+    table = [[1 / 6] * 6, [0.0, 0.0, 0.0, 0.3, 0.7, 0.0], [1 / 6] * 6,
+             [0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [1 / 6] * 6]
+    memory = (tf.zeros([1, 1]),)
+    for search in (lambda **k: beam_search(MarkovDecoder(table), memory, START, END, PAD,
+                                           max_len=3, width=2, **k),
+                   lambda **k: greedy_search(MarkovDecoder(table), memory, START, END, PAD,
+                                             max_len=3, **k)):
+        assert search()[0].numpy()[0, 0] == B                    # the likelier, when allowed
+        tokens = search(banned=(B, START, PAD))[0].numpy()[0]
+        assert B not in tokens[:2].tolist() and tuple(tokens[:2]) == (A, END)
 
 
 class PerImageMarkovDecoder(MarkovDecoder):
