@@ -2,19 +2,21 @@
 # Mutation testing of the maths with mutmut (pip install mutmut==3.8.1), in a copy of
 # the repository, never in the work tree: mutmut writes a mutants/ tree and a setup.cfg.
 #
-#   bash bench/mutation.sh [search] [metrics] [explain]     (default: all three)
+#   bash bench/mutation.sh [search] [metrics] [explain] [adversarial]   (default: all four)
 #
 #   search   source_code/model/search.py          tests/test_decoding.py tests/test_explain_maths.py
 #   metrics  source_code/evaluation/metrics.py     tests/test_metrics.py
 #   explain  source_code/explain/gradcam.py, saliency.py
 #                                                  tests/test_explain_maths.py tests/test_explain_methods.py
+#   adversarial  source_code/explain/adversarial.py tests/test_explain_maths.py tests/test_explain_methods.py
 #
 # Each group runs in $MUTATION_DIR/<group> (default /tmp/caption-mutation), niced, with
 # $MUTMUT_CHILDREN workers (default 2); a rerun resumes where the last one stopped
 # (delete the folder to start over). mutmut runs, for each mutant, only the tests that
 # called the mutated function, forked from a server that has imported the tests
 # (process_isolation = forkserver: TensorFlow is not fork-safe once it has run ops).
-# Prints killed / total per module and every surviving mutant's diff.
+# Prints killed / total per module and every surviving mutant's diff, and writes the same
+# summary to docs/results/mutation_<group>.txt.
 # MUTANTS="glob ..." limits the run to the mutants so named, e.g.
 #   MUTANTS='source_code.explain.gradcam.x_gradcam_weights__mutmut_*' bash bench/mutation.sh explain
 set -euo pipefail
@@ -27,7 +29,7 @@ MUTMUT=$(command -v "$MUTMUT")
 PYTHON=$(dirname "$MUTMUT")/python; [ -x "$PYTHON" ] || PYTHON=python3   # the one mutmut runs in
 read -ra only <<< "${MUTANTS:-}"   # no glob expansion here
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(search metrics explain)
+[ ${#groups[@]} -gt 0 ] || groups=(search metrics explain adversarial)
 
 for group in "${groups[@]}"; do
   case $group in
@@ -37,7 +39,9 @@ for group in "${groups[@]}"; do
              tests=(tests/test_metrics.py) ;;
     explain) mutate=(source_code/explain/gradcam.py source_code/explain/saliency.py)
              tests=(tests/test_explain_maths.py tests/test_explain_methods.py) ;;
-    *) echo "unknown group $group (search, metrics, explain)" >&2; exit 2 ;;
+    adversarial) mutate=(source_code/explain/adversarial.py)
+             tests=(tests/test_explain_maths.py tests/test_explain_methods.py) ;;
+    *) echo "unknown group $group (search, metrics, explain, adversarial)" >&2; exit 2 ;;
   esac
   dir=$WORK/$group
   mkdir -p "$dir"
@@ -72,5 +76,5 @@ for path in sys.argv[2:]:
         print(f"  survived {name}")
         print("".join(f"      {l}\n" for l in diff.splitlines() if l[:1] in "+-" and l[:3] not in ("+++", "---")))
 EOF
-  )
+  ) | tee "$REPO/docs/results/mutation_$group.txt"
 done
