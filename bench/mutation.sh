@@ -8,7 +8,9 @@
 #   metrics  source_code/evaluation/metrics.py     tests/test_metrics.py
 #   explain  source_code/explain/gradcam.py, saliency.py
 #                                                  tests/test_explain_maths.py tests/test_explain_methods.py
-#   adversarial  source_code/explain/adversarial.py tests/test_explain_maths.py tests/test_explain_methods.py
+#   adversarial  source_code/explain/adversarial.py
+#                                                  tests/test_explain_maths.py tests/test_explain_methods.py
+#                                                  tests/test_explain_default.py (adversarial_check, through the pipeline)
 #
 # Each group runs in $MUTATION_DIR/<group> (default /tmp/caption-mutation), niced, with
 # $MUTMUT_CHILDREN workers (default 2); a rerun resumes where the last one stopped
@@ -40,7 +42,8 @@ for group in "${groups[@]}"; do
     explain) mutate=(source_code/explain/gradcam.py source_code/explain/saliency.py)
              tests=(tests/test_explain_maths.py tests/test_explain_methods.py) ;;
     adversarial) mutate=(source_code/explain/adversarial.py)
-             tests=(tests/test_explain_maths.py tests/test_explain_methods.py) ;;
+             tests=(tests/test_explain_maths.py tests/test_explain_methods.py
+                    tests/test_explain_default.py) ;;
     *) echo "unknown group $group (search, metrics, explain, adversarial)" >&2; exit 2 ;;
   esac
   dir=$WORK/$group
