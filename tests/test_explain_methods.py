@@ -169,6 +169,10 @@ def test_fgsm_lowers_the_caption_likelihood_within_epsilon(tiny, image):
     xs = perturb(tiny, pixels, target, "pgd", epsilon=4.0, steps=3, salient_fraction=0.1)
     changed = np.any(np.abs((xs - pixels).numpy()[0]) > 1e-3, axis=-1)
     assert changed.mean() <= 0.1 + 0.02
+    # PGD's steps descend the caption's log-likelihood too (not only stay in the ball)
+    xp = perturb(tiny, pixels, target, "pgd", epsilon=4.0, steps=3)
+    s2, _ = caption_gradient(tiny, xp, target)
+    assert float(tf.reduce_sum(s2)) < float(tf.reduce_sum(s0))
 
 
 def test_ace_request_time_plumbing(tiny, image):
