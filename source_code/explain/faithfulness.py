@@ -335,8 +335,7 @@ def randomized_copy(captioner, seed: int = 1):
     import keras
 
     from ..model.backbone import BackboneSpec
-    from ..model.captioner import Captioner
-    from ..model.captioner import PRIOR_KEY
+    from ..model.captioner import PRIOR_KEY, Captioner
     keras.utils.set_random_seed(seed)
     spec = BackboneSpec.from_dict(dict(captioner.config["backbone"], weights=None))
     copy = Captioner.build(captioner.vocab, spec, captioner.config["decoder"],

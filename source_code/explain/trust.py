@@ -46,6 +46,7 @@ def add_trust_scores(ctx, explanations: dict) -> None:
     """Adds ``faithfulness`` to the maps of the words asked for (or the caption's): the
     maps of one word, whatever their method, are scored in one batch against the same
     random maps."""
+    steps, baseline = request_steps(ctx.captioner), None
     for i in ctx.words or [None]:
         entries = []
         for section in explanations.values():
@@ -54,10 +55,11 @@ def add_trust_scores(ctx, explanations: dict) -> None:
                 entries.append(entry)
         if not entries:
             continue
-        steps = request_steps(ctx.captioner)
+        if baseline is None:     # once a request: the frame's, from the cache when kept
+            baseline = frame_baseline(ctx.captioner, ctx.pixels, ctx.target, steps)
         curves = deletion_curves(ctx.captioner, ctx.pixels, ctx.target, i,
                                  [e["heatmap"] for e in entries], steps, RANDOM_MAPS,
-                                 baseline=frame_baseline(ctx.captioner, ctx.pixels, ctx.target, steps))
+                                 baseline=baseline)
         for entry, curve in zip(entries, curves):
             entry["faithfulness"] = trust_score(ctx, i, curve)
 
