@@ -54,11 +54,9 @@ def bank_figures(bank) -> dict:
 
 
 def held_out(world: str, n: int, size: int):
-    if world == "objects":
-        from source_code.evaluation.objects_eval import generate_held_out_objects
-        return generate_held_out_objects(n, image_size=size)
-    from source_code.evaluation.synthetic_eval import generate_held_out
-    return generate_held_out(n, image_size=size, n_objects=2)
+    """Held-out scenes: two objects each on shapes; the objects world's own one/two mix."""
+    from source_code.data.worlds import held_out_scenes
+    return held_out_scenes(world, n, image_size=size, n_objects=2 if world == "shapes" else None)
 
 
 def correct(world: str, caption: str, reference: str) -> bool:

@@ -34,10 +34,8 @@ def frames(world: str, n: int) -> list[bytes]:
 
     from PIL import Image
     sys.path.insert(0, str(REPO))
-    if world == "objects":
-        from source_code.data.objects_world import generate_object_scene as generate
-    else:
-        from source_code.data.synthetic import generate_scene as generate
+    from source_code.data.worlds import scene_generator
+    generate = scene_generator(world)
     out = []
     for i in range(n):
         buf = io.BytesIO()

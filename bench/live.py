@@ -29,10 +29,8 @@ FRAME_SIDE = 320
 
 def clip_of(world: str, seconds: int = 4) -> np.ndarray:
     """[N, S, S, 3]: a few scenes of the bundle's world, each shown for a second."""
-    if world == "objects":
-        from source_code.data.objects_world import generate_object_scene as generate
-    else:
-        from source_code.data.synthetic import generate_scene as generate
+    from source_code.data.worlds import scene_generator
+    generate = scene_generator(world)
     frames = [generate(70_000_000 + i, image_size=FRAME_SIDE).image for i in range(seconds)]
     return np.stack([f for f in frames for _ in range(10)])
 

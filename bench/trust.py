@@ -100,18 +100,15 @@ def step_agreement(bundle: str, n_scenes: int) -> dict:
     from scipy import stats
     from source_code.explain import faithfulness as F
     from source_code.explain import gradcam as G
+    from source_code.data.worlds import held_out_scenes
     from source_code.explain.target import caption_target
     from source_code.model.bundles import resolve_bundle
     from source_code.model.captioner import Captioner
     captioner = Captioner.load(resolve_bundle(bundle))
     world = captioner.config.get("world", "shapes")
-    if world == "objects":
-        from source_code.evaluation.objects_eval import generate_held_out_objects as held_out
-    else:
-        from source_code.evaluation.synthetic_eval import generate_held_out as held_out
     steps = F.request_steps(captioner)
     ratios = {steps: [], F.STEPS: []}
-    for scene in held_out(n_scenes, image_size=captioner.input_size):
+    for scene in held_out_scenes(world, n_scenes, image_size=captioner.input_size):
         pixels = captioner.preprocess(scene.image)
         fmap = captioner.features(pixels)
         caption = captioner.decode_features(fmap, beam_width=3)[0]

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from .data.worlds import held_out_scenes
 from .model.bundles import BUNDLE_ENV, BUNDLES_DIR, DEFAULT_NAME, REPO_ROOT, resolve_bundle
 
 DEFAULT_BUNDLE = BUNDLES_DIR / DEFAULT_NAME
@@ -182,11 +183,8 @@ def cmd_calibrate_familiarity(args) -> int:
     from .training.recipes import familiarity_negatives, fit_familiarity
     captioner = _load_captioner(args.bundle)
     world = captioner.config.get("world", "shapes")
-    if world == "objects":
-        from .evaluation.objects_eval import generate_held_out_objects as held_out
-    else:
-        from .evaluation.synthetic_eval import generate_held_out as held_out
-    images = [s.image for s in held_out(args.scenes, seed=20_000_000, image_size=captioner.input_size)]
+    images = [s.image for s in held_out_scenes(world, args.scenes, seed=20_000_000,
+                                               image_size=captioner.input_size)]
     negatives = familiarity_negatives(world, args.scenes, captioner.input_size)
     fit_familiarity(captioner, load_dataset("flickr8k", args.data), images, args.bank, negatives)
     captioner.familiarity.save(args.bundle)      # only this file changes
@@ -205,7 +203,7 @@ def cmd_choose_imagenet_prior(args) -> int:
     if captioner.config.get("world") != "objects" or not captioner.config["decoder"].get("imagenet_head"):
         raise ValueError(f"choose-imagenet-prior needs a model of the objects world whose decoder "
                          f"reads the ImageNet head; {args.bundle} is not one: use --bundle objects")
-    result = choose_prior_weight(args.bundle, args.scenes, progress=not args.quiet)
+    result = choose_prior_weight(captioner, args.scenes, progress=not args.quiet)
     print(f"{'weight':>7s} {'exact match':>12s} {'all-stamp scenes':>17s}")
     for row in result["rows"]:
         print(f"{row['weight']:7.2f} {row['exact_match']:12.4f} {row['exact_match_stamps']:17.4f}")
@@ -362,12 +360,8 @@ def cmd_faithfulness(args) -> int:
     captioner = _load_captioner(args.bundle)
     started = time.perf_counter()
     world = captioner.config.get("world", "shapes")
-    if world == "objects":
-        from .evaluation.objects_eval import generate_held_out_objects as generate_held_out
-    else:
-        from .evaluation.synthetic_eval import generate_held_out
-    scenes = generate_held_out(args.scenes, seed=args.seed, image_size=captioner.input_size,
-                               n_objects=2)
+    scenes = held_out_scenes(world, args.scenes, seed=args.seed, image_size=captioner.input_size,
+                             n_objects=2)
     others = args.deletion_scenes if args.other_deletion_scenes is None else args.other_deletion_scenes
     deletion_scenes = {m: args.deletion_scenes if m in ("gradcam", "random") else others
                        for m in REPORT_METHODS}

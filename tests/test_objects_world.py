@@ -102,3 +102,20 @@ def test_empty_frames_are_deterministic_backgrounds(world):
     a, b = generate_empty_frame(3, 96, world), generate_empty_frame(3, 96, world)
     assert a.shape == (96, 96, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
     assert not np.array_equal(a, generate_empty_frame(4, 96, world))
+
+
+def test_worlds_pick_each_worlds_generator_and_held_out_seeds():
+    from source_code.data.objects_world import generate_object_scene
+    from source_code.data.synthetic import generate_scene
+    from source_code.data.worlds import HELD_OUT_SEED, held_out_scenes, scene_generator
+    assert scene_generator("objects") is generate_object_scene
+    assert scene_generator("shapes") is generate_scene
+    with pytest.raises(ValueError, match="unknown world 'faces'"):
+        scene_generator("faces")
+    scenes = held_out_scenes("shapes", 3, image_size=64, n_objects=2)
+    for i, scene in enumerate(scenes):   # seeds from HELD_OUT_SEED on, in order
+        again = generate_scene(HELD_OUT_SEED + i, image_size=64, n_objects=2)
+        assert scene.caption == again.caption and np.array_equal(scene.image, again.image)
+        assert len(scene.objects) == 2
+    assert held_out_scenes("objects", 2, seed=7, image_size=64)[1].caption == \
+        generate_object_scene(8, image_size=64).caption

@@ -32,12 +32,12 @@ def source_kinds() -> dict[str, str]:
     return out
 
 
-def choose_prior_weight(bundle_dir, n_scenes: int = 400, weights=WEIGHTS, beam_width: int = 3,
+def choose_prior_weight(captioner, n_scenes: int = 400, weights=WEIGHTS, beam_width: int = 3,
                         batch_size: int = 32, progress: bool = True) -> dict:
     """Exact match per weight on ``n_scenes`` validation scenes (and on the all-stamp
-    ones), and the weight the rule picks: {"rows", "chosen", ...}."""
-    from ..model.captioner import Captioner
-    captioner = Captioner.load(bundle_dir)
+    ones), and the weight the rule picks: {"rows", "chosen", ...}. The captioner's
+    prior is put back as it was."""
+    from ..model.captioner import PRIOR_KEY
     kinds = source_kinds()
     scenes = [generate_object_scene(PRIOR_SEED + i, captioner.input_size)
               for i in tqdm(range(n_scenes), desc="validation scenes", disable=not progress)]
@@ -46,14 +46,14 @@ def choose_prior_weight(bundle_dir, n_scenes: int = 400, weights=WEIGHTS, beam_w
     truth = [canonical_object_caption(s.caption) for s in scenes]
     fmaps = [captioner.features(captioner.preprocess([s.image for s in scenes[i: i + batch_size]]))
              for i in tqdm(range(0, n_scenes, batch_size), desc="features", disable=not progress)]
-    rows = []
+    rows, kept = [], captioner.config["decoder"].get(PRIOR_KEY, 0.0)
     for w in tqdm(weights, desc="prior weights", disable=not progress):
-        model = Captioner.load(bundle_dir)
-        model.set_imagenet_prior(w)
-        said = [c.text for f in fmaps for c in model.decode_features(f, beam_width)]
+        captioner.set_imagenet_prior(w)
+        said = [c.text for f in fmaps for c in captioner.decode_features(f, beam_width)]
         right = np.array([canonical_object_caption(s) == t for s, t in zip(said, truth)])
         rows.append({"weight": float(w), "exact_match": round(float(right.mean()), 4),
                      "exact_match_stamps": round(float(right[photographic].mean()), 4)})
+    captioner.set_imagenet_prior(kept)
     chosen = pick_weight(rows)
     return {"scenes": n_scenes, "seeds": [PRIOR_SEED, PRIOR_SEED + n_scenes - 1],
             "stamp_scenes": int(photographic.sum()), "beam_width": beam_width,

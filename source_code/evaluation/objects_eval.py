@@ -8,18 +8,14 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from ..data.objects_world import (canonical_object_caption, caption_nouns, generate_object_scene,
-                                  parse_object_caption)
+from ..data.objects_world import canonical_object_caption, caption_nouns, parse_object_caption
+from ..data.worlds import HELD_OUT_SEED, held_out_scenes
 from ..explain.pointing import WORLD_TOLERANCE
-
-# Training uses seeds below 1,000,000; evaluation starts here (as in the shapes world).
-HELD_OUT_SEED = 10_000_000
 
 
 def generate_held_out_objects(n: int, seed: int = HELD_OUT_SEED, image_size: int = 224,
                               progress: bool = False, n_objects: int | None = None):
-    return [generate_object_scene(seed + i, image_size, n_objects=n_objects)
-            for i in tqdm(range(n), desc="held-out scenes", disable=not progress, unit="img")]
+    return held_out_scenes("objects", n, seed, image_size, n_objects, progress)
 
 
 def evaluate_objects(captioner, scenes, beam_width: int = 3, batch_size: int = 32,

@@ -12,11 +12,8 @@ import itertools
 
 from tqdm import tqdm
 
-from ..data.synthetic import DEGRADATIONS, canonical_caption, degrade, generate_scene, parse_caption
-
-# Seeds from here on are never used for training data (the default recipe trains
-# on seeds below 1,000,000).
-HELD_OUT_SEED = 10_000_000
+from ..data.synthetic import DEGRADATIONS, canonical_caption, degrade, parse_caption
+from ..data.worlds import HELD_OUT_SEED, held_out_scenes
 
 
 def attribute_hits(true_objects: list[tuple], caption: str) -> tuple[int, int]:
@@ -36,7 +33,7 @@ def attribute_hits(true_objects: list[tuple], caption: str) -> tuple[int, int]:
 
 def generate_held_out(n: int, seed: int = HELD_OUT_SEED, image_size: int = 160,
                       n_objects: int | None = None):
-    return [generate_scene(seed + i, image_size=image_size, n_objects=n_objects) for i in range(n)]
+    return held_out_scenes("shapes", n, seed, image_size, n_objects)
 
 
 def evaluate_synthetic(captioner, scenes, degradations=("none",) + DEGRADATIONS, beam_width: int = 3,

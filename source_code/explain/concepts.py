@@ -570,20 +570,17 @@ WORLD_LEVELS = {"shapes": ((0, 1), (0,), (1,)), "objects": ((0,),)}
 def world_examples(world: str, n: int, seed: int, image_size: int, progress: bool = True):
     """n scenes of a bundle's own world (seeds seed.. seed + n - 1) as (images, captions,
     truths): truths are each object's mask and attributes, (colour, shape) or (category,)."""
+    from ..data.synthetic import reading_order_caption
+    from ..data.worlds import scene_generator
+    generate = scene_generator(world)
     images, captions, truths = [], [], []
-    bar = tqdm(range(n), desc=f"{world} scenes", disable=not progress, unit="scene")
-    if world == "objects":
-        from ..data.objects_world import generate_object_scene
-        for i in bar:
-            s = generate_object_scene(seed + i, image_size=image_size)
-            images.append(s.image)
+    for i in tqdm(range(n), desc=f"{world} scenes", disable=not progress, unit="scene"):
+        s = generate(seed + i, image_size=image_size)
+        images.append(s.image)
+        if world == "objects":
             captions.append([s.caption.split()])
             truths.append([(o.mask, (o.category,)) for o in s.objects])
-    else:
-        from ..data.synthetic import generate_scene, reading_order_caption
-        for i in bar:
-            s = generate_scene(seed + i, image_size=image_size)
-            images.append(s.image)
+        else:
             captions.append([reading_order_caption(s.caption).split()])
             truths.append([(o.mask, (o.color, o.shape)) for o in s.objects])
     return images, captions, truths

@@ -14,7 +14,6 @@ one graph of each serves every caption.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +63,6 @@ def word_scores_from_pixels(captioner, pixels, target: CaptionTarget) -> tf.Tens
 
 
 TOP_ALTERNATIVES = 6                      # the most likely words reported at each step
-_compiled = weakref.WeakKeyDictionary()   # captioner -> {kind: compiled function}
 FUNCTION_KINDS = ("features", "pixels", "forward", "words")
 
 
@@ -85,8 +83,8 @@ def compiled_function(captioner, kind: str):
     decoder then teacher-forcing in a tf.while_loop, so one graph per kind serves
     every request: each graph through a large backbone holds its own buffers, and
     graphs per caption length multiplied the server's memory."""
-    fns = _compiled.setdefault(captioner, {})
-    if kind not in fns:
+    fns, key = captioner.compiled, ("explain", kind)
+    if key not in fns:
         if kind not in FUNCTION_KINDS:
             raise ValueError(f"unknown function kind {kind!r}")
         tokens = tf.TensorSpec([1, None], tf.int32)
@@ -131,8 +129,8 @@ def compiled_function(captioner, kind: str):
             fn = tf.function(scores_and_gradient, input_signature=[
                 tf.TensorSpec(shape, tf.float32), tokens, tokens,
                 tf.TensorSpec([None, None], tf.float32)])
-        fns[kind] = fn
-    return fns[kind]
+        fns[key] = fn
+    return fns[key]
 
 
 def warm_up_compiled(captioner) -> None:
@@ -200,8 +198,7 @@ def score_gradients(captioner, inputs, target: CaptionTarget, weights,
 def _caption_gradient_function(captioner, beam_width: int):
     """Compiled: pixels [1, S, S, 3] -> (feature map, search tokens [1, L], token
     log-probs [1, L], ds/dx [1, S, S, 3]) for the caption the search finds."""
-    fns = _compiled.setdefault(captioner, {})
-    key = ("caption_gradient", int(beam_width))
+    fns, key = captioner.compiled, ("caption_gradient", int(beam_width))
     if key not in fns:
         search = captioner.search_function(beam_width)
         vocab, size = captioner.vocab, captioner.input_size

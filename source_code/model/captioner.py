@@ -128,7 +128,10 @@ class Captioner:
         self.grid = tuple(backbone.output_shape[1:3])
         self._features = tf.function(lambda x: self.backbone(x, training=False),
                                      reduce_retracing=True)
-        self._searches = {}
+        # Compiled functions over this model (searches here, explainers' in explain/target),
+        # by key; emptied when the model's scores change (set_imagenet_prior), since a
+        # compiled graph keeps the constants it was traced with.
+        self.compiled = {}
         self.familiarity = None       # see familiarity.py; loaded with the bundle
 
     # -- construction ---------------------------------------------------------
@@ -220,8 +223,7 @@ class Captioner:
 
     def set_imagenet_prior(self, weight: float) -> None:
         """The decoder's ImageNet noun prior at this weight (0: none), recorded in the
-        config. Set it before the first caption: compiled searches keep the prior they
-        were built with."""
+        config. Compiled functions are rebuilt on their next call, with the new prior."""
         weight = float(weight or 0.0)
         if weight and not self.config["decoder"].get("imagenet_head"):
             raise ValueError("an ImageNet noun prior needs a decoder with the ImageNet head")
@@ -229,6 +231,7 @@ class Captioner:
         self.decoder.set_noun_prior(class_token_matrix(self.vocab) if weight else None, weight)
         decoder = {k: v for k, v in self.config["decoder"].items() if k != PRIOR_KEY}
         self.config = dict(self.config, decoder=dict(decoder, **({PRIOR_KEY: weight} if weight else {})))
+        self.compiled.clear()
 
     # -- inference ------------------------------------------------------------
     def preprocess(self, images) -> tf.Tensor:
@@ -260,11 +263,11 @@ class Captioner:
 
     def decode_features(self, feature_map, beam_width: int = 1,
                         length_penalty: float = 0.0) -> list[Caption]:
-        key = (int(beam_width), float(length_penalty))
-        if key not in self._searches:
-            self._searches[key] = tf.function(self.search_function(beam_width, length_penalty),
-                                              reduce_retracing=True)
-        tokens, logps = self._searches[key](tf.convert_to_tensor(feature_map, tf.float32))
+        key = ("search", int(beam_width), float(length_penalty))
+        if key not in self.compiled:
+            self.compiled[key] = tf.function(self.search_function(beam_width, length_penalty),
+                                             reduce_retracing=True)
+        tokens, logps = self.compiled[key](tf.convert_to_tensor(feature_map, tf.float32))
         return [self.caption_from_search(t, l) for t, l in zip(tokens.numpy(), logps.numpy())]
 
     def caption(self, images, beam_width: int = 3, length_penalty: float = 0.0) -> list[Caption]:

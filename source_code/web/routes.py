@@ -95,13 +95,10 @@ def _explain(explainer, image, options):
 @lru_cache(maxsize=4 * len(SAMPLE_SEEDS))
 def sample_scene(n: int, world: str = "shapes"):
     """(PNG bytes, reference caption) of sample scene n of a world (the served bundle's)."""
+    from ..data.worlds import scene_generator
     from ..explain.render import png_bytes
-    if world == "objects":
-        from ..data.objects_world import generate_object_scene
-        scene = generate_object_scene(SAMPLE_SEEDS[n], image_size=SAMPLE_SIZE[world])
-    else:
-        from ..data.synthetic import generate_scene
-        scene = generate_scene(SAMPLE_SEEDS[n], image_size=SAMPLE_SIZE["shapes"], jpeg_quality=0)
+    clean = {"jpeg_quality": 0} if world == "shapes" else {}   # a crisp sample, no JPEG artefacts
+    scene = scene_generator(world)(SAMPLE_SEEDS[n], image_size=SAMPLE_SIZE[world], **clean)
     return png_bytes(scene.image), scene.caption
 
 
