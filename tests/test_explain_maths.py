@@ -316,3 +316,36 @@ def test_a_finished_caption_costs_nothing_while_the_batch_goes_on(width):
     assert tokens[1].tolist() == [A, C, END, PAD, PAD]
     np.testing.assert_allclose(logps[0], [np.log(0.55), np.log(0.9), 0, 0, 0], atol=1e-5)
     np.testing.assert_allclose(logps[1], [0, 0, 0, 0, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,head", [("attention", 0), ("attention", 7), ("merge", 0)])
+def test_channel_shift_is_a_shift_of_every_cell_and_its_gradient_their_sum(kind, head):
+    """The decoder's channel shift encodes as feature_map + shift on every cell, and the
+    channel pass's gradient of each word is the sum over cells of its full ds_t/dA
+    (tape through the decoder), with or without the ImageNet head."""
+    import keras
+    from source_code.explain.target import channel_pass
+    from source_code.model.backbone import BackboneSpec
+    from source_code.model.captioner import Captioner
+    from source_code.text.vocabulary import Vocabulary
+    from conftest import SYNTH_WORDS
+    keras.utils.set_random_seed(5)
+    captioner = Captioner.build(Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + SYNTH_WORDS),
+                                BackboneSpec("slim", 64, None, 0.25, 0.25, 1),
+                                {"kind": kind, "units": 32, "embed_dim": 16, "imagenet_head": head},
+                                10)
+    rng = np.random.default_rng(0)
+    fmap = tf.constant(rng.random((1,) + tuple(captioner.backbone.output_shape[1:])), tf.float32)
+    shift = tf.constant(rng.normal(size=(1, fmap.shape[-1])), tf.float32)
+    shifted = captioner.decoder.encode(fmap + shift[:, None, None])
+    for got, want in zip(captioner.decoder.encode(fmap, channel_shift=shift), shifted):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+    target = caption_target(captioner, CAPTION)
+    sums = channel_pass(captioner, fmap, target).channel_gradients
+    for t in range(target.n_words):
+        with tf.GradientTape() as tape:
+            tape.watch(fmap)
+            logits, _ = captioner.decoder((fmap, target.tokens_in))
+            s_t = tf.nn.log_softmax(logits)[0, t, target.token_ids[t]]
+        want = tf.reduce_sum(tape.gradient(s_t, fmap), axis=[0, 1, 2]).numpy()
+        np.testing.assert_allclose(sums[t], want, rtol=1e-3, atol=1e-6 * np.abs(want).max())

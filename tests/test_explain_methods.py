@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from source_code.explain import gradcam as G
 from source_code.explain import saliency as S
-from source_code.explain.target import caption_target, word_scores_from_pixels
+from source_code.explain.target import caption_target, channel_pass, word_scores_from_pixels
 
 CAPTION = "a small red circle above a large blue square"
 
@@ -33,6 +33,10 @@ def test_per_word_gradcam_equals_textbook_computation(kind, tiny, image):
     target = caption_target(tiny, CAPTION)
     pixels = tiny.preprocess(image)
     ours = G.gradcam(tiny, tiny.features(pixels), target)
+    # the app's path: Grad-CAM from the cheaper pass's per-word sums over cells
+    sums = channel_pass(tiny, tiny.features(pixels), target).channel_gradients
+    np.testing.assert_allclose(G.cam_from_channel_sums(tiny.features(pixels), sums),
+                               ours["words"], rtol=1e-4, atol=1e-6)
     bb = tiny.backbone
     to_activation = tf.keras.Model(bb.inputs, bb.get_layer("top_activation").output)
     for t in range(target.n_words):
@@ -265,3 +269,85 @@ def test_saliency_batches_shrink_with_the_input_size(tiny, image):
     np.testing.assert_allclose(S.smoothgrad(tiny, pixels, target, samples=4, batch_size=1),
                                S.smoothgrad(tiny, pixels, target, samples=4, batch_size=3),
                                rtol=1e-4, atol=1e-7)
+
+
+def test_changed_words_is_a_word_level_diff():
+    from source_code.explain.adversarial import changed_words
+    before = "a small red circle above a square".split()
+    assert changed_words(before, before) == []
+    assert changed_words(before, "a small blue circle above a square".split()) == [
+        {"op": "replace", "index": 2, "before": ["red"], "after": ["blue"]}]
+    assert changed_words(before, "a red circle above a square".split()) == [
+        {"op": "delete", "index": 1, "before": ["small"], "after": []}]
+    assert changed_words(before, "a small red circle above a large square".split()) == [
+        {"op": "insert", "index": 6, "before": [], "after": ["large"]}]
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_adversarial_check_reports_an_independent_recaption(tiny, image, method):
+    """Every number of the report against a computation of its own: the attack (FGSM by
+    hand from a GradientTape gradient, 8 grey levels; PGD through ``perturb``), the new
+    captions, the original caption's log-likelihood after, the perturbation maps and the
+    images; the salient variant moves only the 10 % most salient pixels."""
+    import base64
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from source_code.explain.adversarial import adversarial_check, changed_words, perturb
+    from source_code.explain.maps import json_grid
+    pixels = tiny.preprocess(image)
+    [caption] = tiny.caption(image, beam_width=1)
+    assert caption.words, "the tiny model writes a caption for this scene"
+    target = caption_target(tiny, caption.words)
+    explainer = SimpleNamespace(captioner=tiny, beam_width=1)
+    frame = np.asarray(image)
+    report = adversarial_check(explainer, pixels, caption, frame, method=method)
+
+    x0 = tf.convert_to_tensor(pixels)
+    with tf.GradientTape() as tape:
+        tape.watch(x0)
+        total = tf.reduce_sum(word_scores_from_pixels(tiny, x0, target))
+    g = tape.gradient(total, x0)
+    sal = np.abs(g.numpy()[0]).max(-1)
+    k = int(0.1 * sal.size)
+    salient = (sal >= np.sort(sal.ravel())[::-1][k - 1])[None, ..., None]
+    if method == "fgsm":
+        attacked = {"all_pixels": np.clip(pixels - 8.0 * np.sign(g), 0, 255),
+                    "salient_pixels": np.clip(pixels - 8.0 * np.sign(g) * salient, 0, 255)}
+    else:
+        attacked = {"all_pixels": perturb(tiny, pixels, target, "pgd", 8.0, 5).numpy(),
+                    "salient_pixels": perturb(tiny, pixels, target, "pgd", 8.0, 5, 0.1).numpy()}
+    assert (report["method"], report["epsilon"], report["original_caption"]) == \
+        (method, 8.0, caption.text)
+    for name, x in attacked.items():
+        got = report[name]
+        [new] = tiny.decode_features(tiny.features(x), 1)
+        assert (got["new_caption"], got["new_words"]) == (new.text, new.words)
+        assert got["changed_words"] == changed_words(caption.words, new.words)
+        assert got["caption_changed"] == (new.words != caption.words)
+        after = float(tf.reduce_sum(word_scores_from_pixels(tiny, tf.constant(x, tf.float32), target)))
+        assert got["original_caption_logprob_after"] == pytest.approx(after, abs=2e-3)
+        assert after < float(total)
+        delta = np.abs(x[0] - pixels.numpy()[0]).mean(-1)
+        np.testing.assert_allclose(got["perturbation"]["heatmap"], json_grid(delta), atol=2e-3)
+        assert "overlay" not in got["perturbation"]
+        assert got["fraction_of_pixels"] == (1.0 if name == "all_pixels" else 0.1)
+        moved = np.abs(x[0] - pixels.numpy()[0]).max(-1) > 1e-3
+        assert moved.mean() <= (1.0 if name == "all_pixels" else 0.1 + 0.02)
+    png = report["all_pixels"]["perturbed_image"].split(",", 1)[1]
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))))
+    np.testing.assert_array_equal(shown, np.clip(attacked["all_pixels"][0], 0, 255).astype(np.uint8))
+    assert "perturbed_image" not in report["salient_pixels"]    # only with overlays
+    assert (report["new_caption"], report["changed_words"]) == \
+        (report["all_pixels"]["new_caption"], report["all_pixels"]["changed_words"])
+    # the caption's gradient passed in gives the same report; overlays add the images
+    from source_code.explain.render import resolve
+    again = resolve(adversarial_check(explainer, pixels, caption, frame, method=method,
+                                      gradient=g, overlay=True))
+    assert again["all_pixels"]["new_caption"] == report["all_pixels"]["new_caption"]
+    assert again["salient_pixels"]["perturbed_image"].startswith("data:image/png;base64,")
+    assert again["all_pixels"]["perturbation"]["overlay"].startswith("data:image/png;base64,")
+    assert "salient_pixels" not in adversarial_check(explainer, pixels, caption, frame,
+                                                     method=method, salient=False)

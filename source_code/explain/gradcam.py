@@ -45,6 +45,16 @@ def cam_maps(feature_map, gradients, weights=gradcam_weights) -> np.ndarray:
     return tf.nn.relu(tf.einsum("nhwc,nc->nhw", acts, weights(acts, gradients))).numpy()
 
 
+def cam_from_channel_sums(feature_map, channel_sums) -> np.ndarray:
+    """Grad-CAM from each row's gradient summed over the cells, [N, C] (its weights are
+    the means): feature_map A [1, h, w, C] -> [N, h, w] maps ReLU(sum_k w_k A_k)."""
+    acts = np.asarray(feature_map, np.float32)[0]
+    h, w, c = acts.shape
+    weights = np.asarray(channel_sums, np.float32) / np.float32(h * w)
+    maps = weights @ acts.reshape(h * w, c).T            # [N, h * w]: one BLAS call
+    return np.maximum(maps, 0).reshape(-1, h, w)
+
+
 def cam_from(activations, gradients, plus_plus: bool = False) -> np.ndarray:
     """[N, h, w, C] activations and gradients -> [N, h, w] maps, ReLU'd, not normalised."""
     w = gradcam_weights(activations, gradients, plus_plus)
@@ -61,4 +71,4 @@ def gradcam(captioner, feature_map, target: CaptionTarget, plus_plus: bool = Fal
     scores, grads = gradients or word_gradients(captioner, feature_map, target)
     weights = lambda a, g: gradcam_weights(a, g, plus_plus)   # noqa: E731
     return {"caption": cam_maps(feature_map, tf.reduce_sum(grads, 0, keepdims=True), weights)[0],
-            "words": cam_maps(feature_map, grads, weights), "scores": scores.numpy()}
+            "words": cam_maps(feature_map, grads, weights), "scores": np.asarray(scores)}

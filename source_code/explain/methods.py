@@ -28,8 +28,8 @@ import tensorflow as tf
 from . import gradcam as gradcam_lib
 from . import saliency as saliency_lib
 from .render import map_json
-from .target import (CaptionTarget, TeacherPass, score_gradients, scores_and_attention,
-                     teacher_pass)
+from .target import (CaptionTarget, TeacherPass, channel_pass, score_gradients,
+                     scores_and_attention, teacher_pass)
 
 
 class ExplainError(ValueError):
@@ -73,6 +73,9 @@ class Option:
         return out
 
 
+FULL, CHANNELS = "full", "channels"    # the decoder gradients a method reads (see Context)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -81,15 +84,16 @@ class Method:
     run: Callable[["Context"], dict]
     default: bool = True                   # part of a request that names no methods
     options: tuple[Option, ...] = ()
-    # reads ds_t/dA for every word (ctx.teacher): True, False, or a function of the options
-    needs_gradients: bool | Callable[[dict], bool] = False
+    # the decoder gradients it reads: FULL (every word's ds_t/dA, ctx.teacher), CHANNELS
+    # (their sums over cells, ctx.channels), None, or a function of the options
+    needs_gradients: str | None | Callable[[dict], str | None] = None
     needs_pixel_gradient: Callable[[dict], bool] = lambda options: False
     unavailable: Callable[[object], str | None] = lambda captioner: None
     note: str = ""
 
-    def wants_gradients(self, options: dict) -> bool:
+    def wants_gradients(self, options: dict) -> str | None:
         needs = self.needs_gradients
-        return bool(needs(options) if callable(needs) else needs)
+        return needs(options) if callable(needs) else needs
 
     def describe(self, captioner=None) -> dict:
         why = self.unavailable(captioner) if captioner is not None else None
@@ -131,7 +135,9 @@ class Context:
     options: dict
     overlays: bool = False       # PNG overlays as well as heatmaps
     caption_pixel_gradient: tf.Tensor | None = None   # ds/dx, when the caption pass made it
+    cell_parts: tuple | None = None   # the decoder's reading of the cells, when the search made it
     _teacher: TeacherPass | None = field(default=None, repr=False)
+    _channels: TeacherPass | None = field(default=None, repr=False)
 
     @property
     def teacher(self) -> TeacherPass:
@@ -140,10 +146,25 @@ class Context:
             self._teacher = teacher_pass(self.captioner, self.feature_map, self.target)
         return self._teacher
 
+    @property
+    def channels(self) -> TeacherPass:
+        """The same pass with only each word's gradient summed over the cells (what
+        Grad-CAM reads): from the full pass when it ran, else the cheaper channel pass."""
+        if self._teacher is not None:
+            return self._teacher
+        if self._channels is None:
+            self._channels = channel_pass(self.captioner, self.feature_map, self.target,
+                                          parts=self.cell_parts)
+        return self._channels
+
+    def scored(self) -> TeacherPass | None:
+        """A teacher pass already run (its scores, attention and top words), if any."""
+        return self._teacher if self._teacher is not None else self._channels
+
     def attention(self) -> np.ndarray:
         """[T, h * w] attention weights, from the teacher pass when it ran, else a forward."""
-        if self._teacher is not None:
-            return self._teacher.attention.numpy()
+        if self.scored() is not None:
+            return self.scored().attention
         return scores_and_attention(self.captioner, self.feature_map, self.target)[1].numpy()[0]
 
     def pixel_gradient_of_caption(self) -> tf.Tensor:
@@ -174,10 +195,20 @@ class Context:
         """A CAM method's section: maps ReLU(sum_k w_k A_k), w = weights(A, dS/dA), for
         every word and the caption (S = sum_t s_t), from the shared gradients."""
         gradients = self.teacher.gradients if gradients is None else gradients
-        scores = self.teacher.scores.numpy() if scores is None else np.asarray(scores)
+        scores = self.teacher.scores if scores is None else np.asarray(scores)
         words = gradcam_lib.cam_maps(self.feature_map, gradients, weights)
         caption = gradcam_lib.cam_maps(self.feature_map,
                                        tf.reduce_sum(gradients, 0, keepdims=True), weights)[0]
+        return self.section(caption, list(words), {"score": _round(scores.sum())},
+                            [{"score": _round(s)} for s in scores], **keys)
+
+    def gradcam_section(self, channel_gradients=None, scores=None, **keys) -> dict:
+        """Grad-CAM's section from the gradients' sums over cells (its weights are their
+        means), for every word and the caption: what cam_section gives for Grad-CAM."""
+        sums = self.channels.channel_gradients if channel_gradients is None else channel_gradients
+        scores = self.channels.scores if scores is None else np.asarray(scores)
+        words = gradcam_lib.cam_from_channel_sums(self.feature_map, sums)
+        caption = gradcam_lib.cam_from_channel_sums(self.feature_map, sums.sum(0, keepdims=True))[0]
         return self.section(caption, list(words), {"score": _round(scores.sum())},
                             [{"score": _round(s)} for s in scores], **keys)
 
@@ -199,20 +230,21 @@ GRADCAM_SCOPE = Option(
 
 
 @method("gradcam", "Grad-CAM", "where the model looked", options=(GRADCAM_SCOPE,),
-        needs_gradients=lambda options: options.get("gradcam_scope", "words") == "words")
+        needs_gradients=lambda options: (CHANNELS if options.get("gradcam_scope", "words")
+                                         == "words" else None))
 def gradcam(ctx: Context) -> dict:
-    if ctx.options.get("gradcam_scope", "words") == "caption" and ctx._teacher is None:
+    if ctx.options.get("gradcam_scope", "words") == "caption" and ctx.scored() is None:
         # one gradient of s = sum_t s_t instead of every word's: the live view's need
         ones = np.ones((1, ctx.target.n_words), np.float32)
         scores, grad = score_gradients(ctx.captioner, ctx.feature_map, ctx.target, ones, False)
         cam = gradcam_lib.cam_maps(ctx.feature_map, grad)[0]
         return ctx.section(cam, [None] * ctx.target.n_words,
                            {"score": _round(scores.numpy().sum())}, layer="top_activation")
-    return ctx.cam_section(layer="top_activation")
+    return ctx.gradcam_section(layer="top_activation")
 
 
 @method("gradcam_pp", "Grad-CAM++", "Grad-CAM weighting each cell's positive gradient",
-        default=False, needs_gradients=True)
+        default=False, needs_gradients=FULL)
 def gradcam_pp(ctx: Context) -> dict:
     return ctx.cam_section(partial(gradcam_lib.gradcam_weights, plus_plus=True),
                            layer="top_activation")
@@ -284,20 +316,21 @@ CONTRAST_OPTION = Option(
 
 
 @method("contrastive", "Contrast", "why this word and not the runner-up",
-        options=(CONTRAST_OPTION,), needs_gradients=True, default=False)
+        options=(CONTRAST_OPTION,), needs_gradients=CHANNELS, default=False)
 def contrastive(ctx: Context) -> dict:
     """Grad-CAM of s_t(w_t) - s_t(w'_t): evidence for the word over an alternative at the
     same step (same prefix); the caption's map contrasts every word at once."""
     chosen = parse_contrast(ctx.options.get("contrast", ""), ctx.target, ctx.captioner.vocab)
     alternatives = [chosen.get(t, runner_up(ctx, t)) for t in range(ctx.target.n_words)]
-    other = teacher_pass(ctx.captioner, ctx.feature_map, ctx.target, alternatives)
-    s_word, s_alt = ctx.teacher.scores.numpy(), other.scores.numpy()
+    other = channel_pass(ctx.captioner, ctx.feature_map, ctx.target, alternatives,
+                         parts=ctx.cell_parts)
+    s_word, s_alt = ctx.channels.scores, other.scores
     vocab = ctx.captioner.vocab
     extras = [{"alternative": vocab.word(a), "p_word": _round(np.exp(sw)),
                "p_alternative": _round(np.exp(sa)), "chosen": t in chosen}
               for t, (a, sw, sa) in enumerate(zip(alternatives, s_word, s_alt))]
-    section = ctx.cam_section(gradients=ctx.teacher.gradients - other.gradients,
-                              scores=s_word - s_alt)
+    section = ctx.gradcam_section(ctx.channels.channel_gradients - other.channel_gradients,
+                                  scores=s_word - s_alt)
     for entry, extra in zip(section["words"], extras):
         entry.update(extra)
     return section
@@ -333,7 +366,7 @@ def special_ids(vocab) -> set[int]:
 def runner_up(ctx: Context, t: int) -> int:
     """The model's most likely other word at step t (never a special token)."""
     skip = special_ids(ctx.captioner.vocab) | {ctx.target.token_ids[t]}
-    for i in ctx.teacher.top_ids.numpy()[t]:
+    for i in ctx.channels.top_ids[t]:
         if int(i) not in skip:
             return int(i)
     return ctx.captioner.vocab.unk_id     # a vocabulary of special tokens only
@@ -346,7 +379,7 @@ ADVERSARIAL_OPTIONS = (
 
 
 @method("ace", "ACE", "image regions (concepts) that drove it", options=ADVERSARIAL_OPTIONS,
-        needs_gradients=True, needs_pixel_gradient=lambda o: bool(o.get("adversarial", True)))
+        needs_gradients=FULL, needs_pixel_gradient=lambda o: bool(o.get("adversarial", True)))
 def ace(ctx: Context) -> dict:
     from .ace import explain_with_concepts
     from .adversarial import adversarial_check

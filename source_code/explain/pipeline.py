@@ -13,7 +13,8 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-from .methods import REGISTRY, Context, ExplainError, parse_methods, parse_options, special_ids
+from .methods import (CHANNELS, FULL, REGISTRY, Context, ExplainError, parse_methods,
+                      parse_options, special_ids)
 from .render import display_frame, resolve
 from .target import caption_target, scores_and_attention
 
@@ -52,9 +53,20 @@ class _Timer:
         self.ms[name] = round(self.ms.get(name, 0.0) + 1000 * (time.perf_counter() - t0), 1)
 
 
+def one_blas_thread() -> None:
+    """Numpy's BLAS (OpenBLAS) to one thread, for the whole process. Its worker threads
+    spin for the cores that TensorFlow's thread pools hold: between TensorFlow calls a
+    [7, 640] x [640, 100] product (a caption's Grad-CAM maps) took 6 ms instead of
+    15 us. What numpy multiplies while explaining is small; TensorFlow keeps the cores."""
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=1, user_api="blas")
+
+
 class Explainer:
     def __init__(self, captioner, beam_width: int = 3, concept_bank="auto"):
-        """concept_bank: a ConceptBank, None, or "auto" (the bundle's own bank, if it has one)."""
+        """concept_bank: a ConceptBank, None, or "auto" (the bundle's own bank, if it has
+        one). Sets numpy's BLAS to one thread (``one_blas_thread``)."""
+        one_blas_thread()
         self.captioner = captioner
         self.beam_width = beam_width
         if concept_bank == "auto":
@@ -70,8 +82,9 @@ class Explainer:
         with timer("backbone"):
             feature_map = self.captioner.features(pixels)
         with timer("decode"):
-            caption = self.captioner.decode_features(feature_map, self.beam_width)[0]
-        return pixels, feature_map, caption
+            parts = self.captioner.cell_parts(feature_map)
+            caption = self.captioner.decode_parts(parts, self.beam_width)[0]
+        return pixels, feature_map, caption, parts
 
     def _prepare_with_gradient(self, image, timer):
         """As _prepare, plus the caption's pixel gradient, from one backbone forward."""
@@ -90,7 +103,7 @@ class Explainer:
     # -- public -----------------------------------------------------------------
     def caption(self, image) -> dict:
         timer = _Timer()
-        _, feature_map, caption = self._prepare(image, timer)
+        _, feature_map, caption, _ = self._prepare(image, timer)
         return {"caption": caption.text, "words": caption.words,
                 **self._familiarity(feature_map),
                 "logprob": round(caption.logprob, 4), "beam_width": self.beam_width,
@@ -110,11 +123,12 @@ class Explainer:
         t_all = time.perf_counter()
         wants_pixel_gradient = any(REGISTRY[m].needs_pixel_gradient(options) for m in methods)
         caption_pixel_grad = None   # ds/dx of the whole caption, when the caption pass made it
+        parts = None                # the decoder's reading of the cells, when the search made it
         if caption is None and wants_pixel_gradient:
             pixels, feature_map, caption, caption_pixel_grad = self._prepare_with_gradient(
                 image, timer)
         else:
-            pixels, feature_map, model_caption = self._prepare(image, timer)
+            pixels, feature_map, model_caption, parts = self._prepare(image, timer)
             caption = (model_caption if caption is None
                        else self._given_caption(caption, feature_map))
         result = {"caption": caption.text, "words": caption.words,
@@ -128,10 +142,11 @@ class Explainer:
         target = caption_target(self.captioner, caption.words)
         ctx = Context(self.captioner, self, image, display_frame(np.asarray(image)), pixels,
                       feature_map, caption, target, parse_word_indices(words, target.n_words),
-                      options, overlays, caption_pixel_grad)
-        if any(REGISTRY[m].wants_gradients(options) for m in methods):
-            with timer("decoder_gradients"):   # ds_t/dA for every word, shared by methods
-                ctx.teacher  # noqa: B018 (computed once, read by the methods)
+                      options, overlays, caption_pixel_grad, parts)
+        levels = {REGISTRY[m].wants_gradients(options) for m in methods}
+        if levels & {FULL, CHANNELS}:
+            with timer("decoder_gradients"):   # every word's, computed once, shared by methods
+                ctx.teacher if FULL in levels else ctx.channels  # noqa: B018
         for name in methods:
             with timer(name):
                 result["explanations"][name] = REGISTRY[name].run(ctx)
@@ -150,9 +165,10 @@ class Explainer:
         """Per word: its probability under the model, whether it was the model's most
         likely word at that step, and the step's likeliest other words."""
         vocab = self.captioner.vocab
-        if ctx._teacher is not None:
-            scores, top_logp, top_ids = (ctx.teacher.scores.numpy(), ctx.teacher.top_logp.numpy(),
-                                         ctx.teacher.top_ids.numpy())
+        done = ctx.scored()
+        if done is not None:
+            scores, top_logp, top_ids = (done.scores, done.top_logp,
+                                         done.top_ids)
         else:
             scores, _, top_logp, top_ids = (t.numpy()[0] for t in scores_and_attention(
                 self.captioner, ctx.feature_map, ctx.target, with_top=True))

@@ -249,26 +249,44 @@ class Captioner:
         """Raw pixels [B, S, S, 3] -> feature map A [B, h, w, C]."""
         return self._features(tf.convert_to_tensor(pixels, tf.float32))
 
-    def search_function(self, beam_width: int = 1, length_penalty: float = 0.0):
-        """The (uncompiled) search: feature map A -> (tokens [B, L], token log-probs [B, L]),
-        L = max_length + 1; greedy for beam_width <= 1. Start, pad and unk are never chosen."""
-        v, n = self.vocab, self.max_length
+    def search_function(self, beam_width: int = 1, length_penalty: float = 0.0,
+                        from_parts: bool = False):
+        """The (uncompiled) search: feature map A (or the decoder's cell_parts of it) ->
+        (tokens [B, L], token log-probs [B, L]), L = max_length + 1; greedy for
+        beam_width <= 1. Start, pad and unk are never chosen."""
+        v, n, decoder = self.vocab, self.max_length, self.decoder
         banned = (v.start_id, v.pad_id, v.unk_id)
-        if beam_width <= 1:
-            return lambda A: greedy_search(self.decoder, self.decoder.encode(A),
-                                           v.start_id, v.end_id, v.pad_id, n, banned)
-        return lambda A: beam_search(self.decoder, self.decoder.encode(A), v.start_id,
-                                     v.end_id, v.pad_id, n, int(beam_width),
-                                     float(length_penalty), banned)
+
+        def search(inputs):
+            memory = decoder.memory_from(inputs) if from_parts else decoder.encode(inputs)
+            if beam_width <= 1:
+                return greedy_search(decoder, memory, v.start_id, v.end_id, v.pad_id, n, banned)
+            return beam_search(decoder, memory, v.start_id, v.end_id, v.pad_id, n,
+                               int(beam_width), float(length_penalty), banned)
+        return search
+
+    def cell_parts(self, feature_map) -> tuple:
+        """The decoder's costly reading of the cells (``CaptionDecoder.cell_parts``),
+        compiled: the search and the explainers' channel pass both start from it."""
+        if "cell_parts" not in self.compiled:
+            self.compiled["cell_parts"] = tf.function(self.decoder.cell_parts,
+                                                      reduce_retracing=True)
+        return self.compiled["cell_parts"](tf.convert_to_tensor(feature_map, tf.float32))
+
+    def decode_parts(self, parts, beam_width: int = 1,
+                     length_penalty: float = 0.0) -> list[Caption]:
+        """Captions from the decoder's cell_parts of feature maps (see ``cell_parts``)."""
+        key = ("search", int(beam_width), float(length_penalty))
+        if key not in self.compiled:
+            self.compiled[key] = tf.function(
+                self.search_function(beam_width, length_penalty, from_parts=True),
+                reduce_retracing=True)
+        tokens, logps = self.compiled[key](parts)
+        return [self.caption_from_search(t, l) for t, l in zip(tokens.numpy(), logps.numpy())]
 
     def decode_features(self, feature_map, beam_width: int = 1,
                         length_penalty: float = 0.0) -> list[Caption]:
-        key = ("search", int(beam_width), float(length_penalty))
-        if key not in self.compiled:
-            self.compiled[key] = tf.function(self.search_function(beam_width, length_penalty),
-                                             reduce_retracing=True)
-        tokens, logps = self.compiled[key](tf.convert_to_tensor(feature_map, tf.float32))
-        return [self.caption_from_search(t, l) for t, l in zip(tokens.numpy(), logps.numpy())]
+        return self.decode_parts(self.cell_parts(feature_map), beam_width, length_penalty)
 
     def caption(self, images, beam_width: int = 3, length_penalty: float = 0.0) -> list[Caption]:
         return self.decode_features(self.features(self.preprocess(images)), beam_width,

@@ -3,12 +3,20 @@
 Both decoders expose the same three calls, so decoding and every explainer work
 with either:
 
-* ``encode(feature_map)`` -> ``memory`` (what the decoder keeps of the image),
+* ``encode(feature_map, channel_shift=None)`` -> ``memory`` (what the decoder keeps of
+  the image; ``memory_from(cell_parts(feature_map))``, the two halves apart so that the
+  search and the explainers share the costly first),
 * ``initial_state(memory)`` -> LSTM state ``(h, c)``,
 * ``step(tokens, state, memory)`` -> ``(logits, state, attention)`` for one token.
 
 ``call((feature_map, tokens_in))`` runs teacher forcing over a whole caption
 prefix and returns per-step logits and attention weights.
+
+``channel_shift`` [B, C] (zeros) exists for its gradient: encoding with it equals
+encoding ``feature_map + shift`` on every cell, so d s / d shift is the sum over cells
+of d s / d A, which is what Grad-CAM's channel weights need. The shift enters after
+the layers that read each cell (its share goes through their kernels once, not once
+per cell), so that gradient costs a fraction of the whole d s / d A.
 
 An attention decoder with the ImageNet head can also add an ImageNet noun prior to
 its logits (``set_noun_prior``): for each noun that names ImageNet classes, the
@@ -95,36 +103,77 @@ class CaptionDecoder(keras.Model):
         m = np.asarray(class_tokens, np.float32)
         self.noun_prior = (tf.constant(m), tf.constant(m.mean(0)), float(weight))
 
-    def _noun_bias(self, cell_logits):
-        """cell_logits [B, N, classes] -> [B, V]: weight * min(CAP, max(0, log(q / r))),
-        q the frame's ImageNet probability of a token's classes (the head is linear, so
-        the mean of its cell logits is its logits on the pooled features, as the
-        classifier reads them), r their uniform share; 0 for tokens with no class."""
+    def _noun_bias(self, pooled_logits):
+        """pooled_logits [B, classes] (the head's logits on the pooled features, which,
+        the head being linear, are the mean of its cell logits) -> [B, V]:
+        weight * min(CAP, max(0, log(q / r))), q the frame's ImageNet probability of a
+        token's classes, r their uniform share; 0 for tokens with no class."""
         matrix, share, weight = self.noun_prior
-        probs = tf.nn.softmax(tf.reduce_mean(cell_logits, axis=1), axis=-1)
+        probs = tf.nn.softmax(pooled_logits, axis=-1)
         q = tf.matmul(probs, matrix)
         ratio = tf.math.log((q + PRIOR_EPS) / (share + PRIOR_EPS))
         return weight * tf.clip_by_value(ratio, 0.0, PRIOR_CAP)
 
     # -- the three calls shared by decoding and explanations -------------------
-    def encode(self, feature_map, training=False):
-        """feature_map [B, h, w, C] -> memory (a tuple of tensors)."""
+    def encode(self, feature_map, training=False, channel_shift=None):
+        """feature_map [B, h, w, C] -> memory (a tuple of tensors); channel_shift [B, C]:
+        as if added to every cell of feature_map (see the module docstring)."""
+        return self.memory_from(self.cell_parts(feature_map), channel_shift, training)
+
+    def cell_parts(self, feature_map) -> tuple:
+        """What encoding reads of the cells, before any channel shift: the per-cell
+        products that cost (searching and the explainers' channel pass share them).
+        merge: (pooled features,); attention: (cells @ their rows of cell_proj's kernel,)
+        and with the ImageNet head (centred class logits [B, N, K], their variance
+        [B, N], their projection by their rows of the kernel, pooled logits [B, K])."""
         if self.kind == "merge":
-            pooled = tf.reduce_mean(feature_map, axis=[1, 2])
-            return (self.image_dense(self.image_dropout(pooled, training=training)),)
+            return (tf.reduce_mean(feature_map, axis=[1, 2]),)
         shape = tf.shape(feature_map)
-        cells = tf.reshape(feature_map, [shape[0], shape[1] * shape[2], feature_map.shape[-1]])
+        channels = feature_map.shape[-1]
+        cells = tf.reshape(feature_map, [shape[0], shape[1] * shape[2], channels])
+        if not self.cell_proj.built:    # its kernel is read directly
+            head = self.imagenet_head.units if self.imagenet_head is not None else 0
+            self.cell_proj.build((None, None, channels + head))
+        parts = (_per_cell(cells, self.cell_proj.kernel[:channels]),)
+        if self.imagenet_head is None:
+            return parts
+        # Class scores standardised per cell (log-probabilities would bring values near
+        # -20 beside features in [0, 6], and training stalls on that scale).
+        logits = self.imagenet_head(cells)                                   # [B, N, K]
+        centred = logits - tf.reduce_mean(logits, axis=-1, keepdims=True)
+        variance = tf.reduce_mean(tf.square(centred), axis=-1)              # [B, N]
+        return parts + (centred, variance, _per_cell(centred, self.cell_proj.kernel[channels:]),
+                        tf.reduce_mean(logits, axis=1))
+
+    def memory_from(self, parts, channel_shift=None, training=False) -> tuple:
+        """cell_parts -> memory, the channel shift [B, C] added to every cell on the way.
+
+        cell_proj (a ReLU layer) reads [cell, standardised class scores]. The shift meets
+        its kernel and the head's once, not once per cell, so its gradient stays cheap:
+        with u = shift @ head kernel, centred, and c a cell's centred logits, the shifted
+        cell's scores project to (c W + u W) / sd, sd^2 = mean(c^2) + 2 mean(c u) + mean(u^2)."""
+        if self.kind == "merge":
+            pooled = parts[0] if channel_shift is None else parts[0] + channel_shift
+            return (self.image_dense(self.image_dropout(pooled, training=training)),)
+        channels = self.cell_proj.kernel.shape[0] - (
+            self.imagenet_head.units if self.imagenet_head is not None else 0)
+        projected = parts[0]
+        if channel_shift is not None:
+            projected += tf.matmul(channel_shift, self.cell_proj.kernel[:channels])[:, None]
         bias = ()
         if self.imagenet_head is not None:
-            # Class scores standardised per cell: log-probabilities would bring values
-            # near -20 beside features in [0, 6], and training stalls on that scale.
-            logits = self.imagenet_head(cells)
-            mean, var = tf.nn.moments(logits, axes=[-1], keepdims=True)
-            scores = (logits - mean) * tf.math.rsqrt(var + 1e-6)
-            cells = tf.concat([cells, scores], -1)
+            centred, variance, scores, pooled = parts[1:]
+            if channel_shift is not None:
+                u = tf.matmul(channel_shift, self.imagenet_head.kernel)         # [B, K]
+                pooled += u
+                u -= tf.reduce_mean(u, axis=-1, keepdims=True)
+                variance += (2.0 * tf.einsum("bnk,bk->bn", centred, u) / float(u.shape[-1])
+                             + tf.reduce_mean(tf.square(u), axis=-1, keepdims=True))
+                scores += tf.matmul(u, self.cell_proj.kernel[channels:])[:, None]
+            projected += scores * tf.math.rsqrt(variance + 1e-6)[..., None]
             if self.noun_prior is not None:
-                bias = (self._noun_bias(logits),)
-        values = self.cell_proj(cells) + self.position
+                bias = (self._noun_bias(pooled),)
+        values = tf.nn.relu(projected + self.cell_proj.bias) + self.position
         return (values, self.att_keys(values)) + bias
 
     def initial_state(self, memory):
@@ -155,11 +204,15 @@ class CaptionDecoder(keras.Model):
             logits = logits + memory[2]
         return logits, (h, c), attention
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, channel_shift=None):
         """Teacher forcing. inputs = (feature_map, tokens_in [B, T]) ->
         (logits [B, T, V], attention [B, T, N])."""
         feature_map, tokens_in = inputs
-        memory = self.encode(feature_map, training=training)
+        memory = self.encode(feature_map, training=training, channel_shift=channel_shift)
+        return self.teacher_forcing(memory, tokens_in, training)
+
+    def teacher_forcing(self, memory, tokens_in, training=False):
+        """memory, tokens_in [B, T] -> (logits [B, T, V], attention [B, T, N])."""
         state = self.initial_state(memory)
         if tokens_in.shape[1] is None:   # a graph built for captions of any length
             return self._teacher_forcing_loop(tokens_in, state, memory, training)
@@ -191,3 +244,11 @@ class CaptionDecoder(keras.Model):
         """Create all weights by running once on zeros of the given feature shape."""
         self((tf.zeros((1,) + tuple(feature_shape)), tf.zeros((1, max_len), tf.int32)))
         return self
+
+
+def _per_cell(cells, kernel):
+    """cells [B, N, K] @ kernel [K, U] -> [B, N, U], as one 2-D matmul (a rank-3 by rank-2
+    batch matmul crashed inside TensorFlow's vectorised Jacobian)."""
+    shape = tf.shape(cells)
+    flat = tf.matmul(tf.reshape(cells, [-1, cells.shape[-1]]), kernel)
+    return tf.reshape(flat, [shape[0], shape[1], kernel.shape[-1]])
