@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from source_code.explain import gradcam as G
 from source_code.explain import saliency as S
-from source_code.explain.target import caption_target, channel_pass, word_scores_from_pixels
+from source_code.explain.target import caption_target, word_scores_from_pixels
 
 CAPTION = "a small red circle above a large blue square"
 
@@ -32,11 +32,11 @@ def test_per_word_gradcam_equals_textbook_computation(kind, tiny, image):
         tiny = make_tiny_captioner(kind, seed=21)
     target = caption_target(tiny, CAPTION)
     pixels = tiny.preprocess(image)
-    ours = G.gradcam(tiny, tiny.features(pixels), target)
-    # the app's path: Grad-CAM from the cheaper pass's per-word sums over cells
-    sums = channel_pass(tiny, tiny.features(pixels), target).channel_gradients
-    np.testing.assert_allclose(G.cam_from_channel_sums(tiny.features(pixels), sums),
-                               ours["words"], rtol=1e-4, atol=1e-6)
+    fmap = tiny.features(pixels)
+    ours = G.gradcam(tiny, fmap, target)        # the app's path: the channel pass
+    full = G.gradcam(tiny, fmap, target, gradients=G.word_gradients(tiny, fmap, target))
+    np.testing.assert_allclose(full["words"], ours["words"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(full["caption"], ours["caption"], rtol=1e-4, atol=1e-6)
     bb = tiny.backbone
     to_activation = tf.keras.Model(bb.inputs, bb.get_layer("top_activation").output)
     for t in range(target.n_words):

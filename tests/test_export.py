@@ -65,7 +65,11 @@ def _assert_same(out, captions):
                                atol=1e-4)
 
 
-MAP_RTOL = 1e-4   # maps: |exported - app| <= MAP_RTOL * the app's map max (+ MAP_FLOOR)
+# maps: |exported - app| <= MAP_RTOL * the app's map max (+ MAP_FLOOR). The app's pass is
+# compiled with XLA (its own kernels for the nonlinearities, its own order of operations):
+# its word gradients agree with the plain graph's (the export's) within about 2.4e-4 of
+# their largest entry (shapes bundle, measured); the same pass as a plain graph, within 1e-6.
+MAP_RTOL = 1e-3
 MAP_FLOOR = 1e-12
 
 

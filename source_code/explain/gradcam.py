@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .target import CaptionTarget, teacher_pass
+from .target import CaptionTarget, channel_pass, teacher_pass
 
 
 def word_gradients(captioner, feature_map, target: CaptionTarget) -> tuple[tf.Tensor, tf.Tensor]:
@@ -65,9 +65,16 @@ def gradcam(captioner, feature_map, target: CaptionTarget, plus_plus: bool = Fal
             gradients=None) -> dict:
     """Maps for the caption and every word, on the feature grid (not normalised).
 
-    ``gradients`` = (scores, grads) from ``word_gradients`` when already computed.
+    ``gradients`` = (scores, grads) from ``word_gradients`` when already computed;
+    without them, Grad-CAM (not ++) takes the app's path: the channel pass, whose sums
+    over cells are all its weights need.
     Returns {"caption": [h, w], "words": [T, h, w], "scores": [T]}.
     """
+    if gradients is None and not plus_plus:
+        found = channel_pass(captioner, feature_map, target)
+        sums = found.channel_gradients
+        return {"caption": cam_from_channel_sums(feature_map, sums.sum(0, keepdims=True))[0],
+                "words": cam_from_channel_sums(feature_map, sums), "scores": found.scores}
     scores, grads = gradients or word_gradients(captioner, feature_map, target)
     weights = lambda a, g: gradcam_weights(a, g, plus_plus)   # noqa: E731
     return {"caption": cam_maps(feature_map, tf.reduce_sum(grads, 0, keepdims=True), weights)[0],

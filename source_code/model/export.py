@@ -66,6 +66,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from ..files import atomic_dir
+from .captioner import token_logprobs
 
 SERVING_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "caption_pixels"
@@ -174,25 +175,29 @@ def explain_function(captioner, beam_width: int = 3, length_penalty: float = 0.0
         tokens_in = tf.concat([tf.fill([1, 1], vocab.start_id), words], 1)   # [1, T + 1]
         targets = tf.concat([words, tf.fill([1, 1], vocab.end_id)], 1)       # [1, T + 1]
         # Row t of the tiled map is teacher-forced on the same caption and scores only
-        # s_t, so d(sum of rows)/d(tiled A) holds ds_t/dA in row t: every word's gradient
-        # from one backward pass through the decoder. At least one row, so that an empty
-        # caption still runs (its only row then scores nothing).
+        # s_t, so d(sum of rows)/d(row shifts) holds in row t the derivative of s_t with
+        # respect to a shift of every cell (the decoder's channel_shift): ds_t/dA summed
+        # over the cells, Grad-CAM's weights times h * w, as the app computes them
+        # (explain.target.channel_pass). Every word's from one backward pass through the
+        # decoder. At least one row, so that an empty caption still runs (its only row
+        # then scores nothing).
         rows = tf.maximum(n, 1)
         acts = tf.tile(fmap, [rows, 1, 1, 1])                            # [R, h, w, C]
+        shift = tf.zeros([rows, fmap.shape[-1]])
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(acts)
-            scores = captioner.word_logprobs(acts, tf.tile(tokens_in, [rows, 1]),
-                                             tf.tile(targets, [rows, 1]))   # [R, T + 1]
+            tape.watch(shift)
+            logits, _ = captioner.decoder((acts, tf.tile(tokens_in, [rows, 1])),
+                                          training=False, channel_shift=shift)
+            scores = token_logprobs(logits, tf.tile(targets, [rows, 1]))[1]   # [R, T + 1]
             own = tf.linalg.diag_part(scores[:, :rows])                  # s_t of row t
             own = tf.where(tf.range(rows) < n, own, 0.0)
             total = tf.reduce_sum(own)
-        grads = tape.gradient(total, acts)                               # [R, h, w, C]
-        # explain.gradcam.cam_maps: weights = spatial mean of the gradient,
-        # map = ReLU(sum_k w_k A_k), not normalised; the caption's gradient is the sum.
-        word_maps = tf.nn.relu(tf.einsum("nhwc,nc->nhw", acts, tf.reduce_mean(grads, [1, 2])))
-        caption_grad = tf.reduce_sum(grads, 0, keepdims=True)
-        caption_map = tf.nn.relu(tf.einsum("nhwc,nc->nhw", fmap,
-                                           tf.reduce_mean(caption_grad, [1, 2])))
+        weights = tape.gradient(total, shift) / float(grid_h * grid_w)   # [R, C]
+        # explain.gradcam.cam_from_channel_sums: map = ReLU(sum_k w_k A_k), not
+        # normalised; the caption's weights are the words' sum.
+        word_maps = tf.nn.relu(tf.einsum("hwc,nc->nhw", fmap[0], weights))
+        caption_map = tf.nn.relu(tf.einsum("hwc,nc->nhw", fmap[0],
+                                           tf.reduce_sum(weights, 0, keepdims=True)))
         word_maps = tf.where((tf.range(rows) < n)[:, None, None], word_maps, 0.0)
         pad = max_len - rows
         word_maps = tf.ensure_shape(tf.pad(word_maps, [[0, pad], [0, 0], [0, 0]]),
