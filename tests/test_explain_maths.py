@@ -199,6 +199,43 @@ def test_pgd_stays_in_the_epsilon_ball(tiny, pixels, target, epsilon, steps):
     assert x.min() >= 0 and x.max() <= 255
 
 
+def test_pgd_equals_the_textbook_loop(tiny, pixels, target):
+    """Madry et al.'s loop, written out with GradientTape: steps of 2.5 eps / steps
+    against sign(ds/dx), each projected onto the eps-ball and the pixel range."""
+    epsilon, steps = 6.0, 3
+    x0 = tf.convert_to_tensor(pixels, tf.float32)
+    x = x0
+    for _ in range(steps):
+        g = tape_gradient(tiny, x, target)
+        x = x - (2.5 * epsilon / steps) * np.sign(g)
+        x = tf.clip_by_value(tf.clip_by_value(x, x0 - epsilon, x0 + epsilon), 0.0, 255.0)
+    got = perturb(tiny, pixels, target, "pgd", epsilon=epsilon, steps=steps).numpy()
+    np.testing.assert_allclose(got, x.numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_attacks_keep_the_ends_of_the_pixel_range(tiny, target, method):
+    """A black frame pushed darker stays 0 and a white one pushed lighter stays 255
+    (clipped to [0, 255], not to a range one grey level off)."""
+    for value, push in ((0.0, 1.0), (255.0, -1.0)):      # x - eps * sign(g): g = push
+        frame = tf.fill([1, tiny.input_size, tiny.input_size, 3], value)
+        x = perturb(tiny, frame, target, method, epsilon=4.0, steps=2,
+                    gradient=tf.fill(frame.shape, push)).numpy()
+        if method == "fgsm":
+            assert np.all(x == value)
+        else:   # after the given first step PGD follows the model's own gradients
+            assert x.min() >= 0 and x.max() <= 255
+            assert (x == value).mean() > 0.3, "the first step pinned pixels at the range's end"
+
+
+def test_attack_defaults_and_unknown_attacks(tiny, pixels, target):
+    g = tf.convert_to_tensor(tape_gradient(tiny, pixels, target))
+    np.testing.assert_array_equal(perturb(tiny, pixels, target, gradient=g).numpy(),
+                                  perturb(tiny, pixels, target, "fgsm", 8.0, gradient=g).numpy())
+    with pytest.raises(ValueError, match="unknown attack 'cw': use fgsm or pgd"):
+        perturb(tiny, pixels, target, "cw", gradient=g)
+
+
 # -- per-word saliency --------------------------------------------------------------------
 
 

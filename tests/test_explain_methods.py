@@ -301,7 +301,7 @@ def test_adversarial_check_reports_an_independent_recaption(tiny, image, method)
     [caption] = tiny.caption(image, beam_width=1)
     assert caption.words, "the tiny model writes a caption for this scene"
     target = caption_target(tiny, caption.words)
-    explainer = SimpleNamespace(captioner=tiny, beam_width=1)
+    explainer = SimpleNamespace(captioner=tiny, beam_width=3)
     frame = np.asarray(image)
     report = adversarial_check(explainer, pixels, caption, frame, method=method)
 
@@ -323,7 +323,7 @@ def test_adversarial_check_reports_an_independent_recaption(tiny, image, method)
         (method, 8.0, caption.text)
     for name, x in attacked.items():
         got = report[name]
-        [new] = tiny.decode_features(tiny.features(x), 1)
+        [new] = tiny.decode_features(tiny.features(x), 3)
         assert (got["new_caption"], got["new_words"]) == (new.text, new.words)
         assert got["changed_words"] == changed_words(caption.words, new.words)
         assert got["caption_changed"] == (new.words != caption.words)
@@ -349,5 +349,12 @@ def test_adversarial_check_reports_an_independent_recaption(tiny, image, method)
     assert again["all_pixels"]["new_caption"] == report["all_pixels"]["new_caption"]
     assert again["salient_pixels"]["perturbed_image"].startswith("data:image/png;base64,")
     assert again["all_pixels"]["perturbation"]["overlay"].startswith("data:image/png;base64,")
-    assert "salient_pixels" not in adversarial_check(explainer, pixels, caption, frame,
-                                                     method=method, salient=False)
+    smaller = adversarial_check(explainer, pixels, caption, frame, method=method,
+                                epsilon=2.0, salient=False)
+    assert "salient_pixels" not in smaller and smaller["epsilon"] == 2.0
+    if method == "fgsm":   # the default attack, and the epsilon asked for reaches the attack
+        assert adversarial_check(explainer, pixels, caption, frame)["method"] == "fgsm"
+        x = np.clip(pixels - 2.0 * np.sign(g), 0, 255)
+        delta = np.abs(x[0] - pixels.numpy()[0]).mean(-1)
+        np.testing.assert_allclose(smaller["all_pixels"]["perturbation"]["heatmap"],
+                                   json_grid(delta), atol=2e-3)

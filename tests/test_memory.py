@@ -41,3 +41,34 @@ def test_app_configures_memory_before_tensorflow_is_imported():
 def test_release_free_memory_is_harmless_to_call_any_time():
     for _ in range(3):
         release_free_memory()
+
+
+def test_release_free_memory_trims_only_when_much_lies_free(monkeypatch):
+    """After a request the heap is trimmed only when more than ``above`` bytes are free:
+    trimming ~30 MB after every small request made the next one page-fault afresh."""
+    from source_code.web import memory
+
+    calls = []
+
+    class FakeLibc:
+        def __init__(self, free):
+            self.free = free
+
+        def mallinfo2(self):
+            return memory._MallInfo2(fordblks=self.free)
+
+        def malloc_trim(self, pad):
+            calls.append(pad)
+
+    monkeypatch.setattr(memory, "_libc", lambda: FakeLibc(30 * 2**20))
+    memory.release_free_memory(above=memory.TRIM_ABOVE)
+    assert calls == []
+    memory.release_free_memory()                 # unconditional (after the warm-up)
+    assert calls == [0]
+    monkeypatch.setattr(memory, "_libc", lambda: FakeLibc(2 * memory.TRIM_ABOVE))
+    memory.release_free_memory(above=memory.TRIM_ABOVE)
+    assert calls == [0, 0]
+    assert memory.free_heap_bytes() == 2 * memory.TRIM_ABOVE
+    monkeypatch.undo()
+    real = memory.free_heap_bytes()
+    assert real is None or real >= 0

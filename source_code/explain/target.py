@@ -80,15 +80,24 @@ def _teacher_scores(captioner, fmap, tokens_in, targets, memory=None):
     return scores, attention, top_logp, top_ids
 
 
-def compiled_function(captioner, kind: str):
+def channel_steps(captioner) -> tuple[int, int]:
+    """The caption lengths (tokens, with the end) the channel pass is compiled for: the
+    longest the model writes, and about half that (one-object captions run half the
+    steps)."""
+    longest = captioner.max_length + 1
+    return (max(2, (longest + 1) // 2), longest)
+
+
+def compiled_function(captioner, kind: str, steps: int | None = None):
     """The compiled function ``kind``: "features" and "pixels" (scores and gradients,
     from feature maps or pixels), "forward" (scores and attention), "words" (every
     word's feature-map gradient) or "channels" (every word's gradient summed over the
-    grid's cells, see ``channel_pass``). Caption length (and batch size) are left open, the
-    decoder then teacher-forcing in a tf.while_loop, so one graph per kind serves
-    every request: each graph through a large backbone holds its own buffers, and
-    graphs per caption length multiplied the server's memory."""
-    fns, key = captioner.compiled, ("explain", kind)
+    grid's cells, see ``channel_pass``; for captions padded to ``steps`` tokens).
+    Otherwise caption length (and batch size) are left open, the decoder then
+    teacher-forcing in a tf.while_loop, so one graph per kind serves every request:
+    each graph through a large backbone holds its own buffers, and graphs per caption
+    length multiplied the server's memory."""
+    fns, key = captioner.compiled, ("explain", kind, steps)
     if key not in fns:
         if kind not in FUNCTION_KINDS:
             raise ValueError(f"unknown function kind {kind!r}")
@@ -116,9 +125,8 @@ def compiled_function(captioner, kind: str):
             # the decoder's cell_parts, which the search computed already. Compiled
             # with XLA, which fuses the decoder's many small per-step ops: 2.5x faster
             # than the graph's while loop on this CPU. XLA wants static shapes, so the
-            # caption is padded to the longest the model writes (max_length words + end)
-            # and the loop unrolled: one compilation serves every caption.
-            steps = captioner.max_length + 1
+            # caption is padded to ``steps`` tokens (channel_steps: two lengths) and the
+            # loop unrolled: two compilations serve every caption.
             decoder = captioner.decoder
 
             def channels(parts, tokens_in, targets):
@@ -172,8 +180,10 @@ def warm_up_compiled(captioner) -> None:
     compiled_function(captioner, "pixels")(tf.zeros((1, size, size, 3)), tokens, tokens, weights)
     compiled_function(captioner, "forward")(tf.zeros((1,) + fmap_shape), tokens, tokens)
     compiled_function(captioner, "words")(tf.zeros((1,) + fmap_shape), tokens, tokens)
-    compiled_function(captioner, "channels")(captioner.cell_parts(tf.zeros((1,) + fmap_shape)), *(
-        [tf.fill([1, captioner.max_length + 1], captioner.vocab.pad_id)] * 2))
+    parts = captioner.cell_parts(tf.zeros((1,) + fmap_shape))
+    for steps in channel_steps(captioner):
+        compiled_function(captioner, "channels", steps)(
+            parts, *([tf.fill([1, steps], captioner.vocab.pad_id)] * 2))
     compiled_function(captioner, "features")(tf.zeros((1,) + fmap_shape), tokens, tokens, weights)
 
 
@@ -217,9 +227,9 @@ def channel_pass(captioner, feature_map, target: CaptionTarget, word_ids=None,
     fraction of the cost. ``parts``: the captioner's cell_parts of feature_map, when
     already computed. A caption longer than the model writes (a user's own) takes the
     full pass."""
-    steps = captioner.max_length + 1
     length = int(target.tokens_in.shape[1])
-    if length > steps:
+    steps = next((s for s in channel_steps(captioner) if s >= length), None)
+    if steps is None:
         return teacher_pass(captioner, feature_map, target, word_ids)
     vocab, n = captioner.vocab, length - 1     # n: the caption's words
     padded = np.full((2, steps), vocab.pad_id, np.int32)
@@ -227,7 +237,7 @@ def channel_pass(captioner, feature_map, target: CaptionTarget, word_ids=None,
     padded[1, :length] = [*(target.token_ids if word_ids is None else word_ids), vocab.end_id]
     if parts is None:
         parts = captioner.cell_parts(feature_map)
-    out = compiled_function(captioner, "channels")(parts, padded[:1], padded[1:])
+    out = compiled_function(captioner, "channels", steps)(parts, padded[:1], padded[1:])
     scores, sums, attention, top_logp, top_ids = (t.numpy()[:n] for t in out)
     return TeacherPass(scores, None, attention, top_logp, top_ids, sums)
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from flask import current_app
 
 from .errors import ApiError
-from .memory import release_free_memory
+from .memory import TRIM_ABOVE, release_free_memory
 
 log = logging.getLogger(__name__)
 EXTENSION = "captioning"
@@ -50,7 +50,8 @@ class WorkQueue:
                 try:
                     yield
                 finally:
-                    release_free_memory()   # the request's peak need not stay resident
+                    # a large request's peak need not stay resident
+                    release_free_memory(above=TRIM_ABOVE)
         finally:
             with self._count:
                 self.pending -= 1
