@@ -55,6 +55,13 @@ def cam_from_channel_sums(feature_map, channel_sums) -> np.ndarray:
     return np.maximum(maps, 0).reshape(-1, h, w)
 
 
+def caption_and_word_cams(feature_map, channel_sums) -> tuple[np.ndarray, np.ndarray]:
+    """(the caption's map [h, w], every word's [T, h, w]) from the words' channel sums
+    [T, C]: the caption's weights are the words' sum (s = sum_t s_t)."""
+    return (cam_from_channel_sums(feature_map, channel_sums.sum(0, keepdims=True))[0],
+            cam_from_channel_sums(feature_map, channel_sums))
+
+
 def cam_from(activations, gradients, plus_plus: bool = False) -> np.ndarray:
     """[N, h, w, C] activations and gradients -> [N, h, w] maps, ReLU'd, not normalised."""
     w = gradcam_weights(activations, gradients, plus_plus)
@@ -72,9 +79,8 @@ def gradcam(captioner, feature_map, target: CaptionTarget, plus_plus: bool = Fal
     """
     if gradients is None and not plus_plus:
         found = channel_pass(captioner, feature_map, target)
-        sums = found.channel_gradients
-        return {"caption": cam_from_channel_sums(feature_map, sums.sum(0, keepdims=True))[0],
-                "words": cam_from_channel_sums(feature_map, sums), "scores": found.scores}
+        caption, words = caption_and_word_cams(feature_map, found.channel_gradients)
+        return {"caption": caption, "words": words, "scores": found.scores}
     scores, grads = gradients or word_gradients(captioner, feature_map, target)
     weights = lambda a, g: gradcam_weights(a, g, plus_plus)   # noqa: E731
     return {"caption": cam_maps(feature_map, tf.reduce_sum(grads, 0, keepdims=True), weights)[0],

@@ -163,8 +163,9 @@ class Context:
 
     def attention(self) -> np.ndarray:
         """[T, h * w] attention weights, from the teacher pass when it ran, else a forward."""
-        if self.scored() is not None:
-            return self.scored().attention
+        done = self.scored()
+        if done is not None:
+            return done.attention
         return scores_and_attention(self.captioner, self.feature_map, self.target)[1].numpy()[0]
 
     def pixel_gradient_of_caption(self) -> tf.Tensor:
@@ -195,21 +196,24 @@ class Context:
         """A CAM method's section: maps ReLU(sum_k w_k A_k), w = weights(A, dS/dA), for
         every word and the caption (S = sum_t s_t), from the shared gradients."""
         gradients = self.teacher.gradients if gradients is None else gradients
-        scores = self.teacher.scores if scores is None else np.asarray(scores)
+        scores = self.teacher.scores if scores is None else scores
         words = gradcam_lib.cam_maps(self.feature_map, gradients, weights)
         caption = gradcam_lib.cam_maps(self.feature_map,
                                        tf.reduce_sum(gradients, 0, keepdims=True), weights)[0]
-        return self.section(caption, list(words), {"score": _round(scores.sum())},
-                            [{"score": _round(s)} for s in scores], **keys)
+        return self._scored_maps(caption, words, scores, **keys)
 
     def gradcam_section(self, channel_gradients=None, scores=None, **keys) -> dict:
         """Grad-CAM's section from the gradients' sums over cells (its weights are their
         means), for every word and the caption: what cam_section gives for Grad-CAM."""
         sums = self.channels.channel_gradients if channel_gradients is None else channel_gradients
-        scores = self.channels.scores if scores is None else np.asarray(scores)
-        words = gradcam_lib.cam_from_channel_sums(self.feature_map, sums)
-        caption = gradcam_lib.cam_from_channel_sums(self.feature_map, sums.sum(0, keepdims=True))[0]
-        return self.section(caption, list(words), {"score": _round(scores.sum())},
+        scores = self.channels.scores if scores is None else scores
+        caption, words = gradcam_lib.caption_and_word_cams(self.feature_map, sums)
+        return self._scored_maps(caption, words, scores, **keys)
+
+    def _scored_maps(self, caption_map, word_maps, scores, **keys) -> dict:
+        """A CAM section whose maps carry their score: each word's s_t, the caption's sum."""
+        scores = np.asarray(scores)
+        return self.section(caption_map, list(word_maps), {"score": _round(scores.sum())},
                             [{"score": _round(s)} for s in scores], **keys)
 
     def pixel_section(self, one_map: Callable, **keys) -> dict:

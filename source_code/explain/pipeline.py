@@ -167,8 +167,7 @@ class Explainer:
         vocab = self.captioner.vocab
         done = ctx.scored()
         if done is not None:
-            scores, top_logp, top_ids = (done.scores, done.top_logp,
-                                         done.top_ids)
+            scores, top_logp, top_ids = done.scores, done.top_logp, done.top_ids
         else:
             scores, _, top_logp, top_ids = (t.numpy()[0] for t in scores_and_attention(
                 self.captioner, ctx.feature_map, ctx.target, with_top=True))

@@ -101,6 +101,8 @@ def compiled_function(captioner, kind: str, steps: int | None = None):
     if key not in fns:
         if kind not in FUNCTION_KINDS:
             raise ValueError(f"unknown function kind {kind!r}")
+        if (kind == "channels") != (steps is not None):
+            raise ValueError("the channel pass, and it alone, is compiled for a caption length")
         tokens = tf.TensorSpec([1, None], tf.int32)
         fmap_shape = tuple(captioner.backbone.output_shape[1:])
         if kind == "words":
