@@ -2,6 +2,7 @@
 
     python bench/ace_concepts.py --bundle shapes  [--scenes 200] [--compare-region 200]
     python bench/ace_concepts.py --bundle objects [--scenes 200]
+    python bench/ace_concepts.py --bundle shapes --validation --scenes 100   # design choices
 
 * the bank: kept concepts, their names and purity (members agreeing with the name), the
   share with purity >= 0.9 (target >= 0.8 on shapes);
@@ -32,6 +33,8 @@ import numpy as np  # noqa: E402
 PURITY_TARGET, SHARE_TARGET = 0.9, 0.8
 WORD_TARGET = {"shapes": 0.9, "objects": 0.8}
 ACE_MS_TARGET = 150
+HELD_OUT_SEED = 10_000_000      # the test scenes; designs are chosen on VALIDATION_SEED's
+VALIDATION_SEED = 90_000_000
 
 
 def bank_figures(bank) -> dict:
@@ -53,10 +56,11 @@ def bank_figures(bank) -> dict:
             "build_seconds": bank.info.get("seconds")}
 
 
-def held_out(world: str, n: int, size: int):
+def held_out(world: str, n: int, size: int, seed: int = HELD_OUT_SEED):
     """Held-out scenes: two objects each on shapes; the objects world's own one/two mix."""
     from source_code.data.worlds import held_out_scenes
-    return held_out_scenes(world, n, image_size=size, n_objects=2 if world == "shapes" else None)
+    return held_out_scenes(world, n, seed=seed, image_size=size,
+                           n_objects=2 if world == "shapes" else None)
 
 
 def correct(world: str, caption: str, reference: str) -> bool:
@@ -150,6 +154,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default="shapes")
     p.add_argument("--scenes", type=int, default=200)
+    p.add_argument("--validation", action="store_true",
+                   help=f"score scenes from seed {VALIDATION_SEED:,} (where bank designs are "
+                        f"chosen) instead of the held-out test scenes from {HELD_OUT_SEED:,}")
     p.add_argument("--compare-region", type=int, default=0, metavar="N",
                    help="also build the region-embedding bank from N scenes and compare")
     p.add_argument("--out", default=None, help="default: docs/results/ace_<bundle>.json")
@@ -167,9 +174,12 @@ def main(argv=None) -> int:
         return 2
     doc = {"bundle": bundle.name, "world": world, "bank": bank_figures(bank),
            "command": " ".join(["python bench/ace_concepts.py"] + list(argv or sys.argv[1:]))}
-    doc["held_out"] = word_figures(explainer, world, held_out(world, args.scenes, cap.input_size),
+    first = VALIDATION_SEED if args.validation else HELD_OUT_SEED
+    doc["held_out"] = word_figures(explainer, world,
+                                   held_out(world, args.scenes, cap.input_size, first),
                                    progress=not args.quiet)
-    doc["held_out"]["seeds"] = [10_000_000, 10_000_000 + args.scenes - 1]
+    doc["held_out"]["seeds"] = [first, first + args.scenes - 1]
+    doc["held_out"]["scenes_are"] = "validation" if args.validation else "test"
     if args.compare_region:
         seed = int(bank.info.get("seed", 20_000_000))
         doc["region_embedding_bank"] = region_bank_figures(cap, world, args.compare_region, seed,
@@ -187,7 +197,8 @@ def main(argv=None) -> int:
             "value": share, "min": SHARE_TARGET, "met": share >= SHARE_TARGET}
     doc["seconds"] = round(time.perf_counter() - started, 1)
     doc["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    out = Path(args.out or REPO / "docs" / "results" / f"ace_{bundle.name}.json")
+    suffix = "_validation" if args.validation else ""
+    out = Path(args.out or REPO / "docs" / "results" / f"ace_{bundle.name}{suffix}.json")
     atomic_write_text(out, json.dumps(doc, indent=1))
     print(f"wrote {out}")
     for name, row in doc["targets"].items():

@@ -321,7 +321,8 @@ def cmd_build_concepts(args) -> int:
                                    default_clusters, save_bank)
     started = time.perf_counter()
     captioner = _load_captioner(args.bundle)
-    options = dict(embedding=args.embedding, random_sets=args.random_sets, progress=not args.quiet)
+    options = dict(embedding=args.embedding, segmentation=args.segmentation,
+                   random_sets=args.random_sets, progress=not args.quiet)
     if args.data:
         from .data.datasets import load_dataset
         from .training.samples import first_training_images
@@ -576,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="dataset folder (default: the bundle's own world)")
     p.add_argument("--dataset", default="auto")
     p.add_argument("--images", type=int, default=None,
-                   help="images whose segments are clustered (default: 200 shapes, 150 objects)")
+                   help="images whose segments are clustered (default: 400 shapes, 150 objects)")
     p.add_argument("--tcav-images", type=int, default=None,
                    help="images whose captions give the TCAV examples (default: 2 x --images)")
     p.add_argument("--seed", type=int, default=20_000_000,
@@ -586,7 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding", choices=("patch", "region"), default="patch",
                    help="patch: the paper's (a backbone pass per segment); region: the fast "
                         "option (region means of the image's feature map)")
-    p.add_argument("--random-sets", type=int, default=20, help="random counterparts per CAV")
+    p.add_argument("--segmentation", choices=("slic", "felzenszwalb"), default="slic",
+                   help="superpixels of discovery (ACE's code offers both; SLIC at 15/50/80 "
+                        "segments is the paper's, Felzenszwalb at scales 1200/500/250 finds "
+                        "whole objects more often)")
+    p.add_argument("--random-sets", type=int, default=50, help="random counterparts per CAV")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_concepts)
 

@@ -71,6 +71,17 @@ def test_tcav_and_significance_with_a_known_concept():
     assert set(random_mean) == {"driven", "opposed", "unrelated"}
 
 
+def test_the_null_cavs_do_not_share_one_reference_set():
+    """Each random-vs-random CAV separates a random set of its own from a counterpart: CAVs
+    that all started from one reference set would share its side (mean cosine about 0.5)."""
+    _, concept, background = _constructed(2)
+    embeddings = np.concatenate([background, concept])
+    members = [np.arange(len(background), len(embeddings))]
+    _, random_cavs = C.train_cavs(embeddings, members, n_random=12, seed=0, progress=False)
+    cos = random_cavs @ random_cavs.T
+    assert abs(cos[np.triu_indices(12, 1)].mean()) < 0.2
+
+
 def test_welch_p_when_scores_do_not_vary():
     assert C.welch_p(np.ones(5), np.ones(5)) == 1.0
     assert C.welch_p(np.ones(5), np.zeros(5)) == 0.0
@@ -131,6 +142,25 @@ def test_unique_segments_drops_tiny_and_duplicate_segments():
     kept = A.MIN_SEGMENT_FRACTION
     assert C.unique_segments([coarse, fine], min_fraction=0.01) == [(0, 0), (0, 1)]
     assert kept == 0.001
+
+
+def test_both_segmentations_label_every_pixel_and_felzenszwalb_finds_a_whole_shape():
+    from source_code.data.synthetic import generate_scene
+    scene = generate_scene(31_000_002, image_size=160, n_objects=1)
+    best = {}
+    mask = scene.objects[0].mask
+    for method, levels in A.SEGMENTATIONS.items():
+        for level in levels:
+            labels = A.segment(scene.image, level, method)
+            assert labels.shape == (160, 160) and labels.min() == 0
+            assert set(np.unique(labels)) == set(range(int(labels.max()) + 1))
+            best[method] = max([best.get(method, 0)] + [
+                ((labels == s) & mask).sum() / ((labels == s) | mask).sum()
+                for s in range(int(labels.max()) + 1)])
+    # a flat shape on a printed sheet: some Felzenszwalb segment is nearly all of it
+    assert best["felzenszwalb"] > 0.8, best
+    with pytest.raises(ValueError, match="unknown segmentation"):
+        A.segment(scene.image, 10, "watershed")
 
 
 def test_segment_truth_names_the_object_covering_half_of_a_segment():
@@ -227,6 +257,22 @@ def test_a_bank_naming_a_path_outside_its_patches_is_refused(small_bank, tmp_pat
     (root / "bank.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="rebuild"):
         A.ConceptBank.load(tmp_path)
+
+
+def test_a_felzenszwalb_bank_records_its_segmentation_and_requests_follow_it(tiny, tiny_loaded):
+    images, captions, truths = C.world_examples("shapes", 6, 20_000_000, tiny.input_size, False)
+    bank, _ = C.build_concept_bank(tiny, images, captions, truths, n_clusters=4,
+                                   segmentation="felzenszwalb", min_cluster_size=2,
+                                   random_sets=3, min_word_examples=2, progress=False)
+    assert bank.info["segmentation"] == "felzenszwalb"
+    assert bank.info["resolutions"] == list(A.SEGMENTATIONS["felzenszwalb"])
+    assert A.bank_segmentation(bank) == "felzenszwalb" and A.bank_segmentation(None) == "slic"
+    ace = _explain(tiny_loaded, bank)["explanations"]["ace"]
+    assert ace["segmentation"] == "felzenszwalb"
+    assert ace["resolution"] == A.SEGMENTATIONS["felzenszwalb"][-1]
+    with pytest.raises(ValueError, match="unknown segmentation"):
+        C.build_concept_bank(tiny, images, captions, truths, segmentation="quickshift",
+                             progress=False)
 
 
 def test_unnamed_concepts_say_so(small_bank):
