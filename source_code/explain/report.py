@@ -33,7 +33,7 @@ from ..files import atomic_write_text
 
 from . import gradcam as gradcam_lib
 from . import saliency as saliency_lib
-from .ace import REQUEST_RESOLUTION, coverage, segment, segment_importance
+from .ace import coverage, segment, segment_importance
 from .faithfulness import STEPS, BLUR_RADIUS, deletion_insertion, spearman
 from .pointing import WORLD_TOLERANCE, pointing_hits, word_objects
 from .target import caption_target
@@ -124,12 +124,17 @@ def _word_maps(captioner, scene, caption, methods, rng=None, *, scene_index: int
     return pixels, fmap, target, grads, maps
 
 
+# SLIC segments of the view the report's segment ranking is scored on (its result files'
+# figures); the app's request-time matching to concepts uses ace.REQUEST_RESOLUTION.
+REPORT_SEGMENTS = 80
+
+
 def ace_top_segment_hits(captioner, scene, caption, pixels, fmap, grads) -> list[tuple[str, bool]]:
     """For each color/shape word (object noun in the objects world): is the most
     important segment on the word's object (at least half of the segment's pixels
     inside the object's mask)?"""
     view = np.asarray(pixels[0]).astype(np.uint8)
-    labels = segment(view, REQUEST_RESOLUTION)
+    labels = segment(view, REPORT_SEGMENTS)
     cover = coverage(labels, captioner.grid)
     imp = segment_importance(fmap.numpy()[0], grads[1].numpy(), cover)
     objects = word_objects(scene, caption)
