@@ -80,7 +80,7 @@ SEGMENTATIONS = {"slic": (15, 50, 80), "felzenszwalb": (1200, 500, 250)}
 RESOLUTIONS = SEGMENTATIONS["slic"]
 # The segmentation matched to concepts per request: SLIC's segments on the (at most 128
 # px) view, finer than discovery's finest: on shapes validation scenes (seeds 90,000,000..,
-# 400 colour and shape words) 160 segments named 0.90 of the words, 80 named 0.88.
+# 400 colour and shape words) 160 segments named 0.8975 of the words, 80 named 0.8825.
 REQUEST_RESOLUTION = 160
 # ... per segmentation: its finest level of discovery, on the model's view scaled to
 # at most REQUEST_SLIC_MAX_SIDE (SLIC) or on the view itself (Felzenszwalb's scale and
