@@ -77,7 +77,6 @@ from .maps import normalize
 # The segmentations of ACE's reference code with its levels: SLIC's numbers of segments,
 # Felzenszwalb's scales (larger: fewer, larger segments; sigma 0.8, at least 20 pixels).
 SEGMENTATIONS = {"slic": (15, 50, 80), "felzenszwalb": (1200, 500, 250)}
-RESOLUTIONS = SEGMENTATIONS["slic"]
 # The segmentation matched to concepts per request: SLIC's segments on the (at most 128
 # px) view, finer than discovery's finest: on shapes validation scenes (seeds 90,000,000..,
 # 400 colour and shape words) 160 segments named 0.8975 of the words, 80 named 0.8825.
@@ -105,11 +104,15 @@ CONCEPT_MAP_SIDE = 16
 BANK_SCHEMA = 2
 ID_PATTERN = re.compile(r"^c\d{2,4}$")
 # -- segments and their embeddings ---------------------------------------------------------
-def segmentation_levels(method: str, levels=None) -> tuple:
-    """``levels`` (coarse first), or by default the reference code's for ``method``."""
+def _known_segmentation(method: str) -> str:
     if method not in SEGMENTATIONS:
         raise ValueError(f"unknown segmentation {method!r}: one of {', '.join(SEGMENTATIONS)}")
-    return tuple(levels or SEGMENTATIONS[method])
+    return method
+
+
+def segmentation_levels(method: str, levels=None) -> tuple:
+    """``levels`` (coarse first), or by default the reference code's for ``method``."""
+    return tuple(levels or SEGMENTATIONS[_known_segmentation(method)])
 
 
 def segment(image: np.ndarray, level: int, method: str = "slic") -> np.ndarray:
@@ -118,10 +121,9 @@ def segment(image: np.ndarray, level: int, method: str = "slic") -> np.ndarray:
     if method == "slic":
         return slic(image, n_segments=level, compactness=SLIC_COMPACTNESS, start_label=0,
                     channel_axis=-1)
-    if method == "felzenszwalb":
-        return felzenszwalb(image, scale=level, sigma=FELZENSZWALB_SIGMA,
-                            min_size=FELZENSZWALB_MIN_SIZE, channel_axis=-1)
-    raise ValueError(f"unknown segmentation {method!r}: one of {', '.join(SEGMENTATIONS)}")
+    _known_segmentation(method)
+    return felzenszwalb(image, scale=level, sigma=FELZENSZWALB_SIGMA,
+                        min_size=FELZENSZWALB_MIN_SIZE, channel_axis=-1)
 
 
 def coverage(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -358,8 +360,8 @@ def _sig(x, digits: int = 4):
 def request_segments(view: np.ndarray, method: str = "slic") -> np.ndarray:
     """The frame's segments at request time, by the bank's segmentation (REQUEST_LEVELS)."""
     from .render import display_frame
-    if method == "slic":
-        return segment(display_frame(view, REQUEST_SLIC_MAX_SIDE), REQUEST_RESOLUTION)
+    if method == "slic":     # SLIC's cost grows with the pixels; its level is a count
+        view = display_frame(view, REQUEST_SLIC_MAX_SIDE)
     return segment(view, REQUEST_LEVELS[method], method)
 
 
