@@ -190,7 +190,10 @@ def cmd_calibrate_familiarity(args) -> int:
     captioner.familiarity.save(args.bundle)      # only this file changes
     print(f"familiarity calibrated on {len(images)} held-out {world} scenes"
           + (f", floor {captioner.familiarity.floor} set on {len(negatives)} frames without an "
-             f"object" if negatives else "") + f"; written to {args.bundle}")
+             f"object" if negatives else "")
+          + (f", ImageNet evidence threshold {captioner.familiarity.evidence_threshold:.4f}"
+             if captioner.familiarity.evidence_threshold is not None else "")
+          + f"; written to {args.bundle}")
     return 0
 
 

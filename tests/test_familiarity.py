@@ -58,3 +58,51 @@ def test_fit_with_negatives_raises_the_floor_where_they_lie():
     assert flagged(tuned) >= flagged(plain) + 0.2
     fresh = tuned.score(_world(np.random.default_rng(5), 300, home))
     assert np.mean([f for f, _ in fresh]) >= 0.9               # in-world frames still pass
+
+
+def _classifier(channels=16, nouns=2):
+    """ImageNet-like classifier: class 0 is a kind of noun 0 and fires on channel 15."""
+    kernel = np.zeros((channels, 1000), np.float32)
+    kernel[15, 0] = 4.0
+    class_nouns = np.zeros((1000, nouns), np.float32)
+    class_nouns[0, 0] = 1.0
+    return kernel, np.zeros(1000, np.float32), class_nouns
+
+
+def test_noun_evidence_is_the_surest_cell_for_one_noun():
+    from source_code.model.familiarity import noun_evidence
+    maps = np.zeros((2, 3, 3, 16), np.float32)
+    maps[1, 2, 1, 15] = 5.0                   # one cell of frame 1 shows the noun's class
+    e = noun_evidence(maps, _classifier())
+    assert e[0] == np.float32(1 / 1000)       # nothing anywhere: the uniform share
+    expected = np.exp(20.0) / (np.exp(20.0) + 999)
+    assert abs(e[1] - expected) < 1e-6
+
+
+def test_imagenet_evidence_makes_an_atypical_frame_of_the_world_familiar(tmp_path):
+    rng = np.random.default_rng(2)
+    home, away = np.zeros(16), np.zeros(16)
+    home[:8], away[8:15] = 2.0, 2.0
+    train, calib = _world(rng, 400, home), _world(rng, 300, home)
+    negatives = _world(rng, 200, away)
+    negatives[:4, 0, 0, 15] = 3.0             # a few frames without an object look like one
+    model = Familiarity.fit(describe(train), describe(calib), components=8)
+    model.with_evidence(_classifier(), negatives)
+    # the threshold lets at most 5 % of the negatives pass on evidence alone
+    from source_code.model.familiarity import noun_evidence
+    assert np.mean(noun_evidence(negatives, _classifier()) >= model.evidence_threshold) <= 0.05
+    recognised = _world(rng, 10, away)
+    recognised[:, 1, 1, 15] = 3.0             # a real photo of the world's noun: atypical
+    assert all(f for f, _ in model.score(recognised))
+    assert all(p < model.floor for _, p in model.score(recognised))   # still atypical
+    plain = _world(rng, 10, away)
+    plain[..., 15] = 0.0                      # nothing of the noun: still unfamiliar
+    assert not any(f for f, _ in model.score(plain))
+    model.save(tmp_path)
+    again = Familiarity.load(tmp_path)
+    assert again.evidence_threshold == np.float32(model.evidence_threshold)
+    import pytest
+    with pytest.raises(RuntimeError, match="classifier"):
+        again.score(recognised)
+    again.classifier = _classifier()
+    assert again.score(recognised) == model.score(recognised)

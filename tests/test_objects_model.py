@@ -56,6 +56,19 @@ def test_in_world_scenes_are_familiar_and_a_star_field_is_not(objects_captioner)
         assert familiar is False and familiarity < objects_captioner.familiarity.floor, source
 
 
+def test_imagenet_evidence_rarely_lets_a_fresh_frame_without_an_object_pass(objects_captioner):
+    """The evidence threshold was set on held-out frames without an object so that at
+    most 5 % of them pass on it; fresh ones (other seeds) behave alike."""
+    from source_code.data.objects_world import generate_empty_frame
+    from source_code.model.familiarity import noun_evidence
+    from source_code.training.recipes import NEGATIVE_SEED
+    fam = objects_captioner.familiarity
+    assert fam.evidence_threshold is not None and fam.classifier is not None
+    frames = [generate_empty_frame(NEGATIVE_SEED + 50_000 + i, 224) for i in range(40)]
+    fmap = objects_captioner.features(objects_captioner.preprocess(frames)).numpy()
+    assert np.mean(noun_evidence(fmap, fam.classifier) >= fam.evidence_threshold) <= 0.15
+
+
 def test_the_sanity_checks_randomised_copy_has_nothing_of_imagenet(objects_captioner):
     """Adebayo et al.'s check needs the same architecture with random weights: the
     per-cell ImageNet head is randomised with the backbone, not refused."""

@@ -218,8 +218,24 @@ class Captioner:
         captioner = cls(net, dec, vocab, config)
         captioner.bundle_dir = bundle_dir
         captioner.familiarity = Familiarity.load(bundle_dir)
+        if captioner.familiarity is not None and captioner.familiarity.evidence_threshold is not None:
+            captioner.familiarity.classifier = captioner.imagenet_noun_classifier()
+            if captioner.familiarity.classifier is None:
+                raise BundleError(f"model bundle {bundle_dir}: its familiarity reads ImageNet "
+                                  f"evidence, but its backbone has no ImageNet classifier")
         captioner.set_imagenet_prior(dec_cfg.get(PRIOR_KEY, 0.0))
         return captioner
+
+    def imagenet_noun_classifier(self):
+        """(kernel, bias, class_nouns) of the backbone's own ImageNet classifier, with
+        the classes that are kinds of each vocabulary noun (familiarity's evidence);
+        None when the backbone has none or was retrained away from it."""
+        spec = BackboneSpec.from_dict(self.config["backbone"])
+        if spec.variant != "lite0" or spec.weights != "imagenet" or self.config.get("backbone_trained"):
+            return None
+        from .imagenet_nouns import class_token_matrix
+        kernel, bias = _imagenet_classifier(spec)
+        return kernel, bias, class_token_matrix(self.vocab)
 
     def set_imagenet_prior(self, weight: float) -> None:
         """The decoder's ImageNet noun prior at this weight (0: none), recorded in the

@@ -21,6 +21,14 @@ between FLOOR and MAX_FLOOR that best separates them from in-world scenes (large
 balanced accuracy, ties to the lower floor). Both sets are validation data of the
 world; real photographs never take part.
 
+A real photograph of a thing of the world (a cat, a cup) is less typical than any
+synthetic scene, yet an ImageNet classifier knows it at once. So where the backbone
+has one (Lite0), a frame is also familiar when some grid cell's ImageNet
+probability of one caption noun's classes (``imagenet_nouns.json``) reaches the
+*evidence threshold*: the ``EVIDENCE_QUANTILE`` quantile of the same held-out
+frames without an object, so that at most 5 % of them pass on this evidence alone.
+``familiarity`` stays the typicality p-value.
+
 Stored in the bundle as ``familiarity.npz`` (plain arrays, no pickles).
 """
 from __future__ import annotations
@@ -38,6 +46,20 @@ COMPONENTS = 96
 FLOOR = 0.01
 MAX_FLOOR = 0.05            # at most 5 % of in-world scenes may be called unfamiliar
 FLOOR_STEP = 0.005
+EVIDENCE_QUANTILE = 0.95    # at most 5 % of frames without an object pass on ImageNet evidence
+
+
+def noun_evidence(feature_maps: np.ndarray, classifier) -> np.ndarray:
+    """[B, h, w, C] -> [B]: the largest probability that one grid cell's ImageNet
+    classifier (``kernel`` [C, 1000], ``bias`` [1000], ``class_nouns`` [1000, N] with 1
+    where a class is a kind of a noun) gives to the classes of one noun."""
+    kernel, bias, class_nouns = classifier
+    f = np.asarray(feature_maps, np.float32)
+    logits = f.reshape(len(f), -1, f.shape[-1]) @ kernel + bias
+    logits -= logits.max(-1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(-1, keepdims=True)
+    return (p @ class_nouns).max((1, 2)) if len(f) else np.zeros(0, np.float32)
 
 
 def choose_floor(negative_p: np.ndarray) -> float:
@@ -64,6 +86,16 @@ class Familiarity:
     bank_residual: np.ndarray   # [N] length of what the projection leaves out
     calibration: np.ndarray     # sorted typicality of held-out in-world scenes
     floor: float = FLOOR
+    evidence_threshold: float | None = None   # see noun_evidence; None: typicality only
+    classifier: tuple | None = None           # (kernel, bias, class_nouns), not saved
+
+    def with_evidence(self, classifier, negative_maps) -> "Familiarity":
+        """Also call a frame familiar when its ImageNet noun evidence reaches the
+        ``EVIDENCE_QUANTILE`` quantile of held-out frames without an object."""
+        self.classifier = classifier
+        self.evidence_threshold = float(np.quantile(
+            noun_evidence(negative_maps, classifier), EVIDENCE_QUANTILE))
+        return self
 
     @classmethod
     def fit(cls, train_vectors, calibration_vectors, components: int = COMPONENTS,
@@ -102,7 +134,13 @@ class Familiarity:
     def score(self, feature_maps) -> list[tuple[bool, float]]:
         """[B, h, w, C] -> (familiar, familiarity) per frame."""
         p = self.p_values(describe(feature_maps))
-        return [(bool(v >= self.floor), round(float(v), 4)) for v in p]
+        familiar = p >= self.floor
+        if self.evidence_threshold is not None:
+            if self.classifier is None:
+                raise RuntimeError("this familiarity reads ImageNet evidence: attach the "
+                                   "backbone's classifier first (Captioner.load does)")
+            familiar |= noun_evidence(feature_maps, self.classifier) >= self.evidence_threshold
+        return [(bool(f), round(float(v), 4)) for f, v in zip(familiar, p)]
 
     def save(self, bundle_dir) -> None:
         """Written under a temporary name and renamed: never a half-written file."""
@@ -110,7 +148,10 @@ class Familiarity:
             np.savez_compressed(tmp, mean=self.mean, components=self.components,
                                 bank=self.bank.astype(np.float16),
                                 bank_residual=self.bank_residual, calibration=self.calibration,
-                                floor=np.float32(self.floor))
+                                floor=np.float32(self.floor),
+                                evidence_threshold=np.float32(
+                                    np.nan if self.evidence_threshold is None
+                                    else self.evidence_threshold))
 
     @classmethod
     def load(cls, bundle_dir) -> "Familiarity | None":
@@ -118,5 +159,7 @@ class Familiarity:
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as z:
+            evidence = float(z["evidence_threshold"]) if "evidence_threshold" in z.files else np.nan
             return cls(z["mean"], z["components"], z["bank"].astype(np.float32),
-                       z["bank_residual"], z["calibration"], float(z["floor"]))
+                       z["bank_residual"], z["calibration"], float(z["floor"]),
+                       None if np.isnan(evidence) else evidence)

@@ -152,29 +152,37 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
     return captioner
 
 
+def _feature_maps(captioner, images, batch_size: int = 32):
+    """Images -> their backbone feature maps, batch by batch (numpy)."""
+    for s in range(0, len(images), batch_size):
+        yield captioner.features(captioner.preprocess(list(images[s: s + batch_size]))).numpy()
+
+
 def described_features(captioner, images, batch_size: int = 32) -> np.ndarray:
     """Images -> the familiarity descriptors of their feature maps, batch by batch."""
     from ..model.familiarity import describe
-    out = []
-    for s in range(0, len(images), batch_size):
-        fmap = captioner.features(captioner.preprocess(list(images[s: s + batch_size])))
-        out.append(describe(fmap.numpy()))
-    return np.concatenate(out)
+    return np.concatenate([describe(f) for f in _feature_maps(captioner, images, batch_size)])
 
 
 def fit_familiarity(captioner, dataset, calibration_images, n_train: int,
                     negative_images=None) -> None:
     """Bank from training scenes, calibration on held-out scenes of the same world
-    (seeds never trained on and not the ones the evaluation reports); the floor from
-    held-out frames with nothing of the world, when the world makes them."""
-    from ..model.familiarity import Familiarity
+    (seeds never trained on and not the ones the evaluation reports); the floor, and
+    for a backbone with an ImageNet classifier the evidence threshold, from held-out
+    frames with nothing of the world, when the world makes them."""
+    from ..model.familiarity import Familiarity, describe
     from .samples import load_images
     ids = dataset.splits["train"][:n_train]
     train_images = load_images([dataset.image_path(i) for i in ids], captioner.input_size, False)
-    negatives = described_features(captioner, negative_images) if negative_images else None
-    captioner.familiarity = Familiarity.fit(described_features(captioner, list(train_images)),
-                                            described_features(captioner, calibration_images),
-                                            negative_vectors=negatives)
+    negative_maps = (np.concatenate(list(_feature_maps(captioner, negative_images)))
+                     if negative_images else None)
+    captioner.familiarity = Familiarity.fit(
+        described_features(captioner, list(train_images)),
+        described_features(captioner, calibration_images),
+        negative_vectors=None if negative_maps is None else describe(negative_maps))
+    classifier = captioner.imagenet_noun_classifier()
+    if negative_maps is not None and classifier is not None:
+        captioner.familiarity.with_evidence(classifier, negative_maps)
 
 
 def familiarity_negatives(world: str, n: int, image_size: int) -> list | None:
