@@ -105,8 +105,12 @@ class Caption:
         return " ".join(self.words)
 
 
+def _has_imagenet_classifier(backbone: BackboneSpec) -> bool:
+    return backbone.variant == "lite0" and backbone.weights == "imagenet"
+
+
 def _imagenet_classifier(backbone: BackboneSpec):
-    if backbone.variant != "lite0" or backbone.weights != "imagenet":
+    if not _has_imagenet_classifier(backbone):
         raise ValueError("imagenet_head needs the lite0 backbone with ImageNet weights")
     from .lite0 import imagenet_classifier
     return imagenet_classifier()
@@ -231,7 +235,7 @@ class Captioner:
         the classes that are kinds of each vocabulary noun (familiarity's evidence);
         None when the backbone has none or was retrained away from it."""
         spec = BackboneSpec.from_dict(self.config["backbone"])
-        if spec.variant != "lite0" or spec.weights != "imagenet" or self.config.get("backbone_trained"):
+        if not _has_imagenet_classifier(spec) or self.config.get("backbone_trained"):
             return None
         from .imagenet_nouns import class_token_matrix
         kernel, bias = _imagenet_classifier(spec)

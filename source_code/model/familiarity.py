@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from ..files import atomic_path
 
@@ -55,10 +56,7 @@ def noun_evidence(feature_maps: np.ndarray, classifier) -> np.ndarray:
     where a class is a kind of a noun) gives to the classes of one noun."""
     kernel, bias, class_nouns = classifier
     f = np.asarray(feature_maps, np.float32)
-    logits = f.reshape(len(f), -1, f.shape[-1]) @ kernel + bias
-    logits -= logits.max(-1, keepdims=True)
-    p = np.exp(logits)
-    p /= p.sum(-1, keepdims=True)
+    p = softmax(f.reshape(len(f), -1, f.shape[-1]) @ kernel + bias, axis=-1)
     return (p @ class_nouns).max((1, 2)) if len(f) else np.zeros(0, np.float32)
 
 
