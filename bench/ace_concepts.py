@@ -87,7 +87,7 @@ def word_figures(explainer, world: str, scenes, progress: bool = True) -> dict:
 
     cap = explainer.captioner
     hits = total = captions_right = 0
-    any_significant = top_any_hits = bound = 0
+    any_significant = top_any_hits = bound = raising_hits = 0
     by_word, misses, ms = Counter(), Counter(), []
     by_word_total = Counter()
     for scene in tqdm(scenes, desc="held-out scenes", disable=not progress, unit="scene"):
@@ -116,12 +116,16 @@ def word_figures(explainer, world: str, scenes, progress: bool = True) -> dict:
             any_significant += top is not None
             bound += any(c["significant"] and word in c["name"].split() for c in ranked)
             top_any_hits += bool(ranked) and word in ranked[0]["name"].split()
+            # a concept significant because it lowers the word explains no occurrence of it
+            raising = next((c for c in ranked if c["significant"] and c["tcav"] > 0.5), None)
+            raising_hits += raising is not None and word in raising["name"].split()
             if not ok:
                 misses[f"{word} -> {top['name'] if top else '(no significant concept)'}"] += 1
     return {"scenes": len(scenes), "captions_right": captions_right, "words": total,
             "top_significant_concept_names_the_word": round(hits / max(total, 1), 4),
             "words_with_a_significant_concept": round(any_significant / max(total, 1), 4),
             "top_concept_names_the_word_ignoring_significance": round(top_any_hits / max(total, 1), 4),
+            "top_significant_raising_concept_names_the_word": round(raising_hits / max(total, 1), 4),
             # the bound of any ranking: some significant concept in the frame names the word
             "a_significant_concept_in_the_frame_names_the_word": round(bound / max(total, 1), 4),
             "by_word": {w: {"hit_rate": round(by_word[w] / n, 4), "words": n}

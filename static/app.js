@@ -787,7 +787,7 @@
     return `TCAV for ${target}: ${fixed2(entry.tcav)}${p}`;
   }
 
-  function aceCard(entry, info, word, topSensitivity) {
+  function aceCard(entry, info, word, topEvidence) {
     const card = make('article', `concept ace-card${entry.significant ? ' significant' : ''}`);
     card.dataset.concept = entry.id;
     const head = make('div', 'concept-head');
@@ -817,15 +817,15 @@
 
     const sens = Number(entry.sensitivity || 0);
     const ev = Number(entry.evidence || 0);
-    const bar = make('div', `bar${sens < 0 ? ' negative' : ''}`);
-    bar.title = 'conceptual sensitivity S: how much the word’s log-probability rises along the concept’s direction';
+    const bar = make('div', `bar${ev < 0 ? ' negative' : ''}`);
+    bar.title = 'evidence where the concept lies: how much the word’s log-probability rises along the concept’s direction, in the cells it covers (the ranking)';
     const fill = make('span');
-    fill.style.width = `${Math.max(2, Math.round(100 * Math.abs(sens) / topSensitivity))}%`;
+    fill.style.width = `${Math.max(2, Math.round(100 * Math.abs(ev) / topEvidence))}%`;
     bar.appendChild(fill);
     card.appendChild(bar);
     const signed = (x) => `${x >= 0 ? '+' : '−'}${Math.abs(x).toPrecision(2)}`;
     card.appendChild(make('p', 'muted concept-evidence',
-      `sensitivity ${signed(sens)} · where it lies ${signed(ev)}`));
+      `where it lies ${signed(ev)} · over the whole frame ${signed(sens)}`));
 
     const pics = make('div', 'concept-pics');
     const where = aceWhereUrl(entry);
@@ -865,11 +865,11 @@
     const map = currentMap(ace, sel);
     const ranked = (map && map.concepts) || [];
     const info = aceConceptInfo(ace);
-    const topSensitivity = Math.max(1e-12, ...ranked.map((c) => Math.abs(Number(c.sensitivity || 0))));
+    const topEvidence = Math.max(1e-12, ...ranked.map((c) => Math.abs(Number(c.evidence || 0))));
     const significant = ranked.filter((c) => c.significant);
     const others = ranked.filter((c) => !c.significant);
-    significant.forEach((c) => el.aceConcepts.appendChild(aceCard(c, info.get(c.id), word, topSensitivity)));
-    others.forEach((c) => el.aceSegments.appendChild(aceCard(c, info.get(c.id), word, topSensitivity)));
+    significant.forEach((c) => el.aceConcepts.appendChild(aceCard(c, info.get(c.id), word, topEvidence)));
+    others.forEach((c) => el.aceSegments.appendChild(aceCard(c, info.get(c.id), word, topEvidence)));
     if (!significant.length) {
       el.aceConcepts.appendChild(make('p', 'muted', ranked.length
         ? `No concept in this frame has a significant TCAV score for ${word === null ? 'the caption' : `“${word}”`}.`

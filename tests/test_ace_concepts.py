@@ -328,8 +328,8 @@ def test_ace_json_with_a_bank(tiny_loaded, small_bank):
     assert ace["caption"]["overlay"].startswith("data:image/png")   # MAPs still get overlays
     for m in [ace["caption"]] + ace["words"]:
         _check_grid(m["heatmap"])
-        sensitivity = [c["sensitivity"] for c in m["concepts"]]
-        assert sensitivity == sorted(sensitivity, reverse=True), "ranked by S_C,t(x)"
+        evidence = [c["evidence"] for c in m["concepts"]]
+        assert evidence == sorted(evidence, reverse=True), "ranked by the evidence where they lie"
         for c in m["concepts"]:
             assert CONCEPT_KEYS <= set(c)
             _check_grid(c["heatmap"], A.CONCEPT_MAP_SIDE)
@@ -402,5 +402,28 @@ def test_sensitivity_is_the_gradient_along_the_cav(tiny_loaded, small_bank):
             k = bank.ids.index(c["id"])
             assert c["sensitivity"] == pytest.approx(float(grads[t].sum((0, 1)) @ bank.cavs[k]),
                                                      rel=1e-3, abs=1e-9)
+            checked += 1
+    assert checked
+
+
+def test_evidence_is_the_sensitivity_where_the_concept_lies(tiny_loaded, small_bank):
+    """The ranking: ds_t/dA_hw . v_C averaged over the cells the concept's segments cover,
+    weighted by how much of each they cover, recomputed from the segments and the pass."""
+    from source_code.data.synthetic import generate_scene
+    from source_code.explain.target import caption_target, teacher_pass
+    bank, cap = small_bank[0], tiny_loaded
+    out = _explain(cap, bank)
+    image = generate_scene(31_000_001, image_size=cap.input_size, n_objects=2).image
+    pixels = cap.preprocess(image)
+    fmap = cap.features(pixels)
+    grads = teacher_pass(cap, fmap, caption_target(cap, out["words"])).gradients.numpy()
+    _, cover, concept_of, _ = A.locate_concepts(cap, pixels, fmap, bank)
+    checked = 0
+    for t, m in enumerate(out["explanations"]["ace"]["words"]):
+        for c in m["concepts"]:
+            k = bank.ids.index(c["id"])
+            presence = cover[concept_of == k].sum(0)                  # [gh, gw]
+            local = (grads[t] @ bank.cavs[k] * presence).sum() / presence.sum()
+            assert c["evidence"] == pytest.approx(float(local), rel=1e-3, abs=1e-9)
             checked += 1
     assert checked

@@ -46,11 +46,16 @@ Where and why it departs:
   in; a segment whose cluster the filter dropped is unmatched. On 30 held-out shapes
   scenes (in development) 86 % of the objects' area matched a concept whose name agrees
   with the ground truth (79 % with nearest centroids);
-* per word, the concepts present in the frame are ranked by the paper's conceptual
-  sensitivity S_C,t(x) = (sum_hw ds_t/dA) . v_C; each also carries its evidence where it
-  lies, sum_hw m_C(h, w) (ds_t/dA_hw . v_C) with m_C the share of cell (h, w) covered by
-  its segments (the first-order change of s_t if the concept's direction were
-  strengthened where it is), which paints the word's map;
+* per word, the concepts present in the frame carry the paper's conceptual sensitivity
+  S_C,t(x) = (sum_hw ds_t/dA) . v_C and are ranked by their evidence where they lie:
+  sum_hw m_C(h, w) (ds_t/dA_hw . v_C) / sum_hw m_C(h, w), with m_C the share of cell
+  (h, w) covered by the concept's segments (the rate at which s_t rises if the concept's
+  direction were strengthened where it is, per unit of its area). S_C,t(x) moves every
+  cell alike, so it cannot tell which concept in this frame the word reads; ranked by it,
+  a "red" concept (red segments of mixed shapes) came first for "circle". On validation
+  shapes scenes (600, seeds 90,000,300..) the evidence ranking named 0.906 of colour and
+  shape words, S_C,t(x) 0.889, the evidence summed over the area (large concepts first)
+  0.881. The segments' evidence paints the word's map;
 * ``embedding="region"`` builds a bank by clustering region means instead of patches (no
   backbone pass per segment): a fast option, measured against the paper's in the README;
 * ``segmentation="felzenszwalb"`` (the reference code's other superpixels, scales 1200,
@@ -415,7 +420,10 @@ def explain_with_concepts(ctx) -> dict:
     for j, k in enumerate(present):
         presence[j] = cover[concept_of == k].sum(0)
     directional = np.einsum("thwc,pc->thwp", grads, cavs)          # ds_t/dA_hw . v_C
-    evidence = np.einsum("thwp,phw->tp", directional, presence)    # [T, P]
+    # evidence: the conceptual sensitivity where the concept lies, the mean of
+    # ds_t/dA_hw . v_C over its cells weighted by m_C; it ranks the concepts
+    evidence = (np.einsum("thwp,phw->tp", directional, presence)
+                / np.maximum(presence.sum((1, 2)), 1e-6))          # [T, P]
     sensitivity = grads.sum((1, 2)) @ cavs.T                       # S_C,t(x), [T, P]
     # each matched segment's share of its concept's evidence: the word maps
     seg_evidence = np.zeros((target.n_words, len(cover)), np.float32)
@@ -429,7 +437,7 @@ def explain_with_concepts(ctx) -> dict:
 
     def entries(ev, sens, words):
         out = []
-        for j in np.argsort(-sens, kind="stable"):
+        for j in np.argsort(-ev, kind="stable"):
             k = present[j]
             scores = [(w, bank.word_score(w, k)) for w in words]
             scores = [(w, s) for w, s in scores if s]
