@@ -250,8 +250,9 @@ def cmd_caption(args) -> int:
             status = 1
             continue
         fmap = captioner.features(captioner.preprocess(image))
-        cap = captioner.decode_features(fmap, beam_width=args.beam)[0]
-        familiar, familiarity = captioner.familiar(fmap.numpy())[0]
+        parts = captioner.cell_parts(fmap)
+        cap = captioner.decode_parts(parts, beam_width=args.beam)[0]
+        familiar, familiarity = captioner.familiar(fmap.numpy(), parts)[0]
         note = "" if familiar else (f"\t(unfamiliar frame, familiarity {familiarity:.2f}: "
                                     f"the caption is a guess)")
         print((f"{path}\t{cap.text}" if len(args.images) > 1 else cap.text) + note)

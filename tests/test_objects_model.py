@@ -69,6 +69,27 @@ def test_imagenet_evidence_rarely_lets_a_fresh_frame_without_an_object_pass(obje
     assert np.mean(noun_evidence(fmap, fam.classifier) >= fam.evidence_threshold) <= 0.15
 
 
+def test_evidence_from_the_caption_pass_equals_evidence_from_the_maps(objects_captioner):
+    """The decoder's ImageNet head already computed every cell's class logits; familiarity
+    reads them instead of redoing the product, and finds the same evidence and verdicts."""
+    from source_code.data.objects_world import generate_empty_frame, generate_object_scene
+    from source_code.evaluation.photos import load_photo
+    from source_code.model.familiarity import noun_evidence, noun_evidence_from_logits
+    cap = objects_captioner
+    frames = ([generate_object_scene(FRESH_SEED + 300 + i, 224).image for i in range(6)]
+              + [generate_empty_frame(FRESH_SEED + 400 + i, 224) for i in range(3)]
+              + [np.asarray(load_photo("skimage:chelsea.png"))])
+    fmap = cap.features(cap.preprocess(frames))
+    parts = cap.cell_parts(fmap)
+    logits = cap.decoder.cell_class_logits(parts).numpy()
+    classifier = cap.familiarity.classifier
+    from_maps = noun_evidence(fmap.numpy(), classifier)
+    np.testing.assert_allclose(noun_evidence_from_logits(logits, classifier[2]), from_maps,
+                               atol=1e-4)
+    assert from_maps.max() > 0.9          # the cat photo: some cell is sure of "cat"
+    assert cap.familiar(fmap.numpy(), parts) == cap.familiar(fmap.numpy())
+
+
 def test_the_sanity_checks_randomised_copy_has_nothing_of_imagenet(objects_captioner):
     """Adebayo et al.'s check needs the same architecture with random weights: the
     per-cell ImageNet head is randomised with the backbone, not refused."""

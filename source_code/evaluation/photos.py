@@ -111,7 +111,8 @@ def available(entries):
 def _frames(captioner, images):
     pixels = captioner.preprocess(images)
     fmap = captioner.features(pixels)
-    return captioner.decode_features(fmap, beam_width=3), captioner.familiar(fmap.numpy())
+    parts = captioner.cell_parts(fmap)
+    return captioner.decode_parts(parts, beam_width=3), captioner.familiar(fmap.numpy(), parts)
 
 
 def evaluate_photos(captioner, variants=VARIANTS) -> dict:

@@ -96,16 +96,17 @@ class Explainer:
                                                                   self.beam_width)
         return pixels, feature_map, caption, gradient
 
-    def _familiarity(self, feature_map) -> dict:
-        familiar, familiarity = self.captioner.familiar(np.asarray(feature_map))[0]
+    def _familiarity(self, feature_map, parts, timer) -> dict:
+        with timer("familiarity"):
+            familiar, familiarity = self.captioner.familiar(np.asarray(feature_map), parts)[0]
         return {"familiar": familiar, "familiarity": familiarity}
 
     # -- public -----------------------------------------------------------------
     def caption(self, image) -> dict:
         timer = _Timer()
-        _, feature_map, caption, _ = self._prepare(image, timer)
+        _, feature_map, caption, parts = self._prepare(image, timer)
         return {"caption": caption.text, "words": caption.words,
-                **self._familiarity(feature_map),
+                **self._familiarity(feature_map, parts, timer),
                 "logprob": round(caption.logprob, 4), "beam_width": self.beam_width,
                 "timings_ms": timer.ms}
 
@@ -132,7 +133,7 @@ class Explainer:
             caption = (model_caption if caption is None
                        else self._given_caption(caption, feature_map))
         result = {"caption": caption.text, "words": caption.words,
-                  **self._familiarity(feature_map),
+                  **self._familiarity(feature_map, parts, timer),
                   "logprob": round(caption.logprob, 4), "beam_width": self.beam_width,
                   "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
                   "explanations": {}}

@@ -312,12 +312,16 @@ class Captioner:
         return self.decode_features(self.features(self.preprocess(images)), beam_width,
                                     length_penalty)
 
-    def familiar(self, feature_map) -> list[tuple[bool, float | None]]:
+    def familiar(self, feature_map, parts=None) -> list[tuple[bool, float | None]]:
         """(familiar, familiarity) per frame of [B, h, w, C]; (True, None) for a bundle
-        without calibration data (nothing to compare with: no warning is invented)."""
+        without calibration data (nothing to compare with: no warning is invented).
+        ``parts``: the decoder's ``cell_parts`` of the same maps, when the caption pass
+        made them (its ImageNet logits then serve familiarity's evidence)."""
         if self.familiarity is None:
             return [(True, None)] * int(feature_map.shape[0])
-        return self.familiarity.score(np.asarray(feature_map))
+        logits = self.decoder.cell_class_logits(parts) if parts is not None else None
+        return self.familiarity.score(np.asarray(feature_map),
+                                      None if logits is None else logits.numpy())
 
     def caption_from_search(self, tokens, logps) -> Caption:
         """One row of a search's (tokens, token log-probs) as a Caption."""

@@ -145,6 +145,11 @@ class CaptionDecoder(keras.Model):
         return parts + (centred, variance, _per_cell(centred, self.cell_proj.kernel[channels:]),
                         tf.reduce_mean(logits, axis=1))
 
+    def cell_class_logits(self, parts):
+        """The ImageNet head's logits of each cell, centred per cell, from ``cell_parts``
+        ([B, N, K]); None for a decoder without the head."""
+        return parts[1] if self.kind != "merge" and self.imagenet_head is not None else None
+
     def memory_from(self, parts, channel_shift=None, training=False) -> tuple:
         """cell_parts -> memory, the channel shift [B, C] added to every cell on the way.
 

@@ -56,8 +56,19 @@ def noun_evidence(feature_maps: np.ndarray, classifier) -> np.ndarray:
     where a class is a kind of a noun) gives to the classes of one noun."""
     kernel, bias, class_nouns = classifier
     f = np.asarray(feature_maps, np.float32)
-    p = softmax(f.reshape(len(f), -1, f.shape[-1]) @ kernel + bias, axis=-1)
-    return (p @ class_nouns).max((1, 2)) if len(f) else np.zeros(0, np.float32)
+    return noun_evidence_from_logits(f.reshape(len(f), -1, f.shape[-1]) @ kernel + bias,
+                                     class_nouns)
+
+
+def noun_evidence_from_logits(logits, class_nouns: np.ndarray) -> np.ndarray:
+    """``noun_evidence`` from the cells' class logits [B, N, 1000], which the decoder's
+    ImageNet head has already computed on a caption pass (a 14 x 14 x 1280 by 1280 x
+    1000 product saved per frame). Softmax ignores a shift per cell, so logits centred
+    per cell (``CaptionDecoder.cell_parts``) serve as well."""
+    logits = np.asarray(logits, np.float32)
+    if not len(logits):
+        return np.zeros(0, np.float32)
+    return (softmax(logits, axis=-1) @ class_nouns).max((1, 2))
 
 
 def choose_floor(negative_p: np.ndarray) -> float:
@@ -129,15 +140,18 @@ class Familiarity:
         k = min(K, d2.shape[1])
         return -np.sqrt(np.maximum(np.sort(d2, axis=1)[:, :k], 0)).mean(1)
 
-    def score(self, feature_maps) -> list[tuple[bool, float]]:
-        """[B, h, w, C] -> (familiar, familiarity) per frame."""
+    def score(self, feature_maps, class_logits=None) -> list[tuple[bool, float]]:
+        """[B, h, w, C] -> (familiar, familiarity) per frame; ``class_logits`` [B, h * w,
+        1000]: the cells' ImageNet logits where a caption pass already made them."""
         p = self.p_values(describe(feature_maps))
         familiar = p >= self.floor
         if self.evidence_threshold is not None:
             if self.classifier is None:
                 raise RuntimeError("this familiarity reads ImageNet evidence: attach the "
                                    "backbone's classifier first (Captioner.load does)")
-            familiar |= noun_evidence(feature_maps, self.classifier) >= self.evidence_threshold
+            evidence = (noun_evidence(feature_maps, self.classifier) if class_logits is None
+                        else noun_evidence_from_logits(class_logits, self.classifier[2]))
+            familiar |= evidence >= self.evidence_threshold
         return [(bool(f), round(float(v), 4)) for f, v in zip(familiar, p)]
 
     def save(self, bundle_dir) -> None:
