@@ -214,11 +214,14 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def small_bank(tiny):
+def small_bank(tiny, tmp_path_factory):
+    """A bank as a bundle holds it: saved, so its example patches are files (a request's
+    JSON links or inlines them)."""
     images, captions, truths = C.world_examples("shapes", 8, 20_000_000, tiny.input_size, False)
     bank, patches = C.build_concept_bank(tiny, images, captions, truths, n_clusters=6,
                                          resolutions=(15, 50), min_cluster_size=3,
                                          random_sets=4, min_word_examples=2, progress=False)
+    C.save_bank(bank, patches, tmp_path_factory.mktemp("small_bank"))
     return bank, patches
 
 
@@ -427,3 +430,20 @@ def test_evidence_is_the_sensitivity_where_the_concept_lies(tiny_loaded, small_b
             assert c["evidence"] == pytest.approx(float(local), rel=1e-3, abs=1e-9)
             checked += 1
     assert checked
+
+
+def test_the_caption_cards_speak_of_content_words(tiny_loaded, small_bank):
+    """For the whole caption a card names the caption's word the concept is most
+    significant for among its content words, not "a" or "of", wherever it can."""
+    from source_code.data.synthetic import generate_scene
+    bank = small_bank[0]
+    scene = generate_scene(31_000_001, image_size=tiny_loaded.input_size, n_objects=2)
+    out = _explain(tiny_loaded, bank, caption=scene.caption)
+    spoken_of = 0
+    for c in out["explanations"]["ace"]["caption"]["concepts"]:
+        content = [w for w in out["words"] if w not in A.FUNCTION_WORDS
+                   and bank.word_score(w, bank.ids.index(c["id"]))]
+        if content:
+            assert c["tcav_word"] in content and set(c["significant_for"]) <= set(content)
+            spoken_of += 1
+    assert spoken_of, "no caption card had a content word to speak of"

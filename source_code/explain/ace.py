@@ -108,6 +108,11 @@ WORD_MAP_SIDE = 32
 CONCEPT_MAP_SIDE = 16
 BANK_SCHEMA = 2
 ID_PATTERN = re.compile(r"^c\d{2,4}$")
+# Words too common to name a concept after (they follow every image), nor to sum up
+# what a concept means for a whole caption.
+FUNCTION_WORDS = {"a", "an", "the", "of", "in", "on", "at", "with", "and", "is", "are", "to",
+                  "its", "his", "her", "their", "while", "for", "by", "from", "into", "up",
+                  "left", "right", "above", "below", "small", "large"}
 # -- segments and their embeddings ---------------------------------------------------------
 def _known_segmentation(method: str) -> str:
     if method not in SEGMENTATIONS:
@@ -443,7 +448,8 @@ def explain_with_concepts(ctx) -> dict:
             scores = [(w, s) for w, s in scores if s]
             if len(words) == 1:
                 best = scores[0] if scores else (words[0], None)
-            else:   # the caption: its word for which the concept is most significant
+            else:   # the caption: its (content) word for which the concept is most significant
+                scores = [(w, s) for w, s in scores if w not in FUNCTION_WORDS] or scores
                 best = min(scores, key=lambda ws: (not ws[1]["significant"], ws[1]["p_value"],
                                                    -ws[1]["tcav"]), default=(None, None))
             word, score = best

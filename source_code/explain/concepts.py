@@ -24,8 +24,8 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
-from .ace import (BANK_DIR, DEDUP_JACCARD, MIN_SEGMENT_FRACTION, RENAMES_FILE, ConceptBank,
-                  _unit, ace_patch, coverage, region_embeddings, segment, segmentation_levels)
+from .ace import (BANK_DIR, DEDUP_JACCARD, FUNCTION_WORDS, MIN_SEGMENT_FRACTION, RENAMES_FILE,
+                  ConceptBank, _unit, ace_patch, coverage, region_embeddings, segment, segmentation_levels)
 
 log = logging.getLogger(__name__)
 PATCH_SIDE, PATCHES_PER_CONCEPT = 64, 5
@@ -40,10 +40,6 @@ NAME_PURITY = 0.9           # the most specific name that this fraction of membe
 # 0.31 of validation words; with 50 (and a reference set per null CAV), 0.88.
 RANDOM_SETS = 50
 BACKGROUND = "background"
-# Words too common to name a concept after (they follow every image).
-FUNCTION_WORDS = {"a", "an", "the", "of", "in", "on", "at", "with", "and", "is", "are", "to",
-                  "its", "his", "her", "their", "while", "for", "by", "from", "into", "up",
-                  "left", "right", "above", "below", "small", "large"}
 
 
 # -- segments --------------------------------------------------------------------------------
