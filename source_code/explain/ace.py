@@ -113,6 +113,8 @@ ID_PATTERN = re.compile(r"^c\d{2,4}$")
 FUNCTION_WORDS = {"a", "an", "the", "of", "in", "on", "at", "with", "and", "is", "are", "to",
                   "its", "his", "her", "their", "while", "for", "by", "from", "into", "up",
                   "left", "right", "above", "below", "small", "large"}
+
+
 # -- segments and their embeddings ---------------------------------------------------------
 def _known_segmentation(method: str) -> str:
     if method not in SEGMENTATIONS:
