@@ -194,6 +194,10 @@ def test_names_from_ground_truth_take_the_most_specific_agreeing_level():
     name, purity, _, _ = C.name_from_truth(mixed)       # no level reaches 0.9: the purest
     assert (name, purity) == ("circle", 0.8)
     assert C.name_from_truth([("cup",)] * 8 + [("dog",)] * 2, levels=((0,),))[:2] == ("cup", 0.8)
+    # no majority on any level: unnamed, never dressed up; its purity still says how mixed
+    split = [("cup",)] * 3 + [(C.BACKGROUND,)] * 3 + [("dog",)] * 2 + [("cat",)] * 2
+    assert C.name_from_truth(split, levels=((0,),))[:2] == ("", 0.3)
+    assert C.name_from_truth([red_circle] * 5 + [("blue", "square")] * 5)[:2] == ("", 0.5)
 
 
 def test_names_from_tcav_use_significant_content_words():

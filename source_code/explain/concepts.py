@@ -33,6 +33,7 @@ MAX_PER_CONCEPT = 40        # the paper: a concept is the segments nearest its c
 MIN_CLUSTER_SIZE = 20       # the paper's code: a smaller cluster is no concept
 CAV_C = 1.0                 # inverse L2 strength of the CAV's logistic regression
 NAME_PURITY = 0.9           # the most specific name that this fraction of members shares
+NAME_MAJORITY = 0.5         # below a name that more than this share agree on: unnamed
 # Random counterparts per concept (and random-vs-random CAVs in the null). A word's
 # gradients share one direction, so a random CAV's TCAV lies near 0 or near 1 and the
 # null is wide: with 20 random sets (and one reference set for the whole null) the t-test
@@ -405,7 +406,9 @@ def name_from_truth(truths: list, levels=((0, 1), (0,), (1,)),
     """A concept's name from its members' ground truth: the most specific level of the
     attributes (``levels``: index tuples, most specific first; colour + shape, then
     colour, then shape) on which at least ``threshold`` of the members agree, else the
-    level they agree on most. Returns (name, purity, level, {level: purity})."""
+    level they agree on most, if a majority does; else "" (unnamed: a name half the
+    members contradict would dress a mixed cluster up). Returns (name, purity, level,
+    {level: purity}); purity stays the largest share that agrees on anything."""
     width = max((len(t) for t in truths if t != (BACKGROUND,)), default=1)
     levels = [lv for lv in levels if max(lv) < width] or [tuple(range(width))]
     options = []
@@ -418,7 +421,7 @@ def name_from_truth(truths: list, levels=((0, 1), (0,), (1,)),
         if purity >= threshold:
             return name, purity, level, by_level
     name, purity, level = max(options, key=lambda o: o[1])   # first (most specific) on ties
-    return name, purity, level, by_level
+    return (name if purity > NAME_MAJORITY else ""), purity, level, by_level
 
 
 def name_from_tcav(table: dict, concept_id: str, words: int = 2) -> str:
@@ -485,7 +488,7 @@ def build_concept_bank(captioner, images, captions, truths=None, n_clusters: int
             name, pur, level, levels = name_from_truth([segments.truth[i] for i in members],
                                                        name_levels)
             names.append(name)
-            named_by.append("ground truth")
+            named_by.append("ground truth" if name else "")
             purity.append(round(pur, 4))
             d["purity_by_level"] = levels
             d["cluster_purity"] = round(float(np.mean(
@@ -521,7 +524,8 @@ def build_concept_bank(captioner, images, captions, truths=None, n_clusters: int
                             f"{sum(len(v) for v in table.values())} (concept, word) pairs, alpha {alpha}",
             "min_word_examples": min_word_examples, "random_tcav": random_mean,
             "naming": ("ground truth of the members (most specific level that "
-                       f"{NAME_PURITY:.0%} share)" if segments.truth is not None else
+                       f"{NAME_PURITY:.0%} share, else the one a majority shares, else "
+                       "unnamed)" if segments.truth is not None else
                        "words with significant TCAV above 0.5"),
             "seed": seed}
     seconds["total"] = round(time.perf_counter() - t0, 1)
