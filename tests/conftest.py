@@ -78,3 +78,56 @@ def shapes_captioner():
     if not (SHAPES_BUNDLE / "config.json").exists():
         pytest.fail(f"the bundled shapes model is missing: {SHAPES_BUNDLE}")
     return Captioner.load(SHAPES_BUNDLE)
+
+
+class _SharedServer:
+    """One ``python app.py`` on the bundled shapes model, shared by the browser tests that
+    start it the same way (test_e2e_browser, test_e2e_live): started by the first test
+    that asks for it, stopped as soon as the next test does not ask for it (see
+    ``pytest_runtest_teardown``), and started again if a later test asks again."""
+
+    def __init__(self, tmp_path_factory):
+        self._tmp = tmp_path_factory
+        self._context = None
+        self.running = None
+
+    def get(self):
+        if self.running is None:
+            from load import served  # bench/load.py: one helper starts, waits for and stops app.py
+            from test_e2e_browser import STARTUP_TIMEOUT, _bundle
+
+            bundle, is_default = _bundle()
+            log_path = self._tmp.mktemp("server") / "server.log"
+            context = served(bundle, log_path, timeout=STARTUP_TIMEOUT)
+            running = context.__enter__()
+            self._context = context
+            self.running = {**running, "is_default": is_default, "log": log_path}
+        return self.running
+
+    def stop(self):
+        context, self._context, self.running = self._context, None, None
+        if context is not None:
+            context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def shared_shapes_server(tmp_path_factory):
+    """The shared ``_SharedServer`` (ask for ``server`` in the browser test modules)."""
+    shared = _SharedServer(tmp_path_factory)
+    _SHARED_SERVERS.append(shared)
+    try:
+        yield shared
+    finally:
+        shared.stop()
+        _SHARED_SERVERS.remove(shared)
+
+
+_SHARED_SERVERS: list = []
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the shared server once no following test needs it (it would otherwise sit
+    idle, holding the model in memory, until the end of the session)."""
+    if nextitem is None or "shared_shapes_server" not in nextitem.fixturenames:
+        for shared in _SHARED_SERVERS:
+            shared.stop()

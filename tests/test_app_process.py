@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -47,6 +48,7 @@ def server_log(tmp_path):
     return tmp_path / "server.log"
 
 
+@pytest.mark.slow
 def test_app_serves_and_stops(tiny_bundle, server_log):
     with served(tiny_bundle, server_log, "--threads", "4", "--queue-size", "2") as running:
         base, port, proc, health = (running[k] for k in ("base", "port", "proc", "health"))
@@ -71,27 +73,65 @@ def test_app_serves_and_stops(tiny_bundle, server_log):
     assert "Traceback" not in log
 
 
-def run_failing_start(*args, timeout: float = 90):
-    proc = subprocess.run([sys.executable, "app.py", "--port", str(free_port()), *args], cwd=REPO,
-                          env=server_env(), capture_output=True, text=True, timeout=timeout)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    return proc, errors
+def start_failing(work: Path, *args) -> subprocess.Popen:
+    """``python app.py ARGS`` that should fail at start-up, its output in files under
+    ``work`` (not pipes: a run that nobody reads yet must not stall on a full pipe)."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "stdout.txt", "w") as out, open(work / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(free_port()), *args],
+                                cwd=REPO, env=server_env(), stdout=out, stderr=err, text=True)
+    proc.work = work
+    return proc
 
 
-def test_corrupt_bundle_is_one_clear_line(tiny_bundle, tmp_path):
-    broken = tmp_path / "broken"
+def finish_failing(proc: subprocess.Popen, timeout: float = 180):
+    """(its returncode, stdout and stderr, the stderr lines starting "error:") of a
+    ``start_failing`` run (timeout: a hang guard)."""
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    done = SimpleNamespace(returncode=proc.returncode,
+                           stdout=(proc.work / "stdout.txt").read_text(),
+                           stderr=(proc.work / "stderr.txt").read_text())
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    return done, errors
+
+
+@pytest.fixture(scope="module")
+def failing_starts(tiny_bundle, tmp_path_factory):
+    """Both failing starts of this module, run at once (each is mostly one process
+    importing TensorFlow): {"corrupt": (process, bundle dir), "missing": (...)}."""
+    root = tmp_path_factory.mktemp("failing")
+    broken = root / "broken"
     shutil.copytree(tiny_bundle, broken)
     (broken / "decoder.weights.h5").write_bytes(b"these are not weights")
-    proc, errors = run_failing_start("--bundle", str(broken))
+    missing = root / "nothing-here"
+    started = {"corrupt": (start_failing(root / "corrupt-run", "--bundle", str(broken)), broken),
+               "missing": (start_failing(root / "missing-run", "--bundle", str(missing)), missing)}
+    try:
+        yield started
+    finally:
+        for proc, _ in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_corrupt_bundle_is_one_clear_line(failing_starts):
+    started, broken = failing_starts["corrupt"]
+    proc, errors = finish_failing(started)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert len(errors) == 1 and str(broken) in errors[0], proc.stderr
     assert "weights" in errors[0]
 
 
-def test_missing_bundle_is_one_clear_line(tmp_path):
-    missing = tmp_path / "nothing-here"
-    proc, errors = run_failing_start("--bundle", str(missing))
+def test_missing_bundle_is_one_clear_line(failing_starts):
+    started, missing = failing_starts["missing"]
+    proc, errors = finish_failing(started)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert errors == [f"error: model bundle not found: {missing} is not a directory"], proc.stderr

@@ -20,7 +20,6 @@ from PIL import Image
 from source_code.data.synthetic import canonical_caption, generate_scene
 
 from browser import CHROMIUM, camera_browser, write_y4m  # shared with bench/live.py
-from load import served  # one helper starts, waits for and stops app.py
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES_BUNDLE = REPO / "models" / "shapes"
@@ -71,12 +70,13 @@ def scene():
     return generate_scene(SCENE_SEED, image_size=160, jpeg_quality=0)
 
 
-@pytest.fixture(scope="module")
-def server(browser_tools, tmp_path_factory):
-    bundle, is_default = _bundle()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with served(bundle, log_path, timeout=STARTUP_TIMEOUT) as running:
-        yield {**running, "is_default": is_default, "log": log_path}
+@pytest.fixture()
+def server(browser_tools, shared_shapes_server):
+    """``python app.py`` on _bundle(), started with served(); test_e2e_live uses the same
+    process (tests/conftest.py shares it: one model load and warm-up for both modules).
+    Function-scoped: each test asks the shared server, which is running whenever a test
+    asks (it is stopped between tests only when the next one does not need it)."""
+    return shared_shapes_server.get()
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +99,7 @@ def test_y4m_writer_round_trips(tmp_path):
     assert (y, u, v) == (81, 90, 240)      # BT.601 limited-range red
 
 
+@pytest.mark.slow
 def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
     page = browser.new_page(viewport={"width": 1440, "height": 960})
     console_errors = []
@@ -227,6 +228,7 @@ def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
     page.close()
 
 
+@pytest.mark.slow
 def test_camera_errors_are_explained(server, browser):
     page = browser.new_page()
     # An insecure origin: no navigator.mediaDevices at all.
@@ -245,6 +247,7 @@ def test_camera_errors_are_explained(server, browser):
     page.close()
 
 
+@pytest.mark.slow
 def test_server_errors_are_shown_in_plain_words(server, browser, tmp_path):
     tiny = tmp_path / "dot.png"
     Image.new("RGB", (1, 1), (200, 0, 0)).save(tiny)

@@ -49,6 +49,7 @@ def start_camera(page, base):
                            " return v && v.readyState >= 2 && v.videoWidth > 0; }", timeout=30_000)
 
 
+@pytest.mark.slow
 def test_live_mode_follows_a_moving_shape_and_keeps_one_viewer(server, live_browser):
     page = live_browser.new_page(viewport={"width": 1280, "height": 900})
     errors = []

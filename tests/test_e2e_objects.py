@@ -61,12 +61,14 @@ def _capture(playwright, server, frame: np.ndarray, tmp_path) -> tuple[dict, obj
     return info.value.json(), page, browser
 
 
+@pytest.mark.slow
 def test_the_default_bundle_is_served_and_listed(server):
     health = server["health"]
     assert health["model"]["name"] == "objects"
     assert {b["name"] for b in health["bundles"]} >= {"objects", "shapes"}
 
 
+@pytest.mark.slow
 def test_a_real_photo_of_a_person_is_called_a_person(playwright, server, tmp_path):
     result, page, browser = _capture(playwright, server, _photo("matplotlib:grace_hopper.jpg"), tmp_path)
     try:
@@ -79,6 +81,7 @@ def test_a_real_photo_of_a_person_is_called_a_person(playwright, server, tmp_pat
         browser.close()
 
 
+@pytest.mark.slow
 def test_a_star_field_is_flagged_as_unfamiliar(playwright, server, tmp_path):
     result, page, browser = _capture(playwright, server, _photo("skimage:hubble_deep_field.jpg"), tmp_path)
     try:

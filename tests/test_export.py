@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,14 +83,21 @@ def _assert_map_close(ours, ref):
     assert np.abs(ours - ref).max() <= bound, (np.abs(ours - ref).max(), bound)
 
 
-def _assert_explains(out, captioner, pixels, caption):
-    """``out`` (explain_pixels outputs for one image, batch 1) == the app: the caption,
-    ``explain.gradcam.gradcam`` of its ``caption_target`` at A = ``captioner.features``
-    (each word's map and the caption's, unnormalised) and its teacher-forced scores;
-    zeros after the caption's end. Returns the largest differences seen."""
+def _app_gradcam(captioner, pixels, caption):
+    """The app's ``explain.gradcam.gradcam`` of ``caption``'s ``caption_target`` at
+    A = ``captioner.features(pixels)``: what explain_pixels must give."""
     from source_code.explain.gradcam import gradcam
     from source_code.explain.target import caption_target
 
+    return gradcam(captioner, captioner.features(pixels), caption_target(captioner, caption.words))
+
+
+def _assert_explains(out, captioner, pixels, caption, ref=None):
+    """``out`` (explain_pixels outputs for one image, batch 1) == the app: the caption,
+    ``explain.gradcam.gradcam`` of its ``caption_target`` at A = ``captioner.features``
+    (each word's map and the caption's, unnormalised) and its teacher-forced scores;
+    zeros after the caption's end (``ref``: that gradcam, if already computed by
+    ``_app_gradcam``). Returns the largest differences seen."""
     _assert_same(out, [caption])
     n, (grid_h, grid_w) = len(caption.words), captioner.grid
     maps, whole = np.asarray(out["gradcam"]), np.asarray(out["gradcam_caption"])
@@ -101,7 +109,8 @@ def _assert_explains(out, captioner, pixels, caption):
     if n == 0:
         assert not whole.any()
         return {}
-    ref = gradcam(captioner, captioner.features(pixels), caption_target(captioner, caption.words))
+    if ref is None:
+        ref = _app_gradcam(captioner, pixels, caption)
     # Not vacuous: some map is non-zero (a word's map can be all zero after the ReLU,
     # and then ours must be too, within MAP_FLOOR).
     assert max(ref["caption"].max(), ref["words"].max()) > 0
@@ -131,13 +140,31 @@ def _session_run(export_dir, signature, **inputs):
                         {sig.inputs[k].name: v for k, v in inputs.items()})
 
 
+def _session_run_each(export_dir, feeds):
+    """``_session_run`` for several signatures of one SavedModel, loaded once into one TF1
+    session: {signature: {output name: array}} for feeds {signature: {input: value}}."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(export_dir))
+        results = {}
+        for signature, inputs in feeds.items():
+            sig = meta.signature_def[signature]
+            assert set(sig.inputs) == set(inputs)
+            results[signature] = sess.run({k: v.name for k, v in sig.outputs.items()},
+                                          {sig.inputs[k].name: v for k, v in inputs.items()})
+        return results
+
+
 CAPTION_OUTPUTS = ("caption", "tokens", "logprob")
 EXPLAIN_OUTPUTS = CAPTION_OUTPUTS + ("word_logprobs", "gradcam", "gradcam_caption")
 
 
-def _saved_model_cli(export_dir, signature, work, outputs=CAPTION_OUTPUTS, **arrays):
-    """``saved_model_cli run`` as a subprocess, inputs as .npy files (``--inputs``),
-    outputs read back from ``--outdir``: {output name: array}."""
+def _start_saved_model_cli(export_dir, signature, work, **arrays):
+    """Start ``saved_model_cli run`` as a subprocess, inputs as .npy files (``--inputs``),
+    outputs to ``--outdir``: (process, log path stem, outdir); ``_finish_saved_model_cli``
+    reads them."""
     work.mkdir(parents=True, exist_ok=True)
     feeds = []
     for name, value in arrays.items():
@@ -147,11 +174,34 @@ def _saved_model_cli(export_dir, signature, work, outputs=CAPTION_OUTPUTS, **arr
     cmd = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run",
            "--dir", str(export_dir), "--tag_set", "serve", "--signature_def", signature,
            "--inputs", ";".join(feeds), "--outdir", str(outdir), "--overwrite"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Result for output key caption" in proc.stdout
+    # Output to files, not pipes: a run that nobody reads yet must not stall on a full pipe.
+    with open(work / f"{signature}.stdout", "w") as out, open(work / f"{signature}.stderr", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+    return proc, work / signature, outdir
+
+
+def _finish_saved_model_cli(started, outputs=CAPTION_OUTPUTS):
+    """Wait for a ``_start_saved_model_cli`` run: {output name: array}."""
+    proc, logs, outdir = started
+    try:
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stdout = Path(f"{logs}.stdout").read_text()
+    stderr = Path(f"{logs}.stderr").read_text()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Result for output key caption" in stdout
     return {name: np.load(outdir / f"{name}.npy", allow_pickle=True)
             for name in outputs}
+
+
+def _saved_model_cli(export_dir, signature, work, outputs=CAPTION_OUTPUTS, **arrays):
+    """``saved_model_cli run`` as a subprocess, inputs as .npy files (``--inputs``),
+    outputs read back from ``--outdir``: {output name: array}."""
+    return _finish_saved_model_cli(_start_saved_model_cli(export_dir, signature, work, **arrays),
+                                   outputs)
 
 
 def _jpeg_at(image, quality=90):
@@ -283,8 +333,9 @@ def test_session_loader_bytes_signature_equals_captioner_caption(exported):
 
 
 def test_saved_model_cli_runs_the_tiny_export(exported, tmp_path):
-    """The README's ``saved_model_cli run`` command on the tiny export (the bundled
-    models' test below runs both signatures; one subprocess here keeps this fast)."""
+    """The README's ``saved_model_cli run`` command on the tiny export: serving_default,
+    image bytes passed as an object .npy (the bundled models' test below runs
+    explain_pixels through the subprocess; one subprocess here keeps this fast)."""
     captioner, _, out = exported
     images = _scenes(3, first=900)
     got = _saved_model_cli(out, "serving_default", tmp_path,
@@ -341,11 +392,17 @@ def test_explain_of_an_empty_caption_is_zeros():
 SHIPPED = sorted(p.parent.name for p in (REPO / "models").glob("*/config.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_bundle_export_runs_in_saved_model_cli(name, tmp_path):
-    """Integration (the bundled models): ``export`` through the CLI, then
-    ``saved_model_cli run`` on the caption signatures gives the Captioner's captions,
-    and on explain_pixels the app's caption, Grad-CAM maps and word scores."""
+    """Integration (the bundled models): ``export`` through the CLI; then the caption
+    signatures give the Captioner's captions in a TF1 session (the loader that
+    ``saved_model_cli run`` and TensorFlow Serving use), and ``saved_model_cli run`` as
+    a subprocess (a fresh process that imports only TensorFlow) on explain_pixels gives
+    the app's caption, Grad-CAM maps and word scores. explain_pixels holds the whole
+    caption graph (the beam search, then the gradients through it), so the one
+    subprocess loads and runs everything the caption signatures run; the tiny export's
+    test runs serving_default through the subprocess, string inputs from .npy included."""
     from source_code.model.captioner import Captioner
 
     bundle = REPO / "models" / name
@@ -355,18 +412,24 @@ def test_shipped_bundle_export_runs_in_saved_model_cli(name, tmp_path):
     size = captioner.input_size
     scenes = [generate_scene(31_000_000 + i, image_size=size).image for i in range(2)]
     jpegs = [_jpeg_at(im) for im in scenes]
-    expected = captioner.caption([px for _, px in jpegs], beam_width=3)
-    got = _saved_model_cli(out, "serving_default", tmp_path / "cli",
-                           images=np.array([data for data, _ in jpegs], dtype=object))
-    _assert_same(got, expected)
-    got = _saved_model_cli(out, "caption_pixels", tmp_path / "cli",
-                           pixels=captioner.preprocess([px for _, px in jpegs]).numpy())
-    _assert_same(got, expected)
     pixels = captioner.preprocess([jpegs[0][1]])
-    got = _saved_model_cli(out, "explain_pixels", tmp_path / "cli", outputs=EXPLAIN_OUTPUTS,
-                           pixels=pixels.numpy())
-    assert expected[0].words
-    _assert_explains(got, captioner, pixels, expected[0])
+    # The subprocess runs while this process computes what it must give.
+    cli = _start_saved_model_cli(out, "explain_pixels", tmp_path / "cli", pixels=pixels.numpy())
+    try:
+        expected = captioner.caption([px for _, px in jpegs], beam_width=3)
+        got = _session_run_each(out, {
+            "serving_default": {"images": np.array([data for data, _ in jpegs], dtype=object)},
+            "caption_pixels": {"pixels": captioner.preprocess([px for _, px in jpegs]).numpy()}})
+        _assert_same(got["serving_default"], expected)
+        _assert_same(got["caption_pixels"], expected)
+        assert expected[0].words
+        ref = _app_gradcam(captioner, pixels, expected[0])
+    except BaseException:
+        cli[0].kill()
+        cli[0].wait()
+        raise
+    got = _finish_saved_model_cli(cli, outputs=EXPLAIN_OUTPUTS)
+    _assert_explains(got, captioner, pixels, expected[0], ref=ref)
 
 
 def test_greedy_export(tmp_path):

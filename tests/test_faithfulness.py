@@ -366,6 +366,7 @@ def check_result_schema(doc: dict) -> None:
     assert doc["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_the_command_writes_a_result_file_of_the_schema(tmp_path):
     from source_code.cli import main
 

@@ -125,6 +125,7 @@ def mirror(tmp_path, monkeypatch):
 
 
 # A random-weight model's concept scores can be nearly constant: scipy says so.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Precision loss occurred in moment calculation")
 def test_real_data_recipe_end_to_end(mirror, tmp_path, monkeypatch, capsys):
     url, requests = mirror

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 import load as bench  # bench/load.py
 
 from conftest import SHAPES_BUNDLE
 
 
+@pytest.mark.slow
 def test_the_server_under_load(tmp_path):
     log = tmp_path / "server.log"
     report = bench.load_test(SHAPES_BUNDLE, clients=6, duration=45, timeout=60, queue_size=2,

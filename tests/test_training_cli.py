@@ -32,6 +32,7 @@ def glove_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", ["attention", "merge"])
 def test_train_through_cli_then_reload_and_caption(dataset, glove_file, tmp_path, capsys, decoder):
     bundle = tmp_path / f"bundle-{decoder}"
@@ -60,6 +61,7 @@ def test_train_through_cli_then_reload_and_caption(dataset, glove_file, tmp_path
     assert reloaded.caption(image, beam_width=3)[0].text == cli_caption
 
 
+@pytest.mark.slow
 def test_reloaded_bundle_captions_exactly_like_the_trained_model(dataset, tmp_path):
     from source_code.data.datasets import load_dataset
     from source_code.model.backbone import BackboneSpec
@@ -77,6 +79,7 @@ def test_reloaded_bundle_captions_exactly_like_the_trained_model(dataset, tmp_pa
     np.testing.assert_allclose([l for _, l in before], [l for _, l in after], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(dataset, tmp_path):
     out = tmp_path / "resumable"
     assert main(["train", "--data", str(dataset), "--out", str(out), "--finetune",
@@ -87,6 +90,7 @@ def test_resume_continues_from_the_last_checkpoint(dataset, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_frozen_backbone_training_caches_features(dataset, tmp_path):
     out = tmp_path / "frozen"
     assert main(["train", "--data", str(dataset), "--out", str(out), "--epochs", "1", *TINY]) == 0
