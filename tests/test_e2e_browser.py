@@ -170,6 +170,19 @@ def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
     assert src("overlay-gradcam").startswith("data:image/png")
     assert "Evidence for" in page.inner_text("#selection-label")
     assert not page.is_visible("#error")
+    if "ace" in result["explanations"]:
+        # ... and re-ranks the concept cards for that word: its significant concepts in the
+        # answer's order, the others folded away in their <details>
+        ranked = result["explanations"]["ace"]["words"][min(2, len(result["words"]) - 1)]["concepts"]
+        assert ranked, "the shapes bank has concepts in every frame of its world"
+        shown = page.eval_on_selector_all("#ace-concepts .ace-card", "cs => cs.map(c => c.dataset.concept)")
+        folded = page.eval_on_selector_all("#ace-segments .ace-card", "cs => cs.map(c => c.dataset.concept)")
+        assert shown == [c["id"] for c in ranked if c["significant"]]
+        assert folded == [c["id"] for c in ranked if not c["significant"]]
+        # a significant concept whose TCAV score lies below one half says it lowers the word
+        lowering = page.eval_on_selector_all("#ace-concepts .chip.sig.lowers", "cs => cs.length")
+        assert lowering == sum(c["significant"] and c["tcav"] < 0.5 for c in ranked)
+        assert not page.is_visible("#ace-segments .ace-card") or not folded
 
     # The trust score of the clicked word's Grad-CAM: its deletion curve on this frame.
     page.wait_for_function("() => document.getElementById('trust-verdict').textContent"
