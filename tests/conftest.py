@@ -8,8 +8,10 @@ import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,6 +21,36 @@ sys.path.insert(0, str(REPO / "bench"))
 SHAPES_BUNDLE = REPO / "models" / "shapes"
 SYNTH_WORDS = ["a", "small", "large", "red", "green", "blue", "yellow", "circle", "square",
                "triangle", "left", "right", "of", "above", "below"]
+
+
+def start_logged(work: Path, argv: list, env: dict | None = None) -> subprocess.Popen:
+    """``argv`` run in the repository, its output in files under ``work`` (not pipes: a
+    run that nobody reads yet must not stall on a full pipe). Several start at once."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "stdout.txt", "w") as out, open(work / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+    proc.work = work
+    return proc
+
+
+def finish_logged(proc: subprocess.Popen, timeout: float) -> SimpleNamespace:
+    """A ``start_logged`` run's returncode, stdout and stderr, once it ends (timeout: a
+    hang guard, past which it is killed)."""
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        stop_logged([proc])
+    return SimpleNamespace(returncode=proc.returncode,
+                           stdout=(proc.work / "stdout.txt").read_text(),
+                           stderr=(proc.work / "stderr.txt").read_text())
+
+
+def stop_logged(procs) -> None:
+    """Kill the runs still going (a fixture's teardown)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def zip_bytes(members: dict[str, bytes]) -> bytes:

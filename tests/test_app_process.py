@@ -12,11 +12,10 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, finish_logged, start_logged, stop_logged
 from load import free_port, served, server_env  # bench/load.py: one server helper
 STARTUP_TIMEOUT = 120
 
@@ -74,30 +73,16 @@ def test_app_serves_and_stops(tiny_bundle, server_log):
 
 
 def start_failing(work: Path, *args) -> subprocess.Popen:
-    """``python app.py ARGS`` that should fail at start-up, its output in files under
-    ``work`` (not pipes: a run that nobody reads yet must not stall on a full pipe)."""
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / "stdout.txt", "w") as out, open(work / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(free_port()), *args],
-                                cwd=REPO, env=server_env(), stdout=out, stderr=err, text=True)
-    proc.work = work
-    return proc
+    """``python app.py ARGS`` that should fail at start-up (see ``start_logged``)."""
+    return start_logged(work, [sys.executable, "app.py", "--port", str(free_port()), *args],
+                        server_env())
 
 
 def finish_failing(proc: subprocess.Popen, timeout: float = 180):
     """(its returncode, stdout and stderr, the stderr lines starting "error:") of a
     ``start_failing`` run (timeout: a hang guard)."""
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    done = SimpleNamespace(returncode=proc.returncode,
-                           stdout=(proc.work / "stdout.txt").read_text(),
-                           stderr=(proc.work / "stderr.txt").read_text())
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    return done, errors
+    done = finish_logged(proc, timeout)
+    return done, [line for line in done.stderr.splitlines() if line.startswith("error:")]
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +99,7 @@ def failing_starts(tiny_bundle, tmp_path_factory):
     try:
         yield started
     finally:
-        for proc, _ in started.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_logged(proc for proc, _ in started.values())
 
 
 def test_corrupt_bundle_is_one_clear_line(failing_starts):

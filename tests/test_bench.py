@@ -7,29 +7,18 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import finish_logged, start_logged, stop_logged
 
 
 def _start(work: Path, *args) -> subprocess.Popen:
-    """``python ARGS`` in the repository, its output in files under ``work`` (not pipes:
-    a run that nobody reads yet must not stall on a full pipe)."""
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work / "stdout.txt", "w") as out, open(work / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=out, stderr=err,
-                                text=True)
-    proc.work = work
-    return proc
+    """``python ARGS`` in the repository (see ``start_logged``)."""
+    return start_logged(work, [sys.executable, *args])
 
 
-def _finish(proc: subprocess.Popen, timeout=600):
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, (proc.work / "stderr.txt").read_text()[-2000:]
-    return (proc.work / "stdout.txt").read_text()
+def _finish(proc: subprocess.Popen, timeout=600) -> str:
+    done = finish_logged(proc, timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +40,7 @@ def runs(tmp_path_factory):
     try:
         yield root, started
     finally:
-        for _, proc in started.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_logged(proc for _, proc in started.values())
 
 
 @pytest.mark.slow

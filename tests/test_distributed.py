@@ -12,7 +12,7 @@ import pytest
 
 from source_code.data.synthetic import generate_scene, write_flickr8k_layout
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, finish_logged, start_logged, stop_logged
 from load import free_port  # bench/load.py: one free-port helper
 TINY = ["--backbone", "slim", "--input-size", "64", "--weights", "none", "--width", "0.25",
         "--depth", "0.25", "--last-stride", "1", "--units", "32", "--min-count", "1",
@@ -27,30 +27,18 @@ def dataset(tmp_path_factory):
 
 
 def _start(script: str, work: Path, env_extra: dict | None = None) -> subprocess.Popen:
-    """The script in a subprocess, its output in files under ``work`` (not pipes: a run
-    that nobody reads yet must not stall on a full pipe)."""
+    """The script in a subprocess (see ``start_logged``)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), **(env_extra or {}))
-    with open(work / "stdout.txt", "w") as out, open(work / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=env,
-                                stdout=out, stderr=err, text=True)
-    proc.work = work
-    return proc
+    return start_logged(work, [sys.executable, "-c", textwrap.dedent(script)], env)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 480) -> dict:
     """The RESULT line of a ``_start``ed script (timeout: a hang guard; the two runs of
     this module share the machine, each taking about twice as long as alone)."""
-    try:
-        proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    stdout = (proc.work / "stdout.txt").read_text()
-    stderr = (proc.work / "stderr.txt").read_text()
-    assert proc.returncode == 0, stderr[-4000:]
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, stdout[-2000:] + stderr[-2000:]
+    done = finish_logged(proc, timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads(lines[-1][len("RESULT "):])
 
 
@@ -125,10 +113,7 @@ def runs(dataset, tmp_path_factory):
     try:
         yield started
     finally:
-        for _, proc in started.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_logged(proc for _, proc in started.values())
 
 
 @pytest.mark.slow
