@@ -102,8 +102,6 @@ def runs(dataset, tmp_path_factory):
     args = ["train", "--data", str(dataset), "--out", str(bundle), "--decoder", "merge",
             "--finetune", "--strategy", "multiworker", *TINY]
     logs = tmp_path_factory.mktemp("logs")
-    (logs / "mirrored").mkdir()
-    (logs / "multiworker").mkdir()
     started = {"mirrored": (mirrored, _start(MIRRORED_SCRIPT.format(dataset=str(dataset),
                                                                   out=str(mirrored)),
                                              logs / "mirrored")),

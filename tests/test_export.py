@@ -5,15 +5,13 @@ reloaded in TF2 and, as TensorFlow Serving loads them, in a TF1 session
 (``tf.compat.v1.saved_model.loader.load`` and ``saved_model_cli run``)."""
 import io
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_tiny_captioner
+from conftest import REPO, finish_logged, make_tiny_captioner, start_logged, stop_logged
 from source_code.cli import main
 from source_code.data.synthetic import generate_scene
 
@@ -129,15 +127,7 @@ def _assert_explains(out, captioner, pixels, caption, ref=None):
 def _session_run(export_dir, signature, **inputs):
     """Run one signature the way TensorFlow Serving's C++ loader does: the SavedModel
     loaded into a TF1 session in a fresh graph (what ``saved_model_cli run`` does)."""
-    import tensorflow as tf
-
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(export_dir))
-        sig = meta.signature_def[signature]
-        assert set(sig.inputs) == set(inputs)
-        return sess.run({k: v.name for k, v in sig.outputs.items()},
-                        {sig.inputs[k].name: v for k, v in inputs.items()})
+    return _session_run_each(export_dir, {signature: inputs})[signature]
 
 
 def _session_run_each(export_dir, feeds):
@@ -162,9 +152,9 @@ EXPLAIN_OUTPUTS = CAPTION_OUTPUTS + ("word_logprobs", "gradcam", "gradcam_captio
 
 
 def _start_saved_model_cli(export_dir, signature, work, **arrays):
-    """Start ``saved_model_cli run`` as a subprocess, inputs as .npy files (``--inputs``),
-    outputs to ``--outdir``: (process, log path stem, outdir); ``_finish_saved_model_cli``
-    reads them."""
+    """Start ``saved_model_cli run`` as a subprocess (``start_logged``), inputs as .npy
+    files (``--inputs``), outputs to ``--outdir``: (process, outdir);
+    ``_finish_saved_model_cli`` reads them."""
     work.mkdir(parents=True, exist_ok=True)
     feeds = []
     for name, value in arrays.items():
@@ -174,25 +164,15 @@ def _start_saved_model_cli(export_dir, signature, work, **arrays):
     cmd = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "run",
            "--dir", str(export_dir), "--tag_set", "serve", "--signature_def", signature,
            "--inputs", ";".join(feeds), "--outdir", str(outdir), "--overwrite"]
-    # Output to files, not pipes: a run that nobody reads yet must not stall on a full pipe.
-    with open(work / f"{signature}.stdout", "w") as out, open(work / f"{signature}.stderr", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-    return proc, work / signature, outdir
+    return start_logged(work / f"log_{signature}", cmd), outdir
 
 
 def _finish_saved_model_cli(started, outputs=CAPTION_OUTPUTS):
     """Wait for a ``_start_saved_model_cli`` run: {output name: array}."""
-    proc, logs, outdir = started
-    try:
-        proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    stdout = Path(f"{logs}.stdout").read_text()
-    stderr = Path(f"{logs}.stderr").read_text()
-    assert proc.returncode == 0, stderr[-3000:]
-    assert "Result for output key caption" in stdout
+    proc, outdir = started
+    done = finish_logged(proc, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Result for output key caption" in done.stdout
     return {name: np.load(outdir / f"{name}.npy", allow_pickle=True)
             for name in outputs}
 
@@ -425,8 +405,7 @@ def test_shipped_bundle_export_runs_in_saved_model_cli(name, tmp_path):
         assert expected[0].words
         ref = _app_gradcam(captioner, pixels, expected[0])
     except BaseException:
-        cli[0].kill()
-        cli[0].wait()
+        stop_logged([cli[0]])
         raise
     got = _finish_saved_model_cli(cli, outputs=EXPLAIN_OUTPUTS)
     _assert_explains(got, captioner, pixels, expected[0], ref=ref)
