@@ -167,7 +167,8 @@ class Captioner:
         bundle_dir = Path(bundle_dir)
         if include_backbone is None:
             include_backbone = (self.config["backbone"].get("weights") != "imagenet"
-                                or self.config.get("backbone_trained", False))
+                                or self.config.get("backbone_trained", False)
+                                or bool(self.config.get("backbone_tail")))
         config = dict(self.config, backbone_weights_in_bundle=bool(include_backbone))
         with atomic_dir(bundle_dir) as tmp:
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

@@ -36,7 +36,7 @@ OBJECTS_RECIPE = {
     # The decoder overfits 10,000 scenes by epoch 8 (train loss 0.09, val 0.25):
     # more distinct scenes for fewer epochs, at the same number of steps.
     "images": 16000, "seed": 0, "image_size": 224,
-    # ImageNet EfficientNet-Lite0, frozen; its last stride-2 stage runs dilated at
+    # ImageNet EfficientNet-Lite0 (its tail tuned, see tune_tail); its last stride-2 stage runs dilated at
     # stride 1, so the decoder reads a 14 x 14 grid instead of 7 x 7.
     "backbone": {"variant": "lite0", "input_size": 224, "weights": "imagenet", "last_stride": 1},
     # Frozen GloVe 6B-50d; the decoder also reads Lite0's own ImageNet classifier
@@ -49,6 +49,9 @@ OBJECTS_RECIPE = {
     "attention_weight": 1.0, "gradcam_weight": 0.5, "gradcam_start_epoch": 2,
     "gradcam_ramp_epochs": 3,
     "familiarity_scenes": 2000,     # training scenes in the familiarity bank
+    # Lite0's last block and head tuned on the scenes' categories first, kept close to
+    # ImageNet's classes (training/tail.py); the decoder then reads the tuned features.
+    "tune_tail": {"from_block": 15, "epochs": 2},
 }
 
 RECIPES = {"shapes": SHAPES_RECIPE, "objects": OBJECTS_RECIPE}
@@ -74,7 +77,7 @@ def _config(r: dict, epochs: int | None) -> TrainConfig:
         captions_per_image=r["captions_per_image"], augment_hflip=r["hflip"],
         augment_vflip=r["vflip"], attention_weight=r["attention_weight"],
         gradcam_weight=r["gradcam_weight"], gradcam_start_epoch=r["gradcam_start_epoch"],
-        gradcam_ramp_epochs=r["gradcam_ramp_epochs"])
+        gradcam_ramp_epochs=r["gradcam_ramp_epochs"], tune_tail=r.get("tune_tail"))
 
 
 def _write_scenes(world: str, data: Path, r: dict, progress: bool) -> None:

@@ -45,6 +45,9 @@ class TrainConfig:
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     decoder: dict = field(default_factory=lambda: {"kind": "attention"})
     finetune_backbone: bool = False
+    # Tune the frozen backbone's last block on the scenes' categories first (see tail.py):
+    # None, or settings over tail.TAIL_DEFAULTS ({} for the defaults). Needs grounding.
+    tune_tail: dict | None = None
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -170,6 +173,20 @@ class _Augmenter:
         return images, tgt, att
 
 
+def _tuned_tail_features(captioner, dataset, train_ids, val_ids, grounding, cfg: TrainConfig,
+                         save_dir: Path, progress: bool):
+    """Tune the backbone's tail (tail.py), then cache the decoder's features through it."""
+    from .tail import tail_features, tune_tail
+    if grounding is None:
+        raise ValueError("tuning the backbone tail needs the scenes' categories: "
+                         "train on a synthetic world (its scenes.jsonl)")
+    record, trunk_train, trunk_val = tune_tail(captioner, dataset, train_ids, val_ids, grounding,
+                                               cfg.tune_tail, save_dir, progress)
+    captioner.config["backbone_tail"] = record
+    return (tail_features(captioner, trunk_train, save_dir / "features_train", progress),
+            tail_features(captioner, trunk_val, save_dir / "features_val", progress))
+
+
 def _lr_schedule(cfg: TrainConfig, total_steps: int, base: float):
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=base * 0.01, decay_steps=max(total_steps - cfg.warmup_steps, 1),
@@ -223,6 +240,9 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     if cfg.finetune_backbone:
         train_x = load_images([dataset.image_path(i) for i in train_ids], size, progress)
         val_x = load_images([dataset.image_path(i) for i in val_ids], size, progress)
+    elif cfg.tune_tail is not None:
+        train_x, val_x = _tuned_tail_features(captioner, dataset, train_ids, val_ids, grounding,
+                                              cfg, save_dir, progress)
     else:
         from .features import cached_features
         train_x = cached_features(captioner, dataset, train_ids, save_dir / "features_train", progress)
