@@ -117,7 +117,7 @@ def word_figures(explainer, world: str, scenes, progress: bool = True) -> dict:
             bound += any(c["significant"] and word in c["name"].split() for c in ranked)
             top_any_hits += bool(ranked) and word in ranked[0]["name"].split()
             # a concept significant because it lowers the word explains no occurrence of it
-            raising = next((c for c in ranked if c["significant"] and c["tcav"] > 0.5), None)
+            raising = next((c for c in ranked if c["significant"] and not c["lowers"]), None)
             raising_hits += raising is not None and word in raising["name"].split()
             if not ok:
                 misses[f"{word} -> {top['name'] if top else '(no significant concept)'}"] += 1

@@ -804,8 +804,7 @@
     } else if (entry.named_by) {
       facts.appendChild(make('span', 'chip purity', `named by ${entry.named_by}`));
     }
-    // two-sided: a concept whose TCAV score lies significantly below one half lowers the word
-    const lowers = entry.significant && typeof entry.tcav === 'number' && entry.tcav < 0.5;
+    const lowers = Boolean(entry.lowers);   // significant, with a TCAV score below one half
     const sig = make('span', `chip sig ${entry.significant ? 'yes' : 'no'}${lowers ? ' lowers' : ''}`,
       entry.significant ? (lowers ? 'significant: lowers it' : 'significant') : 'not significant');
     sig.title = 'two-sided t-test of the TCAV score against random concept vectors, Bonferroni-corrected';

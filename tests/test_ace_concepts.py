@@ -294,7 +294,7 @@ def test_unnamed_concepts_say_so(small_bank):
 
 # -- the request-time JSON -------------------------------------------------------------------
 CONCEPT_KEYS = {"id", "name", "sensitivity", "evidence", "tcav", "p_value", "significant",
-                "purity", "heatmap"}
+                "lowers", "purity", "heatmap"}
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +341,7 @@ def test_ace_json_with_a_bank(tiny_loaded, small_bank):
             assert CONCEPT_KEYS <= set(c)
             _check_grid(c["heatmap"], A.CONCEPT_MAP_SIDE)
             assert isinstance(c["significant"], bool)
+            assert c["lowers"] is (c["significant"] and c["tcav"] < 0.5)
     present = {c["id"] for c in ace["concepts"]}
     assert present == {c["id"] for c in ace["caption"]["concepts"]}
     for c in ace["concepts"]:

@@ -181,7 +181,7 @@ def test_camera_capture_caption_and_evidence(server, browser, scene, tmp_path):
         assert folded == [c["id"] for c in ranked if not c["significant"]]
         # a significant concept whose TCAV score lies below one half says it lowers the word
         lowering = page.eval_on_selector_all("#ace-concepts .chip.sig.lowers", "cs => cs.length")
-        assert lowering == sum(c["significant"] and c["tcav"] < 0.5 for c in ranked)
+        assert lowering == sum(c["lowers"] for c in ranked)
         assert not page.is_visible("#ace-segments .ace-card") or not folded
 
     # The trust score of the clicked word's Grad-CAM: its deletion curve on this frame.

@@ -249,8 +249,10 @@ def test_caption_and_gradient_in_one_pass_equal_the_separate_calls(shapes_captio
     from source_code.explain.target import caption_and_gradient
     cap = shapes_captioner
     pixels = cap.preprocess(generate_scene(77, image_size=cap.input_size, n_objects=2).image)
-    fmap, caption, grad = caption_and_gradient(cap, pixels, beam_width)
+    fmap, caption, grad, parts = caption_and_gradient(cap, pixels, beam_width)
     expected = cap.decode_features(cap.features(pixels), beam_width)[0]
+    for got, want in zip(parts, cap.cell_parts(cap.features(pixels)), strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
     assert caption.words and caption.words == expected.words
     np.testing.assert_allclose(caption.logprob, expected.logprob, rtol=1e-5)
     np.testing.assert_allclose(fmap.numpy(), cap.features(pixels).numpy(), rtol=1e-5, atol=1e-6)

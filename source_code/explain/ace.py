@@ -185,6 +185,13 @@ def _unit(x):
 
 
 # -- the bank ------------------------------------------------------------------------------
+
+def lowers_word(score: dict | None) -> bool:
+    """A significant TCAV score below one half: the concept makes the word less likely
+    (the two-sided test flags both directions)."""
+    return bool(score and score["significant"] and score["tcav"] < 0.5)
+
+
 @dataclass
 class ConceptBank:
     """A bundle's concepts. Arrays are indexed by concept (K kept concepts) except the
@@ -462,6 +469,7 @@ def explain_with_concepts(ctx) -> dict:
                      "p_value": score["p_value"] if score else None,
                      "p_adjusted": score.get("p_adjusted") if score else None,
                      "significant": bool(score and score["significant"]),
+                     "lowers": lowers_word(score),
                      "area": _round(area[j], 3), "heatmap": locations[j]}
             if len(words) > 1:
                 entry["tcav_word"] = word

@@ -87,14 +87,15 @@ class Explainer:
         return pixels, feature_map, caption, parts
 
     def _prepare_with_gradient(self, image, timer):
-        """As _prepare, plus the caption's pixel gradient, from one backbone forward."""
+        """As _prepare, plus the caption's pixel gradient, from one backbone forward.
+        Returns (pixels, feature map, caption, gradient, cell_parts)."""
         from .target import caption_and_gradient
         with timer("preprocess"):
             pixels = self.captioner.preprocess(image)
         with timer("backbone + decode + caption gradient"):
-            feature_map, caption, gradient = caption_and_gradient(self.captioner, pixels,
-                                                                  self.beam_width)
-        return pixels, feature_map, caption, gradient
+            feature_map, caption, gradient, parts = caption_and_gradient(
+                self.captioner, pixels, self.beam_width)
+        return pixels, feature_map, caption, gradient, parts
 
     def _familiarity(self, feature_map, parts, timer) -> dict:
         with timer("familiarity"):
@@ -124,9 +125,8 @@ class Explainer:
         t_all = time.perf_counter()
         wants_pixel_gradient = any(REGISTRY[m].needs_pixel_gradient(options) for m in methods)
         caption_pixel_grad = None   # ds/dx of the whole caption, when the caption pass made it
-        parts = None                # the decoder's reading of the cells, when the search made it
         if caption is None and wants_pixel_gradient:
-            pixels, feature_map, caption, caption_pixel_grad = self._prepare_with_gradient(
+            pixels, feature_map, caption, caption_pixel_grad, parts = self._prepare_with_gradient(
                 image, timer)
         else:
             pixels, feature_map, model_caption, parts = self._prepare(image, timer)

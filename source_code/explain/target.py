@@ -271,17 +271,19 @@ def score_gradients(captioner, inputs, target: CaptionTarget, weights,
 
 def _caption_gradient_function(captioner, beam_width: int):
     """Compiled: pixels [1, S, S, 3] -> (feature map, search tokens [1, L], token
-    log-probs [1, L], ds/dx [1, S, S, 3]) for the caption the search finds."""
+    log-probs [1, L], ds/dx [1, S, S, 3], the decoder's cell_parts of the map) for the
+    caption the search finds."""
     fns, key = captioner.compiled, ("caption_gradient", int(beam_width))
     if key not in fns:
-        search = captioner.search_function(beam_width)
+        search = captioner.search_function(beam_width, from_parts=True)
         vocab, size = captioner.vocab, captioner.input_size
 
         def caption_and_gradient(pixels):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(pixels)
                 fmap = captioner.backbone(pixels, training=False)
-                tokens, logps = search(tf.stop_gradient(fmap))
+                parts = captioner.decoder.cell_parts(tf.stop_gradient(fmap))
+                tokens, logps = search(parts)
                 # the caption's words: tokens before the first end (or pad) token
                 is_word = tf.logical_and(tokens[0] != vocab.end_id, tokens[0] != vocab.pad_id)
                 n = tf.minimum(tf.reduce_sum(tf.math.cumprod(tf.cast(is_word, tf.int32))),
@@ -291,7 +293,7 @@ def _caption_gradient_function(captioner, beam_width: int):
                 targets = tf.concat([words, [[vocab.end_id]]], 1)
                 scores = captioner.word_logprobs(fmap, tokens_in, targets)
                 total = tf.reduce_sum(scores[:, :n])       # s = sum_t s_t, end token not counted
-            return fmap, tokens, logps, tape.gradient(total, pixels)
+            return fmap, tokens, logps, tape.gradient(total, pixels), parts
         fns[key] = tf.function(caption_and_gradient, input_signature=[
             tf.TensorSpec([1, size, size, 3], tf.float32)])
     return fns[key]
@@ -301,7 +303,8 @@ def caption_and_gradient(captioner, pixels, beam_width: int):
     """The model's own caption of one image and its saliency gradient ds/dx in one
     compiled pass: the backbone's forward activations serve both the caption and
     the backward pass, where captioning then differentiating would run the
-    backbone forward twice. Returns (feature map, Caption, ds/dx [1, S, S, 3])."""
-    fmap, tokens, logps, grad = _caption_gradient_function(captioner, beam_width)(
+    backbone forward twice. Returns (feature map, Caption, ds/dx [1, S, S, 3], the
+    decoder's cell_parts of the map, which familiarity and the explainers reuse)."""
+    fmap, tokens, logps, grad, parts = _caption_gradient_function(captioner, beam_width)(
         tf.convert_to_tensor(pixels, tf.float32))
-    return fmap, captioner.caption_from_search(tokens.numpy()[0], logps.numpy()[0]), grad
+    return fmap, captioner.caption_from_search(tokens.numpy()[0], logps.numpy()[0]), grad, parts
