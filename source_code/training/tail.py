@@ -37,8 +37,9 @@ from .samples import load_images
 
 log = logging.getLogger(__name__)
 
-TAIL_DEFAULTS = {"from_block": 15, "epochs": 2, "learning_rate": 1e-4, "batch_size": 32,
-                 "distill_weight": 1.0, "distill_cells": 49}
+TAIL_DEFAULTS = {"from_block": 15, "epochs": 2, "learning_rate": 1e-4,
+                 "probe_learning_rate": 1e-3, "batch_size": 32, "distill_weight": 1.0,
+                 "distill_cells": 49}
 TAIL_WEIGHTS = "tail.weights.h5"
 
 
@@ -108,12 +109,8 @@ def tune_tail(captioner, dataset, train_ids, val_ids, grounding: dict, settings:
         log.info("backbone tail: tuned weights loaded from %s", done)
         return record, x_train, x_val
 
-    probe = keras.layers.Conv2D(len(categories), 1, kernel_initializer="zeros",
-                                name="category_probe")
-    probe.build(tail.output_shape)
-    optimizer = keras.optimizers.Adam(s["learning_rate"])
-    variables = tail.trainable_variables + probe.trainable_variables
-    step, evaluate = _step_functions(tail, teacher, probe, optimizer, variables, kernel, bias, s)
+    probe = category_probe(y_train, tail.output_shape)
+    step, evaluate = _step_functions(tail, teacher, probe, kernel, bias, s)
     rng = np.random.default_rng(captioner.config.get("seed", 0))
     history = []
     batch = s["batch_size"]
@@ -153,6 +150,18 @@ def _digest(weights) -> str:
     return h.hexdigest()[:16]
 
 
+def category_probe(labels: np.ndarray, feature_shape) -> keras.layers.Layer:
+    """The probe: a 1x1 convolution, kernel zero, bias each category's prior log-odds,
+    so it starts at the base rate (a bias at zero starts every category at one half,
+    and Adam takes thousands of steps to walk the biases down to the rare positives)."""
+    prior = np.clip(labels.mean(0), 1e-4, 1 - 1e-4)
+    probe = keras.layers.Conv2D(labels.shape[1], 1, kernel_initializer="zeros",
+                                bias_initializer=keras.initializers.Constant(np.log(prior / (1 - prior))),
+                                name="category_probe")
+    probe.build(feature_shape)
+    return probe
+
+
 def trunk_cache(captioner, trunk, dataset, ids, cache_dir, progress) -> np.ndarray:
     """The trunk's outputs for these images (float16 memmap, resumable)."""
     run = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
@@ -186,7 +195,15 @@ def _classifier(captioner):
     return tf.constant(kernel, tf.float32), tf.constant(bias, tf.float32)
 
 
-def _step_functions(tail, teacher, probe, optimizer, variables, kernel, bias, s):
+def _step_functions(tail, teacher, probe, kernel, bias, s):
+    """(train step, evaluation). The probe starts at zero and learns faster than the
+    tail it reads (its own learning rate), so the tail is tuned towards a probe that
+    already points somewhere."""
+    tail_opt = keras.optimizers.Adam(s["learning_rate"])
+    probe_opt = keras.optimizers.Adam(s["probe_learning_rate"])
+    n_tail = len(tail.trainable_variables)
+    variables = tail.trainable_variables + probe.trainable_variables
+
     def losses(x, y, cells):
         features = tail(x, training=False)                     # BatchNorm: ImageNet statistics
         scores = tf.reduce_max(probe(features), axis=[1, 2])   # [B, K]
@@ -204,7 +221,9 @@ def _step_functions(tail, teacher, probe, optimizer, variables, kernel, bias, s)
         with tf.GradientTape() as tape:
             bce, kl, _ = losses(x, y, cells)
             loss = bce + s["distill_weight"] * kl
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        grads = tape.gradient(loss, variables)
+        tail_opt.apply_gradients(zip(grads[:n_tail], variables[:n_tail]))
+        probe_opt.apply_gradients(zip(grads[n_tail:], variables[n_tail:]))
         return bce, kl
 
     @tf.function(reduce_retracing=True)
