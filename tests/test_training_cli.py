@@ -120,6 +120,25 @@ def test_the_control_recipe_differs_from_the_bundled_one_only_in_grounding():
         assert differ <= {"attention_weight", "gradcam_weight", "concept_bank"}
         cfg = _config(control, None)
         assert cfg.attention_weight == cfg.gradcam_weight == 0 and cfg.epochs == recipe["epochs"]
+        assert _config(recipe, None).tune_tail is None    # the shipped bundles: frozen / end to end
+
+
+def test_train_default_tune_tail_reaches_the_training_config(monkeypatch, tmp_path):
+    """`train-default --tune-tail` trains with the tail stage and says so in the card's command."""
+    from source_code.training import recipes
+    seen = {}
+
+    def fake_train(dataset, out, cfg, grounding_file=None, extra_card=None, **kw):
+        seen.update(cfg=cfg, card=extra_card)
+        raise SystemExit(0)       # the rest of the recipe is not under test here
+    monkeypatch.setattr(recipes, "train", fake_train)
+    monkeypatch.setattr(recipes, "_write_scenes", lambda *a: None)
+    monkeypatch.setattr("source_code.data.datasets.load_dataset", lambda *a: None)
+    with pytest.raises(SystemExit):
+        main(["train-default", "--world", "objects", "--tune-tail", "--out", str(tmp_path / "b"),
+              "--data", str(tmp_path / "d"), "--quiet"])
+    assert seen["cfg"].tune_tail == recipes.TUNE_TAIL
+    assert seen["card"]["training_command"].endswith("--world objects --tune-tail")
 
 
 def test_choosing_an_imagenet_prior_for_the_shapes_bundle_is_a_clear_error(capsys):

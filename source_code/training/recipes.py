@@ -36,7 +36,7 @@ OBJECTS_RECIPE = {
     # The decoder overfits 10,000 scenes by epoch 8 (train loss 0.09, val 0.25):
     # more distinct scenes for fewer epochs, at the same number of steps.
     "images": 16000, "seed": 0, "image_size": 224,
-    # ImageNet EfficientNet-Lite0 (its tail tuned, see tune_tail); its last stride-2 stage runs dilated at
+    # ImageNet EfficientNet-Lite0, frozen; its last stride-2 stage runs dilated at
     # stride 1, so the decoder reads a 14 x 14 grid instead of 7 x 7.
     "backbone": {"variant": "lite0", "input_size": 224, "weights": "imagenet", "last_stride": 1},
     # Frozen GloVe 6B-50d; the decoder also reads Lite0's own ImageNet classifier
@@ -49,10 +49,11 @@ OBJECTS_RECIPE = {
     "attention_weight": 1.0, "gradcam_weight": 0.5, "gradcam_start_epoch": 2,
     "gradcam_ramp_epochs": 3,
     "familiarity_scenes": 2000,     # training scenes in the familiarity bank
-    # Lite0's last block and head tuned on the scenes' categories first, kept close to
-    # ImageNet's classes (training/tail.py); the decoder then reads the tuned features.
-    "tune_tail": {"from_block": 15, "epochs": 2},
 }
+# `train-default --world objects --tune-tail`: Lite0's last block and head tuned on the
+# scenes' categories first, kept close to ImageNet's classes (training/tail.py); the
+# decoder then reads the tuned features. Not (yet) how the shipped bundle was made.
+TUNE_TAIL = {"from_block": 15, "epochs": 2}
 
 RECIPES = {"shapes": SHAPES_RECIPE, "objects": OBJECTS_RECIPE}
 # Seeds of the object-free frames that set the familiarity floor (training uses seeds
@@ -103,15 +104,18 @@ def control_recipe(world: str) -> dict:
 
 def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
                 eval_scenes: int = 500, resume: bool = False, progress: bool = True,
-                control: bool = False):
+                control: bool = False, tune_tail: bool = False):
     from ..data.datasets import load_dataset
     r = control_recipe(world) if control else RECIPES[world]
+    if tune_tail:
+        r = {**r, "tune_tail": dict(TUNE_TAIL)}
     t0 = time.time()
     _write_scenes(world, data, r, progress)
     name = f"{world}-control" if control else world
     card = {"name": name, "world": world,
             "training_command": f"python -m source_code train-default --world {world}"
-                                + (" --control" if control else ""),
+                                + (" --control" if control else "")
+                                + (" --tune-tail" if tune_tail else ""),
             "description": ("Control model (grounding losses off) of: " if control else "")
                            + DESCRIPTIONS[world],
             "data": {"kind": f"synthetic {world} scenes", "images": r["images"],

@@ -1,8 +1,11 @@
 """Tuning the backbone's last block on the world's object categories, before the decoder.
 
-Frozen ImageNet features tell many cut-outs apart poorly (a validation probe: a
-one-object scene's category right 0.685 of the time frozen, 0.786 with Lite0's
-last block and head tuned). This stage tunes that tail and nothing else:
+Frozen ImageNet features tell many cut-outs apart poorly: a probe of this kind on
+frozen Lite0 named a one-object validation scene's category 0.685 of the time (3,000
+training scenes, 8 epochs). With the tail tuned by this stage (the objects recipe's
+14,400 scenes, 2 epochs, ``train-default --world objects --tune-tail``) the probe names
+it 0.884 of the time, and both categories of a two-object scene are its top two 0.642
+of the time (1,600 validation scenes). This stage tunes that tail and nothing else:
 
 * the trunk (everything before ``blocks_{from_block}_expand_conv``) stays frozen, and
   its outputs are computed once and cached (float16, resumable);
