@@ -112,7 +112,7 @@ def cmd_train_default(args) -> int:
     captioner = train_world(args.world, out, Path(args.data or f"data/{args.world}"),
                             epochs=args.epochs, eval_scenes=args.eval_scenes,
                             resume=args.resume, progress=not args.quiet, control=args.control,
-                            tune_tail=args.tune_tail)
+                            tune_tail=not args.no_tune_tail)
     if out.resolve() == DEFAULT_BUNDLE.resolve():
         captioner.vocab.save(REPO_ROOT / "vocab.txt")   # the top-level copy is the default's
     return 0
@@ -489,9 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", action="store_true",
                    help="the control model: the same recipe with the grounding losses off "
                         "(for the faithfulness report; not shipped)")
-    p.add_argument("--tune-tail", action="store_true",
-                   help="objects: first tune Lite0's last block on the scenes' categories, kept "
-                        "close to its ImageNet classes (training/tail.py; about 20 more minutes)")
+    p.add_argument("--no-tune-tail", action="store_true",
+                   help="objects: keep Lite0 wholly frozen instead of tuning its last block on "
+                        "the scenes' categories first (training/tail.py; about 20 minutes "
+                        "faster, 0.02 lower validation exact match)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_default)

@@ -120,11 +120,18 @@ def test_the_control_recipe_differs_from_the_bundled_one_only_in_grounding():
         assert differ <= {"attention_weight", "gradcam_weight", "concept_bank"}
         cfg = _config(control, None)
         assert cfg.attention_weight == cfg.gradcam_weight == 0 and cfg.epochs == recipe["epochs"]
-        assert _config(recipe, None).tune_tail is None    # the shipped bundles: frozen / end to end
+        assert cfg.tune_tail == recipe.get("tune_tail")
+    # the objects bundle tunes Lite0's last block; the shapes one trains end to end
+    assert _config(RECIPES["objects"], None).tune_tail == {"from_block": 15, "epochs": 2}
+    assert _config(RECIPES["shapes"], None).tune_tail is None
 
 
-def test_train_default_tune_tail_reaches_the_training_config(monkeypatch, tmp_path):
-    """`train-default --tune-tail` trains with the tail stage and says so in the card's command."""
+@pytest.mark.parametrize("flags, tuned, command_ends", [
+    ([], True, "--world objects"), (["--no-tune-tail"], False, "--world objects --no-tune-tail")])
+def test_train_default_tunes_the_tail_unless_told_not_to(monkeypatch, tmp_path, flags, tuned,
+                                                          command_ends):
+    """The objects recipe tunes Lite0's last block; `--no-tune-tail` keeps it frozen and
+    says so in the card's command."""
     from source_code.training import recipes
     seen = {}
 
@@ -135,10 +142,46 @@ def test_train_default_tune_tail_reaches_the_training_config(monkeypatch, tmp_pa
     monkeypatch.setattr(recipes, "_write_scenes", lambda *a: None)
     monkeypatch.setattr("source_code.data.datasets.load_dataset", lambda *a: None)
     with pytest.raises(SystemExit):
-        main(["train-default", "--world", "objects", "--tune-tail", "--out", str(tmp_path / "b"),
+        main(["train-default", "--world", "objects", *flags, "--out", str(tmp_path / "b"),
               "--data", str(tmp_path / "d"), "--quiet"])
-    assert seen["cfg"].tune_tail == recipes.TUNE_TAIL
-    assert seen["card"]["training_command"].endswith("--world objects --tune-tail")
+    assert (seen["cfg"].tune_tail == recipes.OBJECTS_RECIPE["tune_tail"]) == tuned
+    assert (seen["cfg"].tune_tail is None) == (not tuned)
+    assert seen["card"]["training_command"].endswith(command_ends)
+
+
+def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, tmp_path):
+    """The ImageNet prior is part of the model: the recipe chooses its weight on
+    validation scenes first, so the card's held-out figures, familiarity and concept
+    bank are those of the model that ships."""
+    from source_code.explain import concepts
+    from source_code.training import recipes
+    calls = []
+
+    class Trained:
+        config = {"training": {}}
+
+        def save(self, out):
+            calls.append("save")
+    monkeypatch.setattr(recipes, "train", lambda *a, **k: Trained())
+    monkeypatch.setattr(recipes, "_write_scenes", lambda *a: None)
+    monkeypatch.setattr("source_code.data.datasets.load_dataset", lambda *a: None)
+    monkeypatch.setattr("source_code.data.worlds.held_out_scenes", lambda *a, **k: [])
+    monkeypatch.setattr(recipes, "choose_imagenet_prior", lambda *a: calls.append("prior"))
+    monkeypatch.setattr(recipes, "held_out_metrics", lambda *a: calls.append("evaluate") or {})
+    monkeypatch.setattr(recipes, "fit_familiarity", lambda *a: calls.append("familiarity"))
+    monkeypatch.setattr(recipes, "familiarity_negatives", lambda *a: None)
+    monkeypatch.setattr(concepts, "build_world_bank", lambda *a, **k: (calls.append("bank"),
+                                                                       (_Bank(), {}))[1])
+    monkeypatch.setattr(concepts, "save_bank", lambda *a: None)
+    recipes.train_world("objects", tmp_path / "b", tmp_path / "d", progress=False)
+    assert calls == ["prior", "evaluate", "familiarity", "save", "bank"]
+    calls.clear()
+    recipes.train_world("shapes", tmp_path / "s", tmp_path / "d", progress=False)
+    assert calls == ["evaluate", "familiarity", "save", "bank"]     # no ImageNet head, no prior
+
+
+class _Bank:
+    info = {}
 
 
 def test_choosing_an_imagenet_prior_for_the_shapes_bundle_is_a_clear_error(capsys):
