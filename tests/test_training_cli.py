@@ -147,6 +147,7 @@ def test_train_default_tunes_the_tail_unless_told_not_to(monkeypatch, tmp_path, 
     assert (seen["cfg"].tune_tail == recipes.OBJECTS_RECIPE["tune_tail"]) == tuned
     assert (seen["cfg"].tune_tail is None) == (not tuned)
     assert seen["card"]["training_command"].endswith(command_ends)
+    assert ("(frozen)" in seen["card"]["description"]) == (not tuned)
 
 
 def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, tmp_path):

@@ -67,9 +67,12 @@ DESCRIPTIONS = {
               "faithfulness lab.",
     "objects": "Everyday-objects captioner: ImageNet EfficientNet-Lite0 (last block tuned on the "
                "world's categories, distilled to keep its ImageNet classes) + GloVe-embedded "
-               "attention LSTM with an ImageNet noun prior, trained offline on photographic cut-outs, clip art and emoji "
-               "pasted on backgrounds. What a webcam should be pointed at.",
+               "attention LSTM with an ImageNet noun prior, trained offline on photographic "
+               "cut-outs, clip art and emoji pasted on backgrounds. What a webcam should be "
+               "pointed at.",
 }
+FROZEN_BACKBONE = ("(last block tuned on the world's categories, distilled to keep its ImageNet "
+                   "classes)", "(frozen)")
 
 
 def _config(r: dict, epochs: int | None) -> TrainConfig:
@@ -124,7 +127,8 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
                                 + (" --no-tune-tail" if not tune_tail
                                    and RECIPES[world].get("tune_tail") else ""),
             "description": ("Control model (grounding losses off) of: " if control else "")
-                           + DESCRIPTIONS[world],
+                           + (DESCRIPTIONS[world] if r.get("tune_tail") or world != "objects"
+                              else DESCRIPTIONS[world].replace(*FROZEN_BACKBONE)),
             "data": {"kind": f"synthetic {world} scenes", "images": r["images"],
                      "seeds": [r["seed"], r["seed"] + r["images"] - 1],
                      "image_size": r["image_size"]}}
