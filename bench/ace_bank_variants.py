@@ -19,7 +19,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 from ace_concepts import VALIDATION_SEED, bank_figures, held_out, word_figures  # noqa: E402
 

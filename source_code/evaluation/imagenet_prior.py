@@ -21,6 +21,7 @@ PRIOR_SEED = 80_000_000    # used by nothing else (tests: 40M, samples: 50M, ben
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 MAX_LOSS = 0.01
 PHOTO_KIND = "stamp"
+VALIDATION_SCENES = 1500   # the recipe's choice, and `choose-imagenet-prior`'s default
 
 
 def source_kinds() -> dict[str, str]:
@@ -60,6 +61,11 @@ def choose_prior_weight(captioner, n_scenes: int = 400, weights=WEIGHTS, beam_wi
             "rule": f"best exact match on all-stamp scenes among weights losing at most "
                     f"{MAX_LOSS} exact match over all scenes; ties to the smaller weight",
             "rows": rows, "chosen": chosen}
+
+
+def card_record(result: dict) -> dict:
+    """What a bundle's card keeps of a choice: everything but the per-weight rows."""
+    return {k: v for k, v in result.items() if k != "rows"}
 
 
 def pick_weight(rows: list[dict], max_loss: float = MAX_LOSS) -> float:
