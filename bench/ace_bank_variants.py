@@ -1,7 +1,9 @@
 """A concept bank built another way than the bundle's, scored on validation scenes.
 
     python bench/ace_bank_variants.py --bundle objects --images 600 --clusters 80 \
-        --embedding patch --levels 15 --scenes 100
+        --discovery world --segmentation slic --levels 15 --scenes 100
+
+Options left out take the world's default bank recipe (concepts.WORLD_BANKS).
 
 Builds the bank in memory (the bundle's own bank is untouched), then scores it as
 bench/ace_concepts.py does, on validation scenes (seeds from 90,000,000), never on the
@@ -32,11 +34,14 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default="objects")
-    p.add_argument("--images", type=int, required=True, help="discovery scenes")
-    p.add_argument("--clusters", type=int, required=True)
+    p.add_argument("--images", type=int, default=None, help="discovery scenes")
+    p.add_argument("--clusters", type=int, default=None, help="k (per word with --discovery word)")
     p.add_argument("--embedding", default="patch", choices=["patch", "region"])
+    p.add_argument("--discovery", default=None, choices=["world", "word"])
+    p.add_argument("--segmentation", default=None, choices=["slic", "felzenszwalb"])
+    p.add_argument("--min-cluster-size", type=int, default=None)
     p.add_argument("--levels", default=None,
-                   help="SLIC segment counts, comma-separated (default: the reference code's)")
+                   help="segmentation levels, comma-separated (default: the world's)")
     p.add_argument("--scenes", type=int, default=100, help="validation scenes scored")
     args = p.parse_args(argv)
     bundle = resolve_bundle(args.bundle)
@@ -45,7 +50,9 @@ def main(argv=None) -> int:
     levels = tuple(int(x) for x in args.levels.split(",")) if args.levels else None
     t0 = time.perf_counter()
     bank, _ = build_world_bank(cap, n_images=args.images, clusters=args.clusters,
-                               embedding=args.embedding, resolutions=levels, progress=False)
+                               embedding=args.embedding, resolutions=levels,
+                               discovery=args.discovery, segmentation=args.segmentation,
+                               min_cluster_size=args.min_cluster_size, progress=False)
     build = time.perf_counter() - t0
     figures = bank_figures(bank)
     scored = word_figures(Explainer(cap, concept_bank=bank), world,
@@ -53,6 +60,8 @@ def main(argv=None) -> int:
                           progress=False)
     row = {"command": " ".join(["python bench/ace_bank_variants.py"] + list(argv or sys.argv[1:])),
            "build_seconds": round(build), "concepts": figures["concepts"],
+           "bank": {k: bank.info.get(k) for k in ("discovery_images", "segmentation", "resolutions",
+                                                  "discovery", "clusters", "min_cluster_size")},
            "names": sorted({n["name"] for n in figures["names"]}),
            "share_purity_at_least_0.9": figures["share_purity_at_least_0.9"],
            "validation_seeds": [VALIDATION_SEED, VALIDATION_SEED + args.scenes - 1],

@@ -328,8 +328,12 @@ def cmd_build_concepts(args) -> int:
     started = time.perf_counter()
     captioner = _load_captioner(args.bundle)
     options = dict(embedding=args.embedding, segmentation=args.segmentation,
-                   random_sets=args.random_sets, progress=not args.quiet)
+                   discovery=args.discovery, random_sets=args.random_sets,
+                   resolutions=args.levels, progress=not args.quiet)
     if args.data:
+        # a dataset has no world: the paper's defaults where the command did not choose
+        options = {**options, "segmentation": args.segmentation or "slic",
+                   "discovery": args.discovery or "world"}
         from .data.datasets import load_dataset
         from .training.samples import first_training_images
         n_images, n_tcav = concept_image_counts(captioner.config.get("world", "shapes"),
@@ -416,6 +420,17 @@ def cmd_fetch(args) -> int:
 
 
 # -- parser ---------------------------------------------------------------------
+def _int_list(text: str) -> tuple[int, ...]:
+    """"1200" or "15,50,80" -> a tuple of positive integers (argparse reports a bad one)."""
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: every level must be a positive integer")
+    return values
+
+
 def _add_bundle(p):
     p.add_argument("--bundle", default=None,
                    help=f"model bundle: a name under models/ (objects, shapes) or a directory "
@@ -589,20 +604,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="dataset folder (default: the bundle's own world)")
     p.add_argument("--dataset", default="auto")
     p.add_argument("--images", type=int, default=None,
-                   help="images whose segments are clustered (default: 400 shapes, 150 objects)")
+                   help="images whose segments are clustered (default: 400 shapes, 1200 objects)")
     p.add_argument("--tcav-images", type=int, default=None,
-                   help="images whose captions give the TCAV examples (default: 2 x --images)")
+                   help="images whose captions give the TCAV examples (default: 2 x --images; "
+                        "objects: --images)")
     p.add_argument("--seed", type=int, default=20_000_000,
                    help="first synthetic seed (default: seeds no bundle trains or is scored on)")
     p.add_argument("--clusters", type=int, default=None,
-                   help="k-means clusters (default: 25; 40 shapes, 60 objects)")
+                   help="k-means clusters, per word with --discovery word (default: 25; "
+                        "40 shapes, 8 a word objects)")
+    p.add_argument("--discovery", choices=("world", "word"), default=None,
+                   help="world: one k-means over every discovery image (shapes' default); "
+                        "word: one per caption word over the images using it, as the paper "
+                        "runs one per class (objects' default)")
     p.add_argument("--embedding", choices=("patch", "region"), default="patch",
                    help="patch: the paper's (a backbone pass per segment); region: the fast "
                         "option (region means of the image's feature map)")
-    p.add_argument("--segmentation", choices=("slic", "felzenszwalb"), default="slic",
+    p.add_argument("--segmentation", choices=("slic", "felzenszwalb"), default=None,
                    help="superpixels of discovery (ACE's code offers both; SLIC at 15/50/80 "
-                        "segments is the paper's, Felzenszwalb at scales 1200/500/250 finds "
-                        "whole objects more often)")
+                        "segments is the paper's and shapes' default, Felzenszwalb at scales "
+                        "1200/500/250 finds whole objects more often: objects' default, at "
+                        "1200 alone)")
+    p.add_argument("--levels", type=_int_list, default=None, metavar="N,N,..",
+                   help="the segmentation's levels, coarse first (SLIC: segment counts; "
+                        "Felzenszwalb: scales); default: the world's, else the reference code's")
     p.add_argument("--random-sets", type=int, default=50, help="random counterparts per CAV")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_concepts)

@@ -4,6 +4,7 @@ and from TCAV, the bank's files, and the request-time JSON on the tiny bundle wi
 without a bank."""
 import io
 import json
+from collections import Counter
 
 import numpy as np
 from PIL import Image
@@ -132,6 +133,42 @@ def test_discover_drops_poor_clusters_and_keeps_the_nearest_members():
         assert np.linalg.norm(emb[members] - found.centres[m], axis=1).max() <= np.sort(d)[39] + 1e-5
 
 
+
+
+def test_discovery_per_word_clusters_each_words_images_on_their_own():
+    """Two words' images, each with its own object (a tight blob) on a background shared
+    by all: each word's run finds its object, and the paper's filter judges a cluster by
+    the share of that word's images it covers."""
+    rng = np.random.default_rng(1)
+    objects = {"cup": np.eye(3, DIM)[0] * 20, "dog": np.eye(3, DIM)[1] * 20}
+    images = {"cup": set(range(0, 30)), "dog": set(range(30, 60)) | {0}}   # image 0 has both
+    emb, image, truth = [], [], []
+    for i in range(60):
+        for word in [w for w in objects if i in images[w]]:
+            emb.append(objects[word] + rng.normal(size=DIM))
+            image.append(i)
+            truth.append(word)
+        for _ in range(2):                                       # background, everywhere
+            emb.append(np.eye(3, DIM)[2] * 20 + rng.normal(size=DIM))
+            image.append(i)
+            truth.append("background")
+    emb, image, truth = np.asarray(emb, np.float32), np.asarray(image), np.asarray(truth)
+    found = C.discover_per_word(emb, image, images | {"rare": {5, 6}}, n_clusters=2,
+                                min_size=10)
+    assert found.words == ["cup", "cup", "dog", "dog"]         # "rare": too few images
+    assert len(found.centres) == 4 and len(found.assignment) == len(found.rows)
+    # image 0's segments are clustered in both runs
+    assert (found.clustered_segments() == np.flatnonzero(image == 0)[0]).sum() == 2
+    found_in = set()
+    for m, members in zip(found.kept, found.members):
+        assert set(found.segments_of(m)) >= set(members)
+        assert set(image[found.segments_of(m)]) <= images[found.words[m]]
+        name, count = Counter(truth[members]).most_common(1)[0]
+        assert count >= 0.9 * len(members)
+        found_in.add((found.words[m], name))
+    assert found_in == {("cup", "cup"), ("cup", "background"), ("dog", "dog"), ("dog", "background")}
+    with pytest.raises(ValueError, match="no word has 5 discovery images"):
+        C.discover_per_word(emb, image, {"rare": {5, 6}}, n_clusters=2)
 # -- segments, patches and names -------------------------------------------------------------
 def test_unique_segments_drops_tiny_and_duplicate_segments():
     coarse = np.zeros((20, 20), int)
@@ -281,6 +318,24 @@ def test_a_felzenszwalb_bank_records_its_segmentation_and_requests_follow_it(tin
         C.build_concept_bank(tiny, images, captions, truths, segmentation="quickshift",
                              progress=False)
 
+
+
+def test_a_bank_discovered_per_word_serves_requests(tiny, tiny_loaded):
+    """Discovery per word end to end on the tiny model: every concept says in whose images
+    it was found, the matcher covers every word's clusters, and a request ranks them."""
+    images, captions, truths = C.world_examples("shapes", 8, 20_000_000, tiny.input_size, False)
+    bank, _ = C.build_concept_bank(tiny, images, captions, truths, n_clusters=3,
+                                   discovery="word", resolutions=(15,), min_cluster_size=2,
+                                   random_sets=3, min_word_examples=2, progress=False)
+    words = C.content_word_images(captions, len(images))
+    assert bank.info["discovery"] == "word" and len(bank) >= 1
+    assert {bank.details[cid]["discovered_in"] for cid in bank.ids} <= set(words)
+    runs = sum(1 for imgs in words.values() if len(imgs) >= 5)
+    assert len(bank.matcher_w) == bank.info["clusters"] == 3 * runs
+    ace = _explain(tiny_loaded, bank)["explanations"]["ace"]
+    assert ace["concepts"] and all(c["id"] in bank.ids for c in ace["concepts"])
+    with pytest.raises(ValueError, match="unknown discovery"):
+        C.build_concept_bank(tiny, images, captions, truths, discovery="class", progress=False)
 
 def test_unnamed_concepts_say_so(small_bank):
     bank = small_bank[0]
@@ -452,3 +507,34 @@ def test_the_caption_cards_speak_of_content_words(tiny_loaded, small_bank):
             assert c["tcav_word"] in content and set(c["significant_for"]) <= set(content)
             spoken_of += 1
     assert spoken_of, "no caption card had a content word to speak of"
+
+
+def test_a_world_bank_follows_its_worlds_recipe_unless_told_otherwise(monkeypatch):
+    """objects: per-word discovery on Felzenszwalb's coarsest scale; shapes: one k-means
+    over SLIC; a caller's choice wins, and the world's levels never go to another
+    segmentation."""
+    calls = []
+    monkeypatch.setattr(C, "world_examples", lambda world, n, *a: ([None] * n, [], []))
+    monkeypatch.setattr(C, "build_concept_bank", lambda cap, images, *a, **k: (
+        calls.append({"images": len(images), **k}), (A.ConceptBank([], [], [], [], *[np.zeros((0,))] * 4,
+                                                                  {}, {}), {}))[1])
+
+    class Cap:
+        input_size = 32
+
+        def __init__(self, world):
+            self.config = {"world": world}
+
+    C.build_world_bank(Cap("objects"), progress=False)
+    C.build_world_bank(Cap("objects"), clusters=5, segmentation="slic", discovery=None,
+                       progress=False)
+    C.build_world_bank(Cap("shapes"), progress=False)
+    objects, objects_slic, shapes = calls
+    assert objects["discovery"] == "word" and objects["segmentation"] == "felzenszwalb"
+    assert objects["resolutions"] == (1200,) and objects["n_clusters"] == 8
+    assert objects["discovery_images"] == 1200 and objects["images"] == 1200
+    assert objects_slic["segmentation"] == "slic" and "resolutions" not in objects_slic
+    assert objects_slic["discovery"] == "word" and objects_slic["n_clusters"] == 5
+    assert shapes["discovery"] == "world" and shapes["segmentation"] == "slic"
+    assert shapes["n_clusters"] == 40 and "min_cluster_size" not in shapes
+    assert shapes["discovery_images"] == 400 and shapes["images"] == 800

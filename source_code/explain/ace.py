@@ -21,12 +21,16 @@ Where and why it departs:
   of the word in a reference caption, not a class logit;
 * a patch is padded to a square with the same grey before resizing (the paper stretches
   it), so shapes keep their aspect;
-* the filter's "share of images covered" is taken per word: the paper discovers the
-  concepts of one class, we cluster a whole world at once (one backbone pass per segment
-  serves every word), so a cluster counts as populated when it covers a quarter (half)
-  of the images of some word, not of all images (a "red" concept can only be in the
-  images with something red). On the shapes world the paper's own share kept 7 of 25
-  clusters (an object cluster covers 20-35 % of all images), this one 20;
+* discovery: the paper discovers the concepts of one class from that class's images.
+  ``discovery="word"`` does the same per caption word (k-means on the segments of the
+  images whose captions use it; one backbone pass per segment still serves every word):
+  the objects world's default, since over its whole world object segments did not
+  gather by category. ``discovery="world"`` clusters a whole world at once (the shapes
+  world's default); its filter's "share of images covered" is then taken per word: a
+  cluster counts as populated when it covers a quarter (half) of the images of some
+  word, not of all images (a "red" concept can only be in the images with something
+  red). On the shapes world the paper's own share kept 7 of 25 clusters (an object
+  cluster covers 20-35 % of all images), this one 20;
 * CAVs are trained on the members' region means (the cells of their own image's feature
   map they cover: what the decoder reads there), not on the patch embeddings that
   clustered them. The directional derivative moves the feature map the decoder reads;

@@ -40,6 +40,9 @@ NAME_MAJORITY = 0.5         # below a name that more than this share agree on: u
 # missed concepts at TCAV 0.99 (null mean 0.57) and the shapes bank of 400 images named
 # 0.31 of validation words; with 50 (and a reference set per null CAV), 0.88.
 RANDOM_SETS = 50
+# "world": one k-means over every discovery image; "word": one per content word over the
+# images whose captions use it (the paper's per-class setting).
+DISCOVERIES = ("world", "word")
 BACKGROUND = "background"
 
 
@@ -252,10 +255,21 @@ def content_word_images(captions, n: int) -> dict:
 @dataclass
 class Discovery:
     centres: np.ndarray        # [M, C] k-means centres (every cluster)
-    assignment: np.ndarray     # [N] cluster of every segment
+    assignment: np.ndarray     # [R] cluster of every clustered row
     kept: list                 # cluster indices kept as concepts
     members: list              # per kept cluster: segment indices nearest the centre
     dropped: dict              # cluster index -> why
+    rows: np.ndarray | None = None   # [R] the segment of each row (None: row n is segment n)
+    words: list | None = None  # [M] the word in whose images a cluster was found (per word)
+
+    def segments_of(self, m: int) -> np.ndarray:
+        """Every segment k-means put in cluster m."""
+        idx = np.flatnonzero(self.assignment == m)
+        return idx if self.rows is None else self.rows[idx]
+
+    def clustered_segments(self) -> np.ndarray:
+        """[R] the segment of every clustered row (a segment may sit in several words' runs)."""
+        return np.arange(len(self.assignment)) if self.rows is None else self.rows
 
 
 def discover(embeddings: np.ndarray, image: np.ndarray, n_clusters: int, n_discovery: int,
@@ -278,6 +292,39 @@ def discover(embeddings: np.ndarray, image: np.ndarray, n_clusters: int, n_disco
         kept.append(m)
         members.append(idx[np.argsort(dist, kind="stable")[:max_per_concept]])
     return Discovery(km.cluster_centers_, assignment, kept, members, dropped)
+
+
+def discover_per_word(embeddings: np.ndarray, image: np.ndarray, word_images: dict,
+                      n_clusters: int, max_per_concept: int = MAX_PER_CONCEPT,
+                      min_size: int = MIN_CLUSTER_SIZE, seed: int = 0,
+                      min_images: int = 5) -> Discovery:
+    """The paper's own setting, one run per word as ACE runs one per class: k-means on the
+    segments of the images whose captions use the word, and the paper's filter with its
+    share of those images. A segment of an image with two words is clustered in both
+    runs; the runs' clusters are numbered one after another."""
+    centres, assignment, rows, words, kept, members, dropped = [], [], [], [], [], [], {}
+    offset = 0
+    for word in sorted(word_images):
+        imgs = word_images[word]
+        if len(imgs) < min_images:
+            continue
+        idx = np.flatnonzero(np.isin(image, sorted(imgs)))
+        run = discover(embeddings[idx], image[idx], n_clusters, len(imgs), max_per_concept,
+                       min_size, seed)
+        kept += [offset + m for m in run.kept]
+        members += [idx[m] for m in run.members]
+        dropped.update({offset + m: f"in the images of {word!r}: {why}"
+                        for m, why in run.dropped.items()})
+        centres.append(run.centres)
+        assignment.append(run.assignment + offset)
+        rows.append(idx)
+        words += [word] * len(run.centres)
+        offset += len(run.centres)
+    if not centres:
+        raise ValueError(f"no word has {min_images} discovery images: discover over the "
+                         "whole world instead")
+    return Discovery(np.concatenate(centres), np.concatenate(assignment), kept, members,
+                     dropped, np.concatenate(rows), words)
 
 
 # -- CAVs and TCAV ---------------------------------------------------------------------------
@@ -441,7 +488,7 @@ def build_concept_bank(captioner, images, captions, truths=None, n_clusters: int
                        random_sets: int = RANDOM_SETS, min_word_examples: int = 5,
                        alpha: float = 0.05,
                        name_levels=((0, 1), (0,), (1,)), random_pool: str = "segments",
-                       cav_space: str = "region",
+                       cav_space: str = "region", discovery: str = "world",
                        seed: int = 0, progress: bool = True,
                        segments: SegmentSet | None = None, fmaps=None, word_grads=None,
                        ) -> tuple[ConceptBank, dict]:
@@ -450,6 +497,8 @@ def build_concept_bank(captioner, images, captions, truths=None, n_clusters: int
     model's input size. Segments come from the first ``discovery_images`` (default all);
     TCAV examples from every image. ``segments``/``fmaps``/``word_grads``: reuse stages
     already computed. Returns the bank and its example patches {concept id: [uint8]}."""
+    if discovery not in DISCOVERIES:      # before any expensive stage
+        raise ValueError(f"unknown discovery {discovery!r}: one of {', '.join(DISCOVERIES)}")
     t0 = time.perf_counter()
     seconds = {}
     n_disc = len(images) if discovery_images is None else min(discovery_images, len(images))
@@ -466,8 +515,13 @@ def build_concept_bank(captioner, images, captions, truths=None, n_clusters: int
     t = time.perf_counter()
     emb = segments.embeddings
     log.info("%d segments from %d images; %d clusters", len(emb), n_disc, n_clusters)
-    found = discover(emb, segments.image, n_clusters, n_disc, max_per_concept,
-                     min_cluster_size, seed, content_word_images(captions, n_disc))
+    word_images = content_word_images(captions, n_disc)
+    if discovery == "word":
+        found = discover_per_word(emb, segments.image, word_images, n_clusters, max_per_concept,
+                                  min_cluster_size, seed)
+    else:
+        found = discover(emb, segments.image, n_clusters, n_disc, max_per_concept,
+                         min_cluster_size, seed, word_images)
     seconds["k-means"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     ids = [f"c{n + 1:02d}" for n in range(len(found.kept))]
@@ -480,10 +534,12 @@ def build_concept_bank(captioner, images, captions, truths=None, n_clusters: int
 
     names, named_by, purity, details = [], [], [], {}
     for cid, m, members in zip(ids, found.kept, found.members):
-        all_members = np.flatnonzero(found.assignment == m)
+        all_members = found.segments_of(m)
         d = {"segments": int(len(members)), "cluster_size": int(len(all_members)),
              "images": int(len(set(segments.image[members].tolist()))),
              "tcav_words": name_from_tcav(table, cid, words=3)}
+        if found.words is not None:
+            d["discovered_in"] = found.words[m]
         if segments.truth is not None:
             name, pur, level, levels = name_from_truth([segments.truth[i] for i in members],
                                                        name_levels)
@@ -499,7 +555,8 @@ def build_concept_bank(captioner, images, captions, truths=None, n_clusters: int
             purity.append(None)
         details[cid] = d
     cavs = _unit(concept_cavs.mean(1)) if len(ids) else np.zeros((0, emb.shape[1]), np.float32)
-    matcher_w, matcher_b = train_matcher(segments.regions, found.assignment, len(found.centres))
+    matcher_w, matcher_b = train_matcher(segments.regions[found.clustered_segments()],
+                                         found.assignment, len(found.centres))
     cluster_concept = np.full(len(found.centres), -1, np.int32)
     for k, m in enumerate(found.kept):
         cluster_concept[m] = k
@@ -509,7 +566,7 @@ def build_concept_bank(captioner, images, captions, truths=None, n_clusters: int
             "built": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "images": len(images), "discovery_images": n_disc, "segments": int(len(emb)),
             "segmentation": segmentation, "resolutions": list(resolutions),
-            "clusters": int(len(found.centres)),
+            "clusters": int(len(found.centres)), "discovery": discovery,
             "concepts": len(ids), "dropped": {str(m): why for m, why in found.dropped.items()},
             "max_per_concept": max_per_concept, "min_cluster_size": min_cluster_size,
             "random_sets": random_sets, "random_pool": random_pool, "cav_space": cav_space,
@@ -601,30 +658,49 @@ def world_examples(world: str, n: int, seed: int, image_size: int, progress: boo
 
 
 def default_clusters(world: str | None) -> int:
-    """k for k-means. The paper's 25 serves one class; a whole world needs more clusters
-    than it has kinds of objects, or they share clusters with backgrounds: on the shapes
-    world (12 colour + shape kinds, 90 % of segments background) 40 clusters named the
-    colour and shape words of held-out scenes better than 25 (0.84 against 0.75 on 60
-    scenes); the objects world has 41 categories (1.5 clusters a category)."""
-    if world == "objects":
-        from ..data.objects_world import default_world
-        return max(25, round(1.5 * len(default_world().categories)))
-    return 40 if world == "shapes" else 25
+    """k for k-means: a world's (``WORLD_BANKS``), else the paper's 25 for one class."""
+    return WORLD_BANKS.get(world, {}).get("clusters", 25)
 
 
-# Discovery images a build segments by default: what fits the 20-minute build on a
-# 2-core CPU (a patch through Lite0 at 224 px costs about 30-40 ms, through the shapes
-# backbone at 160 px about 12 ms, and an image gives about 115 patches). On shapes, 400
-# images named more validation words than 200 (0.8825 against 0.8425, 50 random sets, 80
-# request segments; seeds 90,000,000..).
-DEFAULT_IMAGES = {"shapes": 400, "objects": 150}
+# How each world's bank is built by default (``build_world_bank``), chosen on validation
+# scenes (seeds from 90,000,000), never on the test scenes:
+# * shapes: one k-means over the whole world, as in the paper's code but for all words at
+#   once. The paper's 25 clusters serve one class; a world needs more clusters than it
+#   has kinds of objects, or they share clusters with backgrounds: 40 clusters named the
+#   colour and shape words of held-out scenes better than 25 (0.84 against 0.75 on 60
+#   scenes). 400 discovery images named more validation words than 200 (0.8825 against
+#   0.8425): what fits the 20-minute build (a patch through the shapes backbone at 160 px
+#   costs about 12 ms, and an image gives about 115 patches).
+# * objects: discovery per word, as the paper runs per class (see ``discover_per_word``),
+#   on Felzenszwalb's coarsest scale alone, whose segments are whole objects far more
+#   often than SLIC's (2-3 object segments a scene against 1-2); 8 clusters a word, and
+#   the paper's filter with clusters of more than 10 segments. 1,200 discovery scenes (a
+#   word has about 45 of them; the paper uses 50 or more a class) named 0.66 of
+#   validation object words, 600 named 0.47; their own 1,200 captions serve as the TCAV
+#   examples, to keep the build near 20 minutes. Over the whole world, object segments
+#   did not gather by category (0.00-0.03 named; docs/results/ace_objects_bank_variants.json).
+WORLD_BANKS = {
+    "shapes": {"images": 400, "clusters": 40, "discovery": "world", "segmentation": "slic"},
+    "objects": {"images": 1200, "tcav_images": 1200, "clusters": 8, "discovery": "word",
+                "segmentation": "felzenszwalb", "resolutions": (1200,), "min_cluster_size": 10},
+}
+DEFAULT_IMAGES = {world: recipe["images"] for world, recipe in WORLD_BANKS.items()}
+
+
+def world_bank_options(world: str) -> dict:
+    """build_concept_bank's options of a world's default bank (no image count or k)."""
+    return {k: v for k, v in WORLD_BANKS.get(world, {}).items()
+            if k not in ("images", "tcav_images", "clusters")}
+
 
 def concept_image_counts(world: str, n_images: int | None = None,
                          tcav_images: int | None = None) -> tuple[int, int]:
     """(discovery images, TCAV example images) of a bank build: the world's default
-    discovery count, and twice as many TCAV examples unless told otherwise."""
+    discovery count, and the world's TCAV examples (default: twice as many) unless told
+    otherwise."""
     n_images = n_images or DEFAULT_IMAGES.get(world, 200)
-    return n_images, max(n_images, tcav_images or 2 * n_images)
+    tcav_images = tcav_images or WORLD_BANKS.get(world, {}).get("tcav_images") or 2 * n_images
+    return n_images, max(n_images, tcav_images)
 
 
 # Where a world bank's scenes start: unseen by training (seeds < 1,000,000) and by the
@@ -639,6 +715,12 @@ def build_world_bank(captioner, n_images: int | None = None, tcav_images: int | 
     Returns (bank, patches) with the scenes recorded in ``bank.info["source"]``."""
     world = captioner.config.get("world", "shapes")
     n_images, n_tcav = concept_image_counts(world, n_images, tcav_images)
+    # the world's recipe, where a caller did not say otherwise (None: not said)
+    recipe = world_bank_options(world)
+    given = {k: v for k, v in options.items() if v is not None}
+    if given.get("segmentation", recipe.get("segmentation")) != recipe.get("segmentation"):
+        recipe.pop("resolutions", None)     # the world's levels are its segmentation's
+    options = {**recipe, **given}
     progress = options.get("progress", True)
     images, captions, truths = world_examples(world, n_tcav, seed, captioner.input_size, progress)
     bank, patches = build_concept_bank(
