@@ -331,9 +331,8 @@ def cmd_build_concepts(args) -> int:
                    discovery=args.discovery, random_sets=args.random_sets,
                    resolutions=args.levels, progress=not args.quiet)
     if args.data:
-        # a dataset has no world: the paper's defaults where the command did not choose
-        options = {**options, "segmentation": args.segmentation or "slic",
-                   "discovery": args.discovery or "world"}
+        # a dataset has no world: build_concept_bank's defaults where the command did not choose
+        options = {k: v for k, v in options.items() if v is not None}
         from .data.datasets import load_dataset
         from .training.samples import first_training_images
         n_images, n_tcav = concept_image_counts(captioner.config.get("world", "shapes"),

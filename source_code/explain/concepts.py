@@ -673,8 +673,9 @@ def default_clusters(world: str | None) -> int:
 #   costs about 12 ms, and an image gives about 115 patches).
 # * objects: discovery per word, as the paper runs per class (see ``discover_per_word``),
 #   on Felzenszwalb's coarsest scale alone, whose segments are whole objects far more
-#   often than SLIC's (2-3 object segments a scene against 1-2); 8 clusters a word, and
-#   the paper's filter with clusters of more than 10 segments. 1,200 discovery scenes (a
+#   often than SLIC's (2.5 segments an object against 1.2 at SLIC's coarsest level, 600
+#   scenes); 8 clusters a word, and the paper's filter with clusters of more than 10
+#   segments. 1,200 discovery scenes (a
 #   word has about 45 of them; the paper uses 50 or more a class) named 0.66 of
 #   validation object words, 600 named 0.47; their own 1,200 captions serve as the TCAV
 #   examples, to keep the build near 20 minutes. Over the whole world, object segments
@@ -684,7 +685,6 @@ WORLD_BANKS = {
     "objects": {"images": 1200, "tcav_images": 1200, "clusters": 8, "discovery": "word",
                 "segmentation": "felzenszwalb", "resolutions": (1200,), "min_cluster_size": 10},
 }
-DEFAULT_IMAGES = {world: recipe["images"] for world, recipe in WORLD_BANKS.items()}
 
 
 def world_bank_options(world: str) -> dict:
@@ -698,8 +698,9 @@ def concept_image_counts(world: str, n_images: int | None = None,
     """(discovery images, TCAV example images) of a bank build: the world's default
     discovery count, and the world's TCAV examples (default: twice as many) unless told
     otherwise."""
-    n_images = n_images or DEFAULT_IMAGES.get(world, 200)
-    tcav_images = tcav_images or WORLD_BANKS.get(world, {}).get("tcav_images") or 2 * n_images
+    recipe = WORLD_BANKS.get(world, {})
+    n_images = n_images or recipe.get("images", 200)
+    tcav_images = tcav_images or recipe.get("tcav_images") or 2 * n_images
     return n_images, max(n_images, tcav_images)
 
 
