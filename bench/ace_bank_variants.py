@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--discovery", default=None, choices=["world", "word"])
     p.add_argument("--segmentation", default=None, choices=["slic", "felzenszwalb"])
     p.add_argument("--min-cluster-size", type=int, default=None)
+    p.add_argument("--relevant-per-word", type=int, default=None)
     p.add_argument("--levels", default=None,
                    help="segmentation levels, comma-separated (default: the world's)")
     p.add_argument("--scenes", type=int, default=100, help="validation scenes scored")
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
     bank, _ = build_world_bank(cap, n_images=args.images, clusters=args.clusters,
                                embedding=args.embedding, resolutions=levels,
                                discovery=args.discovery, segmentation=args.segmentation,
-                               min_cluster_size=args.min_cluster_size, progress=False)
+                               min_cluster_size=args.min_cluster_size,
+                               relevant_per_word=args.relevant_per_word, progress=False)
     build = time.perf_counter() - t0
     figures = bank_figures(bank)
     scored = word_figures(Explainer(cap, concept_bank=bank), world,
@@ -61,7 +63,9 @@ def main(argv=None) -> int:
     row = {"command": " ".join(["python bench/ace_bank_variants.py"] + list(argv or sys.argv[1:])),
            "build_seconds": round(build), "concepts": figures["concepts"],
            "bank": {k: bank.info.get(k) for k in ("discovery_images", "segmentation", "resolutions",
-                                                  "discovery", "clusters", "min_cluster_size")},
+                                                  "discovery", "clusters", "min_cluster_size",
+                                                  "relevant_per_word", "segments",
+                                                  "segments_embedded")},
            "names": sorted({n["name"] for n in figures["names"]}),
            "share_purity_at_least_0.9": figures["share_purity_at_least_0.9"],
            "validation_seeds": [VALIDATION_SEED, VALIDATION_SEED + args.scenes - 1],

@@ -329,7 +329,8 @@ def cmd_build_concepts(args) -> int:
     captioner = _load_captioner(args.bundle)
     options = dict(embedding=args.embedding, segmentation=args.segmentation,
                    discovery=args.discovery, random_sets=args.random_sets,
-                   resolutions=args.levels, progress=not args.quiet)
+                   resolutions=args.levels, relevant_per_word=args.relevant_per_word,
+                   progress=not args.quiet)
     if args.data:
         # a dataset has no world: build_concept_bank's defaults where the command did not choose
         options = {k: v for k, v in options.items() if v is not None}
@@ -627,6 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=_int_list, default=None, metavar="N,N,..",
                    help="the segmentation's levels, coarse first (SLIC: segment counts; "
                         "Felzenszwalb: scales); default: the world's, else the reference code's")
+    p.add_argument("--relevant-per-word", type=int, default=None, metavar="N",
+                   help="with --discovery word: each word's run clusters only the N segments "
+                        "of an image that raise the word's score most (grad x activation), "
+                        "and only those pass the backbone (objects' default: 3; 0: every segment)")
     p.add_argument("--random-sets", type=int, default=50, help="random counterparts per CAV")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_build_concepts)

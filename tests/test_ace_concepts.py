@@ -169,6 +169,13 @@ def test_discovery_per_word_clusters_each_words_images_on_their_own():
     assert found_in == {("cup", "cup"), ("cup", "background"), ("dog", "dog"), ("dog", "background")}
     with pytest.raises(ValueError, match="no word has 5 discovery images"):
         C.discover_per_word(emb, image, {"rare": {5, 6}}, n_clusters=2)
+    # each word's run clusters only the segments relevant to that word
+    relevant = [{t} if t != "background" else set() for t in truth]
+    found = C.discover_per_word(emb, image, images, n_clusters=1, min_size=10,
+                                relevant=relevant)
+    assert found.words == ["cup", "dog"] and found.kept == [0, 1]
+    for m in (0, 1):
+        assert set(truth[found.segments_of(m)]) == {found.words[m]}
 # -- segments, patches and names -------------------------------------------------------------
 def test_unique_segments_drops_tiny_and_duplicate_segments():
     coarse = np.zeros((20, 20), int)
@@ -336,6 +343,55 @@ def test_a_bank_discovered_per_word_serves_requests(tiny, tiny_loaded):
     assert ace["concepts"] and all(c["id"] in bank.ids for c in ace["concepts"])
     with pytest.raises(ValueError, match="unknown discovery"):
         C.build_concept_bank(tiny, images, captions, truths, discovery="class", progress=False)
+
+def test_relevant_segments_are_each_words_most_raising_ones(tiny):
+    """Per caption word, the top segments by grad x activation (positive only); the same
+    teacher pass gives the word gradients TCAV reads."""
+    from source_code.explain.target import caption_target, teacher_pass
+    images, captions, _ = C.world_examples("shapes", 2, 20_000_000, tiny.input_size, False)
+    pixels = tiny.preprocess(images[0])
+    fmap = tiny.features(pixels).numpy()
+    labels = A.segment(np.asarray(pixels[0]).astype(np.uint8), 15)
+    covers = list(A.coverage(labels, tiny.grid))
+    words_of, grads = C.relevant_segments(tiny, fmap, captions[0], covers, top=2)
+    words = captions[0][0]
+    g = teacher_pass(tiny, fmap, caption_target(tiny, words)).gradients.numpy()
+    importance = A.segment_importance(fmap[0], g, np.stack(covers))
+    for t, w in enumerate(words):
+        chosen = {j for j, ws in enumerate(words_of) if w in ws}
+        if w in A.FUNCTION_WORDS:
+            assert not chosen
+            continue
+        best = [j for j in np.argsort(-importance[t], kind="stable")[:2] if importance[t, j] > 0]
+        assert chosen == set(best)
+    expected = C.word_gradient_examples(tiny, images[:1], captions[:1], [fmap], progress=False)
+    assert set(grads) == set(expected)
+    for w in grads:
+        assert np.allclose(np.asarray(grads[w]), expected[w], atol=1e-5)
+
+
+def test_a_bank_of_relevant_segments_embeds_and_clusters_only_them(tiny, tiny_loaded):
+    images, captions, truths = C.world_examples("shapes", 8, 20_000_000, tiny.input_size, False)
+    kw = dict(n_clusters=2, discovery="word", resolutions=(15,), min_cluster_size=2,
+              random_sets=3, min_word_examples=2, progress=False)
+    segs, fmaps = C.collect_segments(tiny, images, (15,), truths, captions=captions,
+                                     relevant_per_word=2, progress=False)
+    embedded = np.isfinite(segs.embeddings).all(1)
+    assert embedded.any() and not embedded.all()
+    assert (embedded == np.array([bool(r) for r in segs.relevant])).all()
+    # the discovery images' teacher passes are TCAV's word gradients
+    expected = C.word_gradient_examples(tiny, images, captions, fmaps, progress=False)
+    assert set(segs.word_grads) == set(expected)
+    assert all(np.allclose(segs.word_grads[w], expected[w], atol=1e-5) for w in expected)
+    bank, _ = C.build_concept_bank(tiny, images, captions, truths, relevant_per_word=2,
+                                   discovery_images=6, **kw)
+    assert bank.info["relevant_per_word"] == 2 and len(bank) >= 1
+    assert bank.info["segments_embedded"] < bank.info["segments"]
+    assert _explain(tiny_loaded, bank)["explanations"]["ace"]["concepts"]
+    with pytest.raises(ValueError, match="relevant_per_word"):
+        C.build_concept_bank(tiny, images, captions, truths, relevant_per_word=2,
+                             discovery="world", progress=False)
+
 
 def test_unnamed_concepts_say_so(small_bank):
     bank = small_bank[0]
@@ -528,13 +584,22 @@ def test_a_world_bank_follows_its_worlds_recipe_unless_told_otherwise(monkeypatc
     C.build_world_bank(Cap("objects"), progress=False)
     C.build_world_bank(Cap("objects"), clusters=5, segmentation="slic", discovery=None,
                        progress=False)
+    C.build_world_bank(Cap("objects"), discovery="world", progress=False)
+    C.build_world_bank(Cap("objects"), embedding="region", relevant_per_word=None,
+                       progress=False)
     C.build_world_bank(Cap("shapes"), progress=False)
-    objects, objects_slic, shapes = calls
+    objects, objects_slic, objects_world, objects_region, shapes = calls
     assert objects["discovery"] == "word" and objects["segmentation"] == "felzenszwalb"
     assert objects["resolutions"] == (1200,) and objects["n_clusters"] == 8
-    assert objects["discovery_images"] == 1200 and objects["images"] == 1200
+    assert objects["discovery_images"] == 3000 and objects["images"] == 3000
+    assert objects["relevant_per_word"] == 3
     assert objects_slic["segmentation"] == "slic" and "resolutions" not in objects_slic
     assert objects_slic["discovery"] == "word" and objects_slic["n_clusters"] == 5
+    assert objects_slic["relevant_per_word"] == 3
+    # relevance picks per-word discovery's patches: another discovery or embedding drops it
+    assert objects_world["discovery"] == "world" and "relevant_per_word" not in objects_world
+    assert objects_region["embedding"] == "region" and "relevant_per_word" not in objects_region
+    assert "relevant_per_word" not in shapes
     assert shapes["discovery"] == "world" and shapes["segmentation"] == "slic"
     assert shapes["n_clusters"] == 40 and "min_cluster_size" not in shapes
     assert shapes["discovery_images"] == 400 and shapes["images"] == 800

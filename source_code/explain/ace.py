@@ -25,7 +25,12 @@ Where and why it departs:
   ``discovery="word"`` does the same per caption word (k-means on the segments of the
   images whose captions use it; one backbone pass per segment still serves every word):
   the objects world's default, since over its whole world object segments did not
-  gather by category. ``discovery="world"`` clusters a whole world at once (the shapes
+  gather by category. With ``relevant_per_word`` a word's run clusters only the few
+  segments of each scene that raise the word's score most (``segment_importance`` of a
+  teacher-forced pass): half of them lie on objects against a quarter of all segments,
+  and only they pay a backbone pass, so a build holds 2.5x the scenes (the objects
+  world's default: 0.85 of validation object words named, 3,000 scenes, against 0.66
+  for every segment of 1,200). ``discovery="world"`` clusters a whole world at once (the shapes
   world's default); its filter's "share of images covered" is then taken per word: a
   cluster counts as populated when it covers a quarter (half) of the images of some
   word, not of all images (a "red" concept can only be in the images with something
