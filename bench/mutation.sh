@@ -57,6 +57,8 @@ for group in "${groups[@]}"; do
     echo "only_mutate="; printf '    %s\n' "${mutate[@]}"
     echo "also_copy="; printf '    %s\n' models/shapes pytest.ini vocab.txt
     echo "pytest_add_cli_args_test_selection="; printf '    %s\n' "${tests[@]}"
+    # one process: mutmut reads which tests ran from its own plugin (pytest.ini asks for xdist)
+    echo "pytest_add_cli_args="; printf '    %s\n' -n 0
     echo "process_isolation=forkserver"
     echo "forkserver_warmup=collect"
   } > "$dir/setup.cfg"
