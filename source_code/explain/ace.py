@@ -159,8 +159,8 @@ def coverage(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     cols = (np.arange(w) * gw // w)[None, :]
     cell = (rows * gw + cols).ravel()
     n = int(labels.max()) + 1
-    counts = np.zeros((n, gh * gw), np.float32)
-    np.add.at(counts, (labels.ravel(), cell), 1.0)
+    counts = np.bincount(labels.ravel().astype(np.int64) * (gh * gw) + cell,
+                         minlength=n * gh * gw).reshape(n, gh * gw).astype(np.float32)
     per_cell = np.bincount(cell, minlength=gh * gw).astype(np.float32)
     return (counts / np.maximum(per_cell, 1)).reshape(n, gh, gw)
 

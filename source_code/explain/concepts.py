@@ -179,7 +179,8 @@ def collect_segments(captioner, images, resolutions=None, truths=None,
         for li, r in enumerate(resolutions):
             labelings[(i, r)] = labelling[li].astype(np.int16)
         keep = unique_segments(labelling)
-        covers = [coverage(labelling[li], captioner.grid)[s] for (li, s) in keep]
+        level_covers = [coverage(labels, captioner.grid) for labels in labelling]
+        covers = [level_covers[li][s] for (li, s) in keep]
         if relevant_per_word:
             words_of, grads = relevant_segments(captioner, fmap, captions[i], covers,
                                                 relevant_per_word)
