@@ -352,11 +352,11 @@ def test_relevant_segments_are_each_words_most_raising_ones(tiny):
     pixels = tiny.preprocess(images[0])
     fmap = tiny.features(pixels).numpy()
     labels = A.segment(np.asarray(pixels[0]).astype(np.uint8), 15)
-    covers = list(A.coverage(labels, tiny.grid))
-    words_of, grads = C.relevant_segments(tiny, fmap, captions[0], covers, top=2)
+    cover = A.coverage(labels, tiny.grid)
+    words_of, grads = C.relevant_segments(tiny, fmap, captions[0], cover, top=2)
     words = captions[0][0]
     g = teacher_pass(tiny, fmap, caption_target(tiny, words)).gradients.numpy()
-    importance = A.segment_importance(fmap[0], g, np.stack(covers))
+    importance = A.segment_importance(fmap[0], g, cover)
     for t, w in enumerate(words):
         chosen = {j for j, ws in enumerate(words_of) if w in ws}
         if w in A.FUNCTION_WORDS:

@@ -180,14 +180,15 @@ def collect_segments(captioner, images, resolutions=None, truths=None,
             labelings[(i, r)] = labelling[li].astype(np.int16)
         keep = unique_segments(labelling)
         level_covers = [coverage(labels, captioner.grid) for labels in labelling]
-        covers = [level_covers[li][s] for (li, s) in keep]
+        cover = np.asarray([level_covers[li][s] for (li, s) in keep],
+                           np.float32).reshape((-1,) + tuple(captioner.grid))
+        regions.extend(region_embeddings(fmap[0], cover))
         if relevant_per_word:
-            words_of, grads = relevant_segments(captioner, fmap, captions[i], covers,
+            words_of, grads = relevant_segments(captioner, fmap, captions[i], cover,
                                                 relevant_per_word)
             for w, g in grads.items():
                 word_grads[w].extend(g)
         for j, (li, s) in enumerate(keep):
-            regions.extend(region_embeddings(fmap[0], covers[j][None]))
             if truths is not None:
                 truth.extend(segment_truth(labelling[li], [s], truths[i]))
             img.append(i)
@@ -216,15 +217,15 @@ def collect_segments(captioner, images, resolutions=None, truths=None,
                       if relevant_per_word else None), fmaps
 
 
-def relevant_segments(captioner, fmap, captions, covers, top: int):
-    """Which of one image's segments its content words depend on most: per word of its
-    captions (teacher forcing), the ``top`` segments whose features raise the word's score
-    most to first order (grad x activation, ``ace.segment_importance``), when positive.
-    Returns (per segment the set of those words, the word gradients {word: [sum_hw ds_t/dA]})."""
+def relevant_segments(captioner, fmap, captions, cover: np.ndarray, top: int):
+    """Which of one image's segments (``cover`` [n, gh, gw], ``ace.coverage``) its content
+    words depend on most: per word of its captions (teacher forcing), the ``top`` segments
+    whose features raise the word's score most to first order (grad x activation,
+    ``ace.segment_importance``), when positive. Returns (per segment the set of those
+    words, the word gradients {word: [sum_hw ds_t/dA]})."""
     from .ace import segment_importance
     from .target import caption_target, teacher_pass
-    cover = np.stack(covers) if covers else np.zeros((0,) + tuple(captioner.grid), np.float32)
-    words_of = [set() for _ in covers]
+    words_of = [set() for _ in range(len(cover))]
     grads_out = defaultdict(list)
     for words in captions:
         words = [w for w in words if w in captioner.vocab]
