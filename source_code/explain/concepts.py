@@ -646,6 +646,9 @@ def build_concept_bank(captioner, images, captions, truths=None, n_clusters: int
             "segments_embedded": int(np.isfinite(emb[:, 0]).sum()) if len(emb) else 0,
             "segmentation": segmentation, "resolutions": list(resolutions),
             "clusters": int(len(found.centres)), "discovery": discovery,
+            # per k-means cluster, the word in whose images it was found (per-word
+            # discovery): request-time ACE matches a word's segments among its own clusters
+            "cluster_words": list(found.words) if found.words is not None else None,
             "concepts": len(ids), "dropped": {str(m): why for m, why in found.dropped.items()},
             "max_per_concept": max_per_concept, "min_cluster_size": min_cluster_size,
             "relevant_per_word": relevant_per_word,
