@@ -3,6 +3,7 @@
     python bench/ace_concepts.py --bundle shapes  [--scenes 200] [--compare-region 200]
     python bench/ace_concepts.py --bundle objects [--scenes 200]
     python bench/ace_concepts.py --bundle shapes --validation --scenes 100   # design choices
+    python bench/ace_concepts.py --bundle objects --validation --scenes 300 --ranking-variants
 
 * the bank: kept concepts, their names and purity (members agreeing with the name), the
   share with purity >= 0.9 (target >= 0.8 on shapes);
@@ -11,6 +12,8 @@
   whether the top-ranked significant concept of request-time ACE names that word
   (target >= 0.9 on shapes; on objects >= 0.8, the concept named after the category);
 * request-time ACE in milliseconds (median over the scenes; target <= 150);
+* with --ranking-variants: the word figures of each request-time matching and prior in
+  RANKING_VARIANTS, on the same scenes (where the shipped choice was made);
 * with --compare-region N: the same bank figures for the fast option (region-mean
   embedding) built from the same N scenes, in memory.
 """
@@ -22,6 +25,7 @@ import os
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -77,7 +81,83 @@ def scored_words(world: str, scene, words: list[str]) -> list[int]:
     return [t for t, w in enumerate(words) if scene.word_kind(w) in kinds]
 
 
-def word_figures(explainer, world: str, scenes, progress: bool = True) -> dict:
+class _WordTally:
+    """The word figures of one way of ranking, counted over the scenes."""
+
+    def __init__(self, world: str):
+        self.world = world
+        self.hits = self.total = self.any_significant = self.top_any_hits = 0
+        self.bound = self.raising_hits = 0
+        self.by_word, self.by_word_total, self.misses, self.ms = Counter(), Counter(), Counter(), []
+
+    def add(self, scene, words: list[str], section: dict, ms: float) -> None:
+        self.ms.append(ms)
+        for t in scored_words(self.world, scene, words):
+            word = words[t]
+            ranked = section["words"][t]["concepts"]
+            top = next((c for c in ranked if c["significant"]), None)
+            ok = top is not None and word in top["name"].split()
+            self.total += 1
+            self.by_word_total[word] += 1
+            self.hits += ok
+            self.by_word[word] += ok
+            self.any_significant += top is not None
+            self.bound += any(c["significant"] and word in c["name"].split() for c in ranked)
+            self.top_any_hits += bool(ranked) and word in ranked[0]["name"].split()
+            # a concept significant because it lowers the word explains no occurrence of it
+            raising = next((c for c in ranked if c["significant"] and not c["lowers"]), None)
+            self.raising_hits += raising is not None and word in raising["name"].split()
+            if not ok:
+                self.misses[f"{word} -> {top['name'] if top else '(no significant concept)'}"] += 1
+
+    def figures(self, scenes: int, captions_right: int) -> dict:
+        n = max(self.total, 1)
+        return {"scenes": scenes, "captions_right": captions_right, "words": self.total,
+                "top_significant_concept_names_the_word": round(self.hits / n, 4),
+                "words_with_a_significant_concept": round(self.any_significant / n, 4),
+                "top_concept_names_the_word_ignoring_significance": round(self.top_any_hits / n, 4),
+                "top_significant_raising_concept_names_the_word": round(self.raising_hits / n, 4),
+                # the bound of any ranking: some significant concept in the frame names the word
+                "a_significant_concept_in_the_frame_names_the_word": round(self.bound / n, 4),
+                "by_word": {w: {"hit_rate": round(self.by_word[w] / k, 4), "words": k}
+                            for w, k in sorted(self.by_word_total.items())},
+                "commonest_misses": dict(self.misses.most_common(15)),
+                "request_ms_median": round(float(np.median(self.ms)), 1) if self.ms else None,
+                "request_ms_p90": round(float(np.percentile(self.ms, 90)), 1) if self.ms else None}
+
+
+# Request-time choices compared on validation scenes (--ranking-variants): whether a word's
+# segments are also matched among its own clusters (banks discovered per word), and the
+# prior, in cells, that shrinks a concept's evidence.
+RANKING_VARIANTS = {
+    "all clusters, prior 0": (False, 0.0),
+    "all clusters, prior 1": (False, 1.0),
+    "all clusters and the word's own, prior 0": (True, 0.0),
+    "all clusters and the word's own, prior 0.5": (True, 0.5),
+    "all clusters and the word's own, prior 1": (True, 1.0),
+    "all clusters and the word's own, prior 3": (True, 3.0),
+}
+
+
+@contextmanager
+def ranking_variant(bank, own_clusters: bool, prior: float):
+    """Request-time ACE with another matching and prior, for the duration."""
+    from source_code.explain import ace
+    saved = dict(ace.EVIDENCE_PRIOR_CELLS)
+    ace.EVIDENCE_PRIOR_CELLS.update({k: prior for k in saved})
+    if not own_clusters:
+        bank.clusters_of_word = lambda word: None
+    try:
+        yield
+    finally:
+        ace.EVIDENCE_PRIOR_CELLS.update(saved)
+        bank.__dict__.pop("clusters_of_word", None)
+
+
+def word_figures(explainer, world: str, scenes, progress: bool = True, variants=None) -> dict:
+    """The word figures of the shipped ranking; with ``variants`` ({name: (own clusters,
+    prior)}), {None: the shipped ranking's, name: each variant's}, all on the same scenes
+    and captions."""
     from tqdm import tqdm
 
     from source_code.explain.ace import explain_with_concepts
@@ -86,10 +166,10 @@ def word_figures(explainer, world: str, scenes, progress: bool = True) -> dict:
     from source_code.explain.target import caption_target, teacher_pass
 
     cap = explainer.captioner
-    hits = total = captions_right = 0
-    any_significant = top_any_hits = bound = raising_hits = 0
-    by_word, misses, ms = Counter(), Counter(), []
-    by_word_total = Counter()
+    ways = {None: nullcontext, **{name: (lambda v=v: ranking_variant(explainer.concept_bank, *v))
+                                  for name, v in (variants or {}).items()}}
+    tallies = {name: _WordTally(world) for name in ways}
+    captions_right = 0
     for scene in tqdm(scenes, desc="held-out scenes", disable=not progress, unit="scene"):
         pixels = cap.preprocess(scene.image)
         fmap = cap.features(pixels)
@@ -101,38 +181,14 @@ def word_figures(explainer, world: str, scenes, progress: bool = True) -> dict:
         ctx = Context(cap, explainer, scene.image, display_frame(scene.image), pixels, fmap,
                       caption, target, [], parse_options({}),
                       _teacher=teacher_pass(cap, fmap, target))
-        t0 = time.perf_counter()
-        section = explain_with_concepts(ctx)
-        ms.append(1000 * (time.perf_counter() - t0))
-        for t in scored_words(world, scene, caption.words):
-            word = caption.words[t]
-            ranked = section["words"][t]["concepts"]
-            top = next((c for c in ranked if c["significant"]), None)
-            ok = top is not None and word in top["name"].split()
-            total += 1
-            by_word_total[word] += 1
-            hits += ok
-            by_word[word] += ok
-            any_significant += top is not None
-            bound += any(c["significant"] and word in c["name"].split() for c in ranked)
-            top_any_hits += bool(ranked) and word in ranked[0]["name"].split()
-            # a concept significant because it lowers the word explains no occurrence of it
-            raising = next((c for c in ranked if c["significant"] and not c["lowers"]), None)
-            raising_hits += raising is not None and word in raising["name"].split()
-            if not ok:
-                misses[f"{word} -> {top['name'] if top else '(no significant concept)'}"] += 1
-    return {"scenes": len(scenes), "captions_right": captions_right, "words": total,
-            "top_significant_concept_names_the_word": round(hits / max(total, 1), 4),
-            "words_with_a_significant_concept": round(any_significant / max(total, 1), 4),
-            "top_concept_names_the_word_ignoring_significance": round(top_any_hits / max(total, 1), 4),
-            "top_significant_raising_concept_names_the_word": round(raising_hits / max(total, 1), 4),
-            # the bound of any ranking: some significant concept in the frame names the word
-            "a_significant_concept_in_the_frame_names_the_word": round(bound / max(total, 1), 4),
-            "by_word": {w: {"hit_rate": round(by_word[w] / n, 4), "words": n}
-                        for w, n in sorted(by_word_total.items())},
-            "commonest_misses": dict(misses.most_common(15)),
-            "request_ms_median": round(float(np.median(ms)), 1) if ms else None,
-            "request_ms_p90": round(float(np.percentile(ms, 90)), 1) if ms else None}
+        for name, way in ways.items():
+            with way():
+                t0 = time.perf_counter()
+                section = explain_with_concepts(ctx)
+                ms = 1000 * (time.perf_counter() - t0)
+            tallies[name].add(scene, caption.words, section, ms)
+    out = {name: t.figures(len(scenes), captions_right) for name, t in tallies.items()}
+    return out if variants else out[None]
 
 
 def region_bank_figures(cap, world: str, n: int, seed: int, progress: bool) -> dict:
@@ -163,6 +219,9 @@ def main(argv=None) -> int:
                         f"chosen) instead of the held-out test scenes from {HELD_OUT_SEED:,}")
     p.add_argument("--compare-region", type=int, default=0, metavar="N",
                    help="also build the region-embedding bank from N scenes and compare")
+    p.add_argument("--ranking-variants", action="store_true",
+                   help="also score the request-time matching and prior variants "
+                        "(RANKING_VARIANTS) on the same scenes")
     p.add_argument("--out", default=None, help="default: docs/results/ace_<bundle>.json")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -179,9 +238,15 @@ def main(argv=None) -> int:
     doc = {"bundle": bundle.name, "world": world, "bank": bank_figures(bank),
            "command": " ".join(["python bench/ace_concepts.py"] + list(argv or sys.argv[1:]))}
     first = VALIDATION_SEED if args.validation else HELD_OUT_SEED
-    doc["held_out"] = word_figures(explainer, world,
-                                   held_out(world, args.scenes, cap.input_size, first),
-                                   progress=not args.quiet)
+    variants = RANKING_VARIANTS if args.ranking_variants else None
+    rows = word_figures(explainer, world, held_out(world, args.scenes, cap.input_size, first),
+                        progress=not args.quiet, variants=variants)
+    doc["held_out"] = rows.pop(None) if variants else rows
+    if variants:
+        doc["ranking_variants"] = {
+            name: {"own_clusters": variants[name][0], "prior_cells": variants[name][1],
+                   **{k: v for k, v in row.items() if k not in ("by_word", "commonest_misses")}}
+            for name, row in rows.items()}
     doc["held_out"]["seeds"] = [first, first + args.scenes - 1]
     doc["held_out"]["scenes_are"] = "validation" if args.validation else "test"
     if args.compare_region:

@@ -836,7 +836,10 @@
       img.src = where;
       img.alt = `where ${entry.name} lies in this frame`;
       fig.appendChild(img);
-      const area = info && typeof info.area === 'number' ? ` (${Math.round(100 * info.area)} %)` : '';
+      // the entry's own area: for a word, a concept may also stand on segments matched
+      // among that word's own concepts
+      const share = typeof entry.area === 'number' ? entry.area : info && info.area;
+      const area = typeof share === 'number' ? ` (${Math.round(100 * share)} %)` : '';
       fig.appendChild(make('figcaption', null, `in this frame${area}`));
       pics.appendChild(fig);
     }

@@ -327,22 +327,65 @@ def test_a_felzenszwalb_bank_records_its_segmentation_and_requests_follow_it(tin
 
 
 
-def test_a_bank_discovered_per_word_serves_requests(tiny, tiny_loaded):
-    """Discovery per word end to end on the tiny model: every concept says in whose images
-    it was found, the matcher covers every word's clusters, and a request ranks them."""
+@pytest.fixture(scope="module")
+def word_bank(tiny):
+    """A bank discovered per word on the tiny model (and its discovery scenes' captions)."""
     images, captions, truths = C.world_examples("shapes", 8, 20_000_000, tiny.input_size, False)
     bank, _ = C.build_concept_bank(tiny, images, captions, truths, n_clusters=3,
                                    discovery="word", resolutions=(15,), min_cluster_size=2,
                                    random_sets=3, min_word_examples=2, progress=False)
-    words = C.content_word_images(captions, len(images))
+    return bank, captions, len(images)
+
+
+def test_a_bank_discovered_per_word_serves_requests(tiny, tiny_loaded, word_bank):
+    """Discovery per word end to end on the tiny model: every concept says in whose images
+    it was found, the matcher covers every word's clusters, and a request ranks them."""
+    bank, captions, n = word_bank
+    words = C.content_word_images(captions, n)
     assert bank.info["discovery"] == "word" and len(bank) >= 1
     assert {bank.details[cid]["discovered_in"] for cid in bank.ids} <= set(words)
     runs = sum(1 for imgs in words.values() if len(imgs) >= 5)
     assert len(bank.matcher_w) == bank.info["clusters"] == 3 * runs
+    # every cluster records its word: the kept ones agree with their concept's
+    cluster_words = bank.info["cluster_words"]
+    assert len(cluster_words) == len(bank.matcher_w) and set(cluster_words) <= set(words)
+    for m, k in enumerate(bank.cluster_concept):
+        if k >= 0:
+            assert cluster_words[m] == bank.details[bank.ids[k]]["discovered_in"]
     ace = _explain(tiny_loaded, bank)["explanations"]["ace"]
     assert ace["concepts"] and all(c["id"] in bank.ids for c in ace["concepts"])
     with pytest.raises(ValueError, match="unknown discovery"):
+        images, captions, truths = C.world_examples("shapes", 2, 20_000_000, tiny.input_size, False)
         C.build_concept_bank(tiny, images, captions, truths, discovery="class", progress=False)
+
+
+def test_a_word_reads_its_own_concepts_where_they_lie(tiny_loaded, word_bank):
+    """In a bank discovered per word, a word's concepts stand on the segments matched to
+    them among all clusters or among the clusters of the word's own images, and their
+    evidence is the shrunk mean of ds_t/dA_hw . v_C over those segments' cells; recomputed
+    here from the segments, the matcher and the teacher pass."""
+    bank, cap = word_bank[0], tiny_loaded
+    out, grads, fmap, cover, concept_of = _explained_and_recomputed(cap, bank)
+    region = A.region_embeddings(np.asarray(fmap)[0], cover)
+    prior = A.EVIDENCE_PRIOR_CELLS["word"]
+    assert prior > 0
+    checked = own_only = 0
+    for t, (w, m) in enumerate(zip(out["words"], out["explanations"]["ace"]["words"])):
+        clusters = bank.clusters_of_word(w)
+        own = (bank.match(region, clusters)[0] if clusters is not None
+               else np.full(len(concept_of), -1))
+        expected = {int(k) for k in np.concatenate([concept_of, own]) if k >= 0}
+        assert {bank.ids.index(c["id"]) for c in m["concepts"]} == expected
+        for c in m["concepts"]:
+            k = bank.ids.index(c["id"])
+            stands = (concept_of == k) | (own == k)
+            own_only += bool(((own == k) & (concept_of != k)).any())
+            presence = cover[stands].sum(0)
+            local = (grads[t] @ bank.cavs[k] * presence).sum() / (presence.sum() + prior)
+            assert c["evidence"] == pytest.approx(float(local), rel=1e-3, abs=1e-9)
+            checked += 1
+    assert checked and own_only, "no word's own clusters placed a concept elsewhere"
+
 
 def test_relevant_segments_are_each_words_most_raising_ones(tiny):
     """Per caption word, the top segments by grad x activation (positive only); the same
@@ -421,6 +464,20 @@ def _explain(captioner, bank, **kw):
     explainer = Explainer(captioner, concept_bank=bank)
     image = generate_scene(31_000_001, image_size=captioner.input_size, n_objects=2).image
     return explainer.explain(image, methods="ace", adversarial=False, **kw)
+
+
+def _explained_and_recomputed(cap, bank):
+    """_explain's answer, and what a test recomputes it from: the teacher pass's gradients,
+    the feature map, the segments' coverage and the concept each segment matches."""
+    from source_code.data.synthetic import generate_scene
+    from source_code.explain.target import caption_target, teacher_pass
+    out = _explain(cap, bank)
+    image = generate_scene(31_000_001, image_size=cap.input_size, n_objects=2).image
+    pixels = cap.preprocess(image)
+    fmap = cap.features(pixels)
+    grads = teacher_pass(cap, fmap, caption_target(cap, out["words"])).gradients.numpy()
+    _, cover, concept_of, _ = A.locate_concepts(cap, pixels, fmap, bank)
+    return out, grads, fmap, cover, concept_of
 
 
 def _check_grid(grid, limit=64):
@@ -528,15 +585,8 @@ def test_sensitivity_is_the_gradient_along_the_cav(tiny_loaded, small_bank):
 def test_evidence_is_the_sensitivity_where_the_concept_lies(tiny_loaded, small_bank):
     """The ranking: ds_t/dA_hw . v_C averaged over the cells the concept's segments cover,
     weighted by how much of each they cover, recomputed from the segments and the pass."""
-    from source_code.data.synthetic import generate_scene
-    from source_code.explain.target import caption_target, teacher_pass
     bank, cap = small_bank[0], tiny_loaded
-    out = _explain(cap, bank)
-    image = generate_scene(31_000_001, image_size=cap.input_size, n_objects=2).image
-    pixels = cap.preprocess(image)
-    fmap = cap.features(pixels)
-    grads = teacher_pass(cap, fmap, caption_target(cap, out["words"])).gradients.numpy()
-    _, cover, concept_of, _ = A.locate_concepts(cap, pixels, fmap, bank)
+    out, grads, fmap, cover, concept_of = _explained_and_recomputed(cap, bank)
     checked = 0
     for t, m in enumerate(out["explanations"]["ace"]["words"]):
         for c in m["concepts"]:
@@ -603,3 +653,20 @@ def test_a_world_bank_follows_its_worlds_recipe_unless_told_otherwise(monkeypatc
     assert shapes["discovery"] == "world" and shapes["segmentation"] == "slic"
     assert shapes["n_clusters"] == 40 and "min_cluster_size" not in shapes
     assert shapes["discovery_images"] == 400 and shapes["images"] == 800
+
+
+def test_the_ranking_variants_of_the_benchmark_restore_the_shipped_ranking(word_bank):
+    """bench/ace_concepts.py --ranking-variants swaps the request-time matching and prior
+    for the duration of a variant, and puts the shipped ones back."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from ace_concepts import ranking_variant
+    bank = word_bank[0]
+    word = bank.info["cluster_words"][0]
+    shipped = dict(A.EVIDENCE_PRIOR_CELLS)
+    with ranking_variant(bank, False, 2.5):
+        assert bank.clusters_of_word(word) is None
+        assert set(A.EVIDENCE_PRIOR_CELLS.values()) == {2.5}
+    assert A.EVIDENCE_PRIOR_CELLS == shipped
+    assert word in [bank.info["cluster_words"][m] for m in bank.clusters_of_word(word)]
