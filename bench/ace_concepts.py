@@ -88,6 +88,7 @@ class _WordTally:
         self.world = world
         self.hits = self.total = self.any_significant = self.top_any_hits = 0
         self.bound = self.raising_hits = 0
+        self.top_areas, self.listed_areas = [], []
         self.by_word, self.by_word_total, self.misses, self.ms = Counter(), Counter(), Counter(), []
 
     def add(self, scene, words: list[str], section: dict, ms: float) -> None:
@@ -102,6 +103,9 @@ class _WordTally:
             self.hits += ok
             self.by_word[word] += ok
             self.any_significant += top is not None
+            if top is not None:
+                self.top_areas.append(top["area"])
+            self.listed_areas.append(sum(c["area"] for c in ranked))
             self.bound += any(c["significant"] and word in c["name"].split() for c in ranked)
             self.top_any_hits += bool(ranked) and word in ranked[0]["name"].split()
             # a concept significant because it lowers the word explains no occurrence of it
@@ -119,6 +123,13 @@ class _WordTally:
                 "top_significant_raising_concept_names_the_word": round(self.raising_hits / n, 4),
                 # the bound of any ranking: some significant concept in the frame names the word
                 "a_significant_concept_in_the_frame_names_the_word": round(self.bound / n, 4),
+                # where the top significant concept lies for the word: its share of the frame
+                "top_significant_concept_area_mean": (round(float(np.mean(self.top_areas)), 4)
+                                                      if self.top_areas else None),
+                # the areas of all the word's concepts, summed (a segment standing for two
+                # concepts counts twice): how much of the frame the word's list claims
+                "listed_concepts_area_sum_mean": (round(float(np.mean(self.listed_areas)), 4)
+                                                  if self.listed_areas else None),
                 "by_word": {w: {"hit_rate": round(self.by_word[w] / k, 4), "words": k}
                             for w, k in sorted(self.by_word_total.items())},
                 "commonest_misses": dict(self.misses.most_common(15)),
@@ -129,28 +140,33 @@ class _WordTally:
 # Request-time choices compared on validation scenes (--ranking-variants): whether a word's
 # segments are also matched among its own clusters (banks discovered per word), and the
 # prior, in cells, that shrinks a concept's evidence.
-RANKING_VARIANTS = {
-    "all clusters, prior 0": (False, 0.0),
-    "all clusters, prior 1": (False, 1.0),
-    "all clusters and the word's own, prior 0": (True, 0.0),
-    "all clusters and the word's own, prior 0.5": (True, 0.5),
-    "all clusters and the word's own, prior 1": (True, 1.0),
-    "all clusters and the word's own, prior 3": (True, 3.0),
+RANKING_VARIANTS = {    # name: (a word's own clusters: on no / raising / every segment, prior)
+    "all clusters, prior 0": ("no", 0.0),
+    "all clusters, prior 1": ("no", 1.0),
+    "and the word's own on raising segments, prior 0": ("raising", 0.0),
+    "and the word's own on raising segments, prior 0.5": ("raising", 0.5),
+    "and the word's own on raising segments, prior 1": ("raising", 1.0),
+    "and the word's own on raising segments, prior 3": ("raising", 3.0),
+    "and the word's own on every segment, prior 0": ("every", 0.0),
+    "and the word's own on every segment, prior 1": ("every", 1.0),
 }
 
 
 @contextmanager
-def ranking_variant(bank, own_clusters: bool, prior: float):
-    """Request-time ACE with another matching and prior, for the duration."""
+def ranking_variant(bank, own_clusters: str, prior: float):
+    """Request-time ACE with another matching (a word's own clusters on "no", "raising"
+    or "every" segment) and prior, for the duration."""
     from source_code.explain import ace
-    saved = dict(ace.EVIDENCE_PRIOR_CELLS)
-    ace.EVIDENCE_PRIOR_CELLS.update({k: prior for k in saved})
-    if not own_clusters:
+    saved = dict(ace.EVIDENCE_PRIOR_CELLS), ace.OWN_MATCH_RAISING_ONLY
+    ace.EVIDENCE_PRIOR_CELLS.update({k: prior for k in saved[0]})
+    ace.OWN_MATCH_RAISING_ONLY = own_clusters == "raising"
+    if own_clusters == "no":
         bank.clusters_of_word = lambda word: None
     try:
         yield
     finally:
-        ace.EVIDENCE_PRIOR_CELLS.update(saved)
+        ace.EVIDENCE_PRIOR_CELLS.update(saved[0])
+        ace.OWN_MATCH_RAISING_ONLY = saved[1]
         bank.__dict__.pop("clusters_of_word", None)
 
 
@@ -244,7 +260,7 @@ def main(argv=None) -> int:
     doc["held_out"] = rows.pop(None) if variants else rows
     if variants:
         doc["ranking_variants"] = {
-            name: {"own_clusters": variants[name][0], "prior_cells": variants[name][1],
+            name: {"own_clusters_on": variants[name][0], "prior_cells": variants[name][1],
                    **{k: v for k, v in row.items() if k not in ("by_word", "commonest_misses")}}
             for name, row in rows.items()}
     doc["held_out"]["seeds"] = [first, first + args.scenes - 1]

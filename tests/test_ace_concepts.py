@@ -359,11 +359,15 @@ def test_a_bank_discovered_per_word_serves_requests(tiny, tiny_loaded, word_bank
         C.build_concept_bank(tiny, images, captions, truths, discovery="class", progress=False)
 
 
-def test_a_word_reads_its_own_concepts_where_they_lie(tiny_loaded, word_bank):
+@pytest.mark.parametrize("raising_only", [True, False])
+def test_a_word_reads_its_own_concepts_where_they_lie(tiny_loaded, word_bank, raising_only,
+                                                      monkeypatch):
     """In a bank discovered per word, a word's concepts stand on the segments matched to
-    them among all clusters or among the clusters of the word's own images, and their
-    evidence is the shrunk mean of ds_t/dA_hw . v_C over those segments' cells; recomputed
-    here from the segments, the matcher and the teacher pass."""
+    them among all clusters or, on the segments that raise the word (or on every segment),
+    among the clusters of the word's own images; their evidence is the shrunk mean of
+    ds_t/dA_hw . v_C over those segments' cells. Recomputed here from the segments, the
+    matcher and the teacher pass."""
+    monkeypatch.setattr(A, "OWN_MATCH_RAISING_ONLY", raising_only)
     bank, cap = word_bank[0], tiny_loaded
     out, grads, fmap, cover, concept_of = _explained_and_recomputed(cap, bank)
     region = A.region_embeddings(np.asarray(fmap)[0], cover)
@@ -374,6 +378,9 @@ def test_a_word_reads_its_own_concepts_where_they_lie(tiny_loaded, word_bank):
         clusters = bank.clusters_of_word(w)
         own = (bank.match(region, clusters)[0] if clusters is not None
                else np.full(len(concept_of), -1))
+        if raising_only:    # grad x activation pooled over the segment, positive
+            raises = np.einsum("hwc,hwc,shw->s", grads[t], np.asarray(fmap)[0], cover) > 0
+            own = np.where(raises, own, -1)
         expected = {int(k) for k in np.concatenate([concept_of, own]) if k >= 0}
         assert {bank.ids.index(c["id"]) for c in m["concepts"]} == expected
         for c in m["concepts"]:
@@ -664,9 +671,11 @@ def test_the_ranking_variants_of_the_benchmark_restore_the_shipped_ranking(word_
     from ace_concepts import ranking_variant
     bank = word_bank[0]
     word = bank.info["cluster_words"][0]
-    shipped = dict(A.EVIDENCE_PRIOR_CELLS)
-    with ranking_variant(bank, False, 2.5):
+    shipped = dict(A.EVIDENCE_PRIOR_CELLS), A.OWN_MATCH_RAISING_ONLY
+    with ranking_variant(bank, "no", 2.5):
         assert bank.clusters_of_word(word) is None
         assert set(A.EVIDENCE_PRIOR_CELLS.values()) == {2.5}
-    assert A.EVIDENCE_PRIOR_CELLS == shipped
+    with ranking_variant(bank, "every", 0.0):
+        assert A.OWN_MATCH_RAISING_ONLY is False and bank.clusters_of_word(word) is not None
+    assert (A.EVIDENCE_PRIOR_CELLS, A.OWN_MATCH_RAISING_ONLY) == shipped
     assert word in [bank.info["cluster_words"][m] for m in bank.clusters_of_word(word)]

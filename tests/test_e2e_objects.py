@@ -90,3 +90,35 @@ def test_a_star_field_is_flagged_as_unfamiliar(playwright, server, tmp_path):
         assert "only a guess" in page.inner_text("#unfamiliar")
     finally:
         browser.close()
+
+
+CONCEPTS_SCREENSHOT = REPO / "docs" / "concepts_objects.png"
+NAMED_SCENE_SEED = 90_000_501   # "a bottle left of a bird" (a validation seed, never a test one)
+
+
+@pytest.mark.slow
+def test_the_concept_cards_name_the_objects_of_the_caption(playwright, server, tmp_path):
+    """An objects scene on the camera: clicking each object word of the caption puts a
+    significant concept named after that object on the first card."""
+    from source_code.data.objects_world import generate_object_scene
+    scene = generate_object_scene(NAMED_SCENE_SEED, image_size=FRAME_SIDE, n_objects=2)
+    result, page, browser = _capture(playwright, server, scene.image, tmp_path)
+    try:
+        assert result["caption"] == scene.caption, result["caption"]
+        ace = result["explanations"]["ace"]
+        nouns = [t for t, w in enumerate(result["words"]) if scene.word_kind(w) == "object"]
+        assert len(nouns) == 2
+        for t in nouns:
+            word = result["words"][t]
+            first = next(c for c in ace["words"][t]["concepts"] if c["significant"])
+            page.locator("#caption .caption-word").nth(t).click()
+            page.wait_for_function(
+                "(id) => { const c = document.querySelector('#ace-concepts .ace-card');"
+                " return c && c.dataset.concept === id; }", arg=first["id"], timeout=10_000)
+            name = page.inner_text("#ace-concepts .ace-card .concept-head strong")
+            assert word in name.split(), (word, name)
+            assert "significant" in page.inner_text("#ace-concepts .ace-card .concept-facts")
+        page.locator("#ace-section").screenshot(path=str(tmp_path / "concepts.png"))
+        page.locator("#ace-section").screenshot(path=str(CONCEPTS_SCREENSHOT))
+    finally:
+        browser.close()
