@@ -483,7 +483,7 @@ def _explained_and_recomputed(cap, bank):
     pixels = cap.preprocess(image)
     fmap = cap.features(pixels)
     grads = teacher_pass(cap, fmap, caption_target(cap, out["words"])).gradients.numpy()
-    _, cover, concept_of, _ = A.locate_concepts(cap, pixels, fmap, bank)
+    _, cover, _, concept_of, _ = A.locate_concepts(cap, pixels, fmap, bank)
     return out, grads, fmap, cover, concept_of
 
 

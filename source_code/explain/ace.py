@@ -444,15 +444,16 @@ def bank_segmentation(bank) -> str:
 
 def locate_concepts(captioner, pixels, feature_map, bank):
     """The frame's segments and the concept each one matches: (labels [H, W] from
-    ``request_segments``, coverage [n, gh, gw], concept index per segment (-1: none),
-    the matcher's probability)."""
+    ``request_segments``, coverage [n, gh, gw], the segments' region-mean embeddings
+    [n, C], concept index per segment (-1: none), the matcher's probability)."""
     view = np.asarray(pixels[0]).astype(np.uint8)                  # the model's input view
     labels = request_segments(view, bank_segmentation(bank))
     cover = coverage(labels, captioner.grid)                       # [n, gh, gw]
+    region = region_embeddings(np.asarray(feature_map)[0], cover)
     if bank is None or len(bank) == 0:
-        return labels, cover, np.full(len(cover), -1), np.zeros(len(cover))
-    concept_of, prob = bank.match(region_embeddings(np.asarray(feature_map)[0], cover))
-    return labels, cover, concept_of, prob
+        return labels, cover, region, np.full(len(cover), -1), np.zeros(len(cover))
+    concept_of, prob = bank.match(region)
+    return labels, cover, region, concept_of, prob
 
 
 def concept_membership(bank, region_emb, concept_of, prob, words, raises=None):
@@ -504,96 +505,114 @@ class _ConceptPlaces:
         return self._get(segs)[1]
 
 
+def _concept_identity(bank, k: int) -> dict:
+    """What every mention of concept k says about it."""
+    return {"id": bank.ids[k], "name": bank.label(k), "named": bool(bank.names[k]),
+            "named_by": bank.named_by[k] or None, "purity": _round(bank.purity[k], 3)}
+
+
+def _tcav_for(bank, k: int, words: list[str]):
+    """The bank's TCAV score of concept k shown with it: for one word, that word's; for a
+    caption, the (content) word for which the concept is most significant. Returns
+    (word, score or None, every scored (word, score))."""
+    scores = [(w, s) for w in words if (s := bank.word_score(w, k))]
+    if len(words) == 1:
+        word, score = scores[0] if scores else (words[0], None)
+        return word, score, scores
+    scores = [(w, s) for w, s in scores if w not in FUNCTION_WORDS] or scores
+    word, score = min(scores, key=lambda ws: (not ws[1]["significant"], ws[1]["p_value"],
+                                              -ws[1]["tcav"]), default=(None, None))
+    return word, score, scores
+
+
+def _ranked_entries(bank, present, evidence, sensitivity, words, stands_on, where) -> list:
+    """The concepts of one word's list (or the caption's), ranked by evidence; a concept
+    standing on no segment for it (another word's own concept) is left out.
+    ``stands_on`` [n, P]: the segments each concept stands on for it."""
+    out = []
+    for j in np.argsort(-evidence, kind="stable"):
+        segs = stands_on[:, j]
+        if not segs.any():
+            continue
+        k = present[j]
+        word, score, scores = _tcav_for(bank, k, words)
+        entry = {**_concept_identity(bank, k),
+                 "evidence": _sig(evidence[j]), "sensitivity": _sig(sensitivity[j]),
+                 "tcav": _round(score["tcav"]) if score else None,
+                 "p_value": score["p_value"] if score else None,
+                 "p_adjusted": score.get("p_adjusted") if score else None,
+                 "significant": bool(score and score["significant"]),
+                 "lowers": lowers_word(score),
+                 "area": _round(where.area(segs), 3), "heatmap": where.grid(segs)}
+        if len(words) > 1:
+            entry["tcav_word"] = word
+            entry["significant_for"] = list(dict.fromkeys(w for w, s in scores if s["significant"]))
+        out.append(entry)
+    return out
+
+
+def concept_evidence(grads, cavs, member, cover, prior: float):
+    """Per word, each concept's evidence where it stands (the mean of ds_t/dA_hw . v_C over
+    its cells, weighted by the share m_C of each cell its segments cover, shrunk by
+    ``prior`` cells of zero evidence), its conceptual sensitivity S_C,t(x), and each
+    segment's evidence for the concept it stands for (the best of them; 0 for none).
+    grads [T, gh, gw, C], cavs [P, C], member [T, n, P], cover [n, gh, gw]."""
+    presence = np.einsum("tsp,shw->tphw", member.astype(np.float32), cover)   # [T, P, gh, gw]
+    directional = np.einsum("thwc,pc->thwp", grads, cavs)          # ds_t/dA_hw . v_C
+    evidence = (np.einsum("thwp,tphw->tp", directional, presence)
+                / np.maximum(presence.sum((2, 3)) + prior, 1e-6))  # [T, P]
+    sensitivity = grads.sum((1, 2)) @ cavs.T                       # [T, P]
+    per_segment = np.einsum("thwp,shw->tsp", directional, cover)   # [T, n, P]
+    seg_evidence = np.where(member.any(2),
+                            np.where(member, per_segment, -np.inf).max(2, initial=-np.inf), 0.0)
+    return evidence, sensitivity, seg_evidence
+
+
+def _ace_without_bank(ctx, labels, cover, fmap, grads, info) -> dict:
+    """No concepts to name: segments scored by their first-order effect (grad x A)."""
+    imp = segment_importance(fmap, grads, cover)
+    return {"caption": ctx.map(_shrink(np.maximum(imp.sum(0), 0)[labels], WORD_MAP_SIDE),
+                               concepts=[]),
+            "words": [ctx.map(_shrink(np.maximum(imp[t], 0)[labels], WORD_MAP_SIDE), concepts=[])
+                      for t in range(len(imp))],
+            "concepts": [], **info,
+            "note": "this bundle has no concept bank: segments are scored (gradient x "
+                    "activation), not named"}
+
+
 def explain_with_concepts(ctx) -> dict:
     """Request-time ACE (see the module docstring) on the shared explanation context
     (methods.Context): per word and for the caption, the concepts in this frame ranked by
-    their conceptual sensitivity, each with the bank's TCAV score and its significance."""
-
-    captioner, target = ctx.captioner, ctx.target
-    bank = ctx.explainer.concept_bank
-    labels, cover, concept_of, similarity = locate_concepts(captioner, ctx.pixels,
-                                                            ctx.feature_map, bank)
+    their evidence where they lie, each with the bank's TCAV score and its significance."""
+    bank, words = ctx.explainer.concept_bank, list(ctx.target.words)
+    labels, cover, region, concept_of, similarity = locate_concepts(
+        ctx.captioner, ctx.pixels, ctx.feature_map, bank)
     fmap = np.asarray(ctx.feature_map)[0]
-    grads = ctx.teacher.gradients.numpy()[: target.n_words]        # [T, gh, gw, C]
+    grads = ctx.teacher.gradients.numpy()[: ctx.target.n_words]    # [T, gh, gw, C]
     method = bank_segmentation(bank)
     info = {"n_segments": int(len(cover)), "segmentation": method,
             "resolution": REQUEST_LEVELS[method]}
     if bank is None or len(bank) == 0:
-        # No concepts to name: segments scored by their first-order effect (grad x A).
-        imp = segment_importance(fmap, grads, cover)
-        return {"caption": ctx.map(_shrink(np.maximum(imp.sum(0), 0)[labels], WORD_MAP_SIDE),
-                                   concepts=[]),
-                "words": [ctx.map(_shrink(np.maximum(imp[t], 0)[labels], WORD_MAP_SIDE),
-                                  concepts=[]) for t in range(target.n_words)],
-                "concepts": [], **info,
-                "note": "this bundle has no concept bank: segments are scored (gradient x "
-                        "activation), not named"}
+        return _ace_without_bank(ctx, labels, cover, fmap, grads, info)
 
-    words = list(target.words)
-    region = region_embeddings(fmap, cover)
     raises = segment_importance(fmap, grads, cover) > 0 if OWN_MATCH_RAISING_ONLY else None
-    present, member, member_prob = concept_membership(bank, region, concept_of, similarity, words,
-                                                      raises)
-    cavs = bank.cavs[present]                                      # [P, C]
-    # m_C: per word, the fraction of each cell covered by the segments standing for each concept
-    presence = np.einsum("tsp,shw->tphw", member.astype(np.float32), cover)   # [T, P, gh, gw]
-    mass = presence.sum((2, 3))                                    # [T, P], in cells
-    directional = np.einsum("thwc,pc->thwp", grads, cavs)          # ds_t/dA_hw . v_C
-    # evidence: the conceptual sensitivity where the concept lies, the mean of
-    # ds_t/dA_hw . v_C over its cells weighted by m_C (shrunk by the bank's prior); it ranks
+    present, member, member_prob = concept_membership(bank, region, concept_of, similarity,
+                                                      words, raises)
     prior = EVIDENCE_PRIOR_CELLS.get(bank.info.get("discovery") or "world", 0.0)
-    evidence = (np.einsum("thwp,tphw->tp", directional, presence)
-                / np.maximum(mass + prior, 1e-6))                   # [T, P]
-    sensitivity = grads.sum((1, 2)) @ cavs.T                       # S_C,t(x), [T, P]
-    # each segment's evidence for the concept(s) it stands for (the best): the word maps
-    per_segment = np.einsum("thwp,shw->tsp", directional, cover)   # [T, n, P]
-    seg_evidence = np.where(member.any(2),
-                            np.where(member, per_segment, -np.inf).max(2, initial=-np.inf), 0.0)
+    evidence, sensitivity, seg_evidence = concept_evidence(grads, bank.cavs[present], member,
+                                                           cover, prior)
     anywhere = member.any(0)                                       # [n, P]
     where = _ConceptPlaces(labels)
-
-    def entries(ev, sens, words, t=None):
-        out = []
-        for j in np.argsort(-ev, kind="stable"):
-            if t is not None and not mass[t, j] > 0:   # another word's own concept
-                continue
-            k = present[j]
-            segs = member[t, :, j] if t is not None else anywhere[:, j]
-            scores = [(w, bank.word_score(w, k)) for w in words]
-            scores = [(w, s) for w, s in scores if s]
-            if len(words) == 1:
-                best = scores[0] if scores else (words[0], None)
-            else:   # the caption: its (content) word for which the concept is most significant
-                scores = [(w, s) for w, s in scores if w not in FUNCTION_WORDS] or scores
-                best = min(scores, key=lambda ws: (not ws[1]["significant"], ws[1]["p_value"],
-                                                   -ws[1]["tcav"]), default=(None, None))
-            word, score = best
-            entry = {"id": bank.ids[k], "name": bank.label(k), "named": bool(bank.names[k]),
-                     "named_by": bank.named_by[k] or None, "purity": _round(bank.purity[k], 3),
-                     "evidence": _sig(ev[j]), "sensitivity": _sig(sens[j]),
-                     "tcav": _round(score["tcav"]) if score else None,
-                     "p_value": score["p_value"] if score else None,
-                     "p_adjusted": score.get("p_adjusted") if score else None,
-                     "significant": bool(score and score["significant"]),
-                     "lowers": lowers_word(score),
-                     "area": _round(where.area(segs), 3), "heatmap": where.grid(segs)}
-            if len(words) > 1:
-                entry["tcav_word"] = word
-                entry["significant_for"] = list(dict.fromkeys(w for w, s in scores
-                                                              if s["significant"]))
-            out.append(entry)
-        return out
 
     def painted(values):       # each segment painted with its positive evidence
         return _shrink(np.maximum(values, 0)[labels], WORD_MAP_SIDE)
 
-    caption = ctx.map(painted(seg_evidence.sum(0)),
-                      concepts=entries(evidence.sum(0), sensitivity.sum(0), words))
-    word_maps = [ctx.map(painted(seg_evidence[t]),
-                         concepts=entries(evidence[t], sensitivity[t], [w], t))
+    caption = ctx.map(painted(seg_evidence.sum(0)), concepts=_ranked_entries(
+        bank, present, evidence.sum(0), sensitivity.sum(0), words, anywhere, where))
+    word_maps = [ctx.map(painted(seg_evidence[t]), concepts=_ranked_entries(
+                     bank, present, evidence[t], sensitivity[t], [w], member[t], where))
                  for t, w in enumerate(words)]
-    concepts = [{"id": bank.ids[k], "name": bank.label(k), "named": bool(bank.names[k]),
-                 "named_by": bank.named_by[k] or None, "purity": _round(bank.purity[k], 3),
+    concepts = [{**_concept_identity(bank, k),
                  "area": _round(where.area(anywhere[:, j]), 3),
                  "segments": int(anywhere[:, j].sum()),
                  "match_probability": _round(member_prob.max(0)[anywhere[:, j], j].mean(), 3),
