@@ -445,13 +445,14 @@ def bank_segmentation(bank) -> str:
 def locate_concepts(captioner, pixels, feature_map, bank):
     """The frame's segments and the concept each one matches: (labels [H, W] from
     ``request_segments``, coverage [n, gh, gw], the segments' region-mean embeddings
-    [n, C], concept index per segment (-1: none), the matcher's probability)."""
+    [n, C] (None without a bank), concept index per segment (-1: none), the matcher's
+    probability)."""
     view = np.asarray(pixels[0]).astype(np.uint8)                  # the model's input view
     labels = request_segments(view, bank_segmentation(bank))
     cover = coverage(labels, captioner.grid)                       # [n, gh, gw]
-    region = region_embeddings(np.asarray(feature_map)[0], cover)
     if bank is None or len(bank) == 0:
-        return labels, cover, region, np.full(len(cover), -1), np.zeros(len(cover))
+        return labels, cover, None, np.full(len(cover), -1), np.zeros(len(cover))
+    region = region_embeddings(np.asarray(feature_map)[0], cover)
     concept_of, prob = bank.match(region)
     return labels, cover, region, concept_of, prob
 
@@ -463,7 +464,7 @@ def concept_membership(bank, region_emb, concept_of, prob, words, raises=None):
     matches among the clusters found in that word's own images (ACE explains a class with
     the concepts discovered for that class; discovery clustered each word's raising
     segments). Returns (present: concept indices [P], member [T, n, P] bool, the
-    matcher's probability of each membership [T, n, P])."""
+    matcher's probability of each segment's likeliest membership of each concept [n, P])."""
     own = [bank.match(region_emb, clusters) if (clusters := bank.clusters_of_word(w)) is not None
            else None for w in words]
     if raises is not None:      # a word's own concepts only where the word reads
@@ -474,13 +475,18 @@ def concept_membership(bank, region_emb, concept_of, prob, words, raises=None):
     column = {k: j for j, k in enumerate(present)}
     n = len(concept_of)
     member = np.zeros((len(words), n, len(present)), bool)
-    member_prob = np.zeros(member.shape, np.float32)
-    for t in range(len(words)):
-        for of, p in [(concept_of, prob)] + ([own[t]] if own[t] is not None else []):
-            segs = np.flatnonzero(of >= 0)
-            cols = [column[int(k)] for k in of[segs]]
-            member[t, segs, cols] = True
-            member_prob[t, segs, cols] = np.maximum(member_prob[t, segs, cols], p[segs])
+    member_prob = np.zeros((n, len(present)), np.float32)
+
+    def mark(t, of, p):         # t: one word, or slice(None): every word
+        segs = np.flatnonzero(of >= 0)
+        cols = [column[int(k)] for k in of[segs]]
+        member[t, segs, cols] = True
+        member_prob[segs, cols] = np.maximum(member_prob[segs, cols], p[segs])
+
+    mark(slice(None), concept_of, prob)            # the match among all clusters
+    for t, o in enumerate(own):
+        if o is not None:
+            mark(t, *o)
     return present, member, member_prob
 
 
@@ -615,7 +621,7 @@ def explain_with_concepts(ctx) -> dict:
     concepts = [{**_concept_identity(bank, k),
                  "area": _round(where.area(anywhere[:, j]), 3),
                  "segments": int(anywhere[:, j].sum()),
-                 "match_probability": _round(member_prob.max(0)[anywhere[:, j], j].mean(), 3),
+                 "match_probability": _round(member_prob[anywhere[:, j], j].mean(), 3),
                  "patches": bank.patch_urls(k), "heatmap": where.grid(anywhere[:, j])}
                 for j, k in enumerate(present)]
     unmatched = float((~anywhere.any(1))[labels].mean())

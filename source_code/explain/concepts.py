@@ -217,6 +217,17 @@ def collect_segments(captioner, images, resolutions=None, truths=None,
                       if relevant_per_word else None), fmaps
 
 
+def caption_gradients(captioner, fmap, captions):
+    """Per reference caption of one image (its words in the vocabulary; a caption with
+    none is skipped): (words, ds_t/dA [T, gh, gw, C]) by teacher forcing."""
+    from .target import caption_target, teacher_pass
+    for words in captions:
+        words = [w for w in words if w in captioner.vocab]
+        if words:
+            yield words, teacher_pass(captioner, fmap,
+                                      caption_target(captioner, words)).gradients.numpy()
+
+
 def relevant_segments(captioner, fmap, captions, cover: np.ndarray, top: int):
     """Which of one image's segments (``cover`` [n, gh, gw], ``ace.coverage``) its content
     words depend on most: per word of its captions (teacher forcing), the ``top`` segments
@@ -224,14 +235,9 @@ def relevant_segments(captioner, fmap, captions, cover: np.ndarray, top: int):
     ``ace.segment_importance``), when positive. Returns (per segment the set of those
     words, the word gradients {word: [sum_hw ds_t/dA]})."""
     from .ace import segment_importance
-    from .target import caption_target, teacher_pass
     words_of = [set() for _ in range(len(cover))]
     grads_out = defaultdict(list)
-    for words in captions:
-        words = [w for w in words if w in captioner.vocab]
-        if not words:
-            continue
-        grads = teacher_pass(captioner, fmap, caption_target(captioner, words)).gradients.numpy()
+    for words, grads in caption_gradients(captioner, fmap, captions):
         importance = segment_importance(fmap[0], grads, cover)          # [T, n]
         for t, w in enumerate(words):
             grads_out[w].append(grads[t].sum((0, 1)))
@@ -246,18 +252,13 @@ def relevant_segments(captioner, fmap, captions, cover: np.ndarray, top: int):
 def word_gradient_examples(captioner, images, captions, fmaps=None, progress: bool = True) -> dict:
     """{word: [n, C]}: sum_hw ds_t/dA for every occurrence of the word in the images'
     reference captions (teacher forcing); ``fmaps``: the images' feature maps where known."""
-    from .target import caption_target, teacher_pass
     out = defaultdict(list)
     bar = tqdm(range(len(images)), desc="word gradients", disable=not progress, unit="img")
     for i in bar:
         fmap = fmaps[i] if fmaps is not None and i < len(fmaps) else \
             captioner.features(captioner.preprocess(images[i])).numpy()
-        for words in captions[i]:
-            words = [w for w in words if w in captioner.vocab]
-            if not words:
-                continue
-            grads = teacher_pass(captioner, fmap, caption_target(captioner, words)).gradients
-            for w, g in zip(words, grads.numpy().sum((1, 2))):
+        for words, grads in caption_gradients(captioner, fmap, captions[i]):
+            for w, g in zip(words, grads.sum((1, 2))):
                 out[w].append(g)
     return {w: np.asarray(g, np.float32) for w, g in out.items()}
 
