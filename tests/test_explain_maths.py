@@ -386,3 +386,52 @@ def test_channel_shift_is_a_shift_of_every_cell_and_its_gradient_their_sum(kind,
             s_t = tf.nn.log_softmax(logits)[0, t, target.token_ids[t]]
         want = tf.reduce_sum(tape.gradient(s_t, fmap), axis=[0, 1, 2]).numpy()
         np.testing.assert_allclose(sums[t], want, rtol=1e-3, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("head", [0, 7])
+def test_training_grad_cam_loss_is_textbook_grad_cam_and_so_is_its_gradient(head):
+    """The Grad-CAM grounding loss takes its channel weights through the channel shift;
+    its maps, and the decoder weights' gradient of a loss on them (the second derivative
+    training follows), equal those of textbook Grad-CAM (cell mean of ds/dA by tape)."""
+    import keras
+    from source_code.model.backbone import BackboneSpec
+    from source_code.model.captioner import Captioner
+    from source_code.text.vocabulary import Vocabulary
+    from source_code.training.train import teacher_forcing_with_word_cam
+    from conftest import SYNTH_WORDS
+    keras.utils.set_random_seed(6)
+    captioner = Captioner.build(Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + SYNTH_WORDS),
+                                BackboneSpec("slim", 64, None, 0.25, 0.25, 1),
+                                {"kind": "attention", "units": 32, "embed_dim": 16,
+                                 "imagenet_head": head}, 10)
+    decoder, rng = captioner.decoder, np.random.default_rng(1)
+    fmap = tf.constant(rng.random((3,) + tuple(captioner.backbone.output_shape[1:])), tf.float32)
+    target = caption_target(captioner, CAPTION)
+    tin = tf.tile(target.tokens_in, [3, 1])
+    tgt = tf.tile(target.targets, [3, 1])
+    pick = tf.one_hot([0, 2, 1], tin.shape[1])                 # a different word per caption
+    inside = tf.constant(rng.random((3,) + tuple(fmap.shape[1:3])) > 0.5, tf.float32)
+
+    def textbook():
+        return teacher_forcing_with_word_cam(decoder, fmap, tin, tgt, pick, False, textbook=True)[2]
+
+    def shifted():
+        return teacher_forcing_with_word_cam(decoder, fmap, tin, tgt, pick, False)[2]
+
+    grads = []
+    for cam_of in (textbook, shifted):
+        with tf.GradientTape() as outer:
+            cam = cam_of()
+            loss = -tf.reduce_sum(tf.math.log(tf.reduce_sum(cam * inside, [1, 2])
+                                              / (tf.reduce_sum(cam, [1, 2]) + 1e-6) + 1e-3))
+        grads.append((cam.numpy(), outer.gradient(loss, decoder.trainable_variables)))
+    (cam_a, grad_a), (cam_b, grad_b) = grads
+    assert cam_a.max() > 0
+    np.testing.assert_allclose(cam_b, cam_a, rtol=1e-4, atol=1e-6 * cam_a.max())
+    assert [a is None for a in grad_a] == [b is None for b in grad_b]
+    pairs = [(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy())
+             for a, b in zip(grad_a, grad_b) if a is not None]
+    scale = max(np.abs(a).max() for a, _ in pairs)    # roundoff is relative to the largest
+    for a, b in pairs:
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5 * scale)
+    assert sum(np.abs(a).max() > 1e-3 * scale for a, _ in pairs) >= 5

@@ -265,16 +265,13 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     def losses(x, tin, tgt, att, training, with_cam: bool = False):
         """(caption loss, attention grounding loss, Grad-CAM grounding loss)."""
         feats = model_bb(x, training=training) if cfg.finetune_backbone else x
-        with tf.GradientTape() as inner:
-            inner.watch(feats)
+        if with_cam:
+            # one grounded word per caption, at random: its Grad-CAM should fall on its object
+            pick = pick_grounded_words(att)
+            logits, alpha, cam = teacher_forcing_with_word_cam(model_dec, feats, tin, tgt, pick,
+                                                               training)
+        else:
             logits, alpha = model_dec((feats, tin), training=training)
-            if with_cam:
-                # one grounded word per caption, at random: its Grad-CAM should fall on its object
-                grounded = tf.cast(tf.reduce_sum(att, [2, 3]) > 0, tf.float32)
-                pick = tf.random.categorical(tf.math.log(grounded + 1e-9), 1)[:, 0]
-                pick = tf.one_hot(pick, tf.shape(tgt)[1]) * grounded
-                word_logp = token_logprobs(logits, tgt)[1]
-                picked = tf.reduce_sum(word_logp * pick)
         mask = tf.cast(tf.not_equal(tgt, vocab.pad_id), tf.float32)
         ce = keras.losses.sparse_categorical_crossentropy(tgt, logits, from_logits=True)
         if cfg.label_smoothing:
@@ -290,9 +287,6 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         att_loss = tf.reduce_sum(att_ce * grounded_t) / tf.maximum(tf.reduce_sum(grounded_t), 1.0)
         if not with_cam:
             return caption_loss, att_loss, zero
-        # Textbook Grad-CAM of the picked word (differentiable: the outer tape sees it).
-        g = inner.gradient(picked, feats)
-        cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", feats, tf.reduce_mean(g, [1, 2])))
         inside = tf.cast(tf.reduce_sum(att * pick[:, :, None, None], 1) > 0, tf.float32)
         frac_in = tf.reduce_sum(cam * inside, [1, 2]) / (tf.reduce_sum(cam, [1, 2]) + 1e-6)
         has = tf.cast(tf.reduce_sum(inside, [1, 2]) > 0, tf.float32)
@@ -434,3 +428,37 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     if chief:
         captioner.save(out_dir)
     return captioner
+
+
+def pick_grounded_words(att):
+    """att [B, T, h, w] (the named object's box per target word, zeros where a word
+    names nothing) -> [B, T]: one grounded word per caption, at random, one-hot (a
+    caption without one: zeros)."""
+    grounded = tf.cast(tf.reduce_sum(att, [2, 3]) > 0, tf.float32)
+    pick = tf.random.categorical(tf.math.log(grounded + 1e-9), 1)[:, 0]
+    return tf.one_hot(pick, tf.shape(grounded)[1]) * grounded
+
+
+def teacher_forcing_with_word_cam(decoder, feats, tin, tgt, pick, training, textbook=False):
+    """Teacher forcing, and the textbook Grad-CAM of the picked words (pick [B, T], one-hot
+    per caption), differentiable so that an outer tape can train on it:
+    (logits [B, T, V], attention [B, T, N], cam [B, h, w]).
+
+    Grad-CAM's channel weights are the cell mean of d s / d A. They are taken as the
+    gradient with respect to the decoder's channel shift (a zero shift of every cell,
+    see model/decoders.py), which is that sum, instead of d s / d A itself: the same
+    weights, without a backward pass through every cell's layers (and through the
+    ImageNet head per cell) in the first and the second derivative. ``textbook=True``
+    takes d s / d A (the reference the tests and bench/train_step.py hold it to)."""
+    shift = None if textbook else tf.zeros([tf.shape(feats)[0], feats.shape[-1]], feats.dtype)
+    with tf.GradientTape(watch_accessed_variables=False) as inner:
+        inner.watch(feats if textbook else shift)
+        logits, alpha = decoder((feats, tin), training=training, channel_shift=shift)
+        picked = tf.reduce_sum(token_logprobs(logits, tgt)[1] * pick)
+    if textbook:
+        weights = tf.reduce_mean(inner.gradient(picked, feats), [1, 2])
+    else:
+        cells = tf.cast(tf.shape(feats)[1] * tf.shape(feats)[2], feats.dtype)
+        weights = inner.gradient(picked, shift) / cells
+    cam = tf.nn.relu(tf.einsum("bhwc,bc->bhw", feats, weights))
+    return logits, alpha, cam
