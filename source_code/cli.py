@@ -202,24 +202,30 @@ def cmd_choose_imagenet_prior(args) -> int:
     """Choose the weight of the ImageNet noun prior on validation scenes and record it."""
     from .evaluation.imagenet_prior import VALIDATION_SCENES, card_record, choose_prior_weight
     from .files import atomic_write_text
-    from .model.captioner import CONFIG_FILE, PRIOR_KEY
+    from .model.captioner import CONFIG_FILE, POOLING_KEY, PRIOR_KEY
     captioner = _load_captioner(args.bundle)
     if captioner.config.get("world") != "objects" or not captioner.config["decoder"].get("imagenet_head"):
         raise ValueError(f"choose-imagenet-prior needs a model of the objects world whose decoder "
                          f"reads the ImageNet head; {args.bundle} is not one: use --bundle objects")
     result = choose_prior_weight(captioner, args.scenes or VALIDATION_SCENES,
                                  progress=not args.quiet)
-    print(f"{'weight':>7s} {'exact match':>12s} {'all-stamp scenes':>17s}")
+    print(f"{'pooling':>9s} {'weight':>7s} {'exact match':>12s} {'all-stamp scenes':>17s}")
     for row in result["rows"]:
-        print(f"{row['weight']:7.2f} {row['exact_match']:12.4f} {row['exact_match_stamps']:17.4f}")
-    print(f"chosen: {result['chosen']} ({result['rule']}; {result['scenes']} validation scenes, "
+        print(f"{row['pooling']:>9s} {row['weight']:7.2f} {row['exact_match']:12.4f} "
+              f"{row['exact_match_stamps']:17.4f}")
+    print(f"chosen: {result['chosen_pooling']} pooling, weight {result['chosen']} "
+          f"({result['rule']}; {result['scenes']} validation scenes, "
           f"{result['stamp_scenes']} of them all stamps)")
     config_path = Path(args.bundle) / CONFIG_FILE
     config = json.loads(config_path.read_text())
-    if result["chosen"] != config["decoder"].get(PRIOR_KEY, 0.0):     # the card changes only then
+    chosen = (result["chosen"], result["chosen_pooling"] if result["chosen"] else "frame")
+    if chosen != captioner.imagenet_prior():             # the card changes only then
         config["decoder"].pop(PRIOR_KEY, None)
+        config["decoder"].pop(POOLING_KEY, None)
         if result["chosen"]:
             config["decoder"][PRIOR_KEY] = result["chosen"]
+            if chosen[1] != "frame":
+                config["decoder"][POOLING_KEY] = chosen[1]
         config["imagenet_prior_choice"] = card_record(result)
         atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
         print(f"recorded in {config_path}")

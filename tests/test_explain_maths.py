@@ -355,11 +355,14 @@ def test_a_finished_caption_costs_nothing_while_the_batch_goes_on(width):
     np.testing.assert_allclose(logps[1], [0, 0, 0, 0, 0], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind,head", [("attention", 0), ("attention", 7), ("merge", 0)])
-def test_channel_shift_is_a_shift_of_every_cell_and_its_gradient_their_sum(kind, head):
+@pytest.mark.parametrize("kind,head,prior", [("attention", 0, None), ("attention", 7, None),
+                                             ("attention", 7, "frame"),
+                                             ("attention", 7, "attention"), ("merge", 0, None)])
+def test_channel_shift_is_a_shift_of_every_cell_and_its_gradient_their_sum(kind, head, prior):
     """The decoder's channel shift encodes as feature_map + shift on every cell, and the
     channel pass's gradient of each word is the sum over cells of its full ds_t/dA
-    (tape through the decoder), with or without the ImageNet head."""
+    (tape through the decoder), with or without the ImageNet head and its noun prior
+    (on the frame's evidence or the attended cells')."""
     import keras
     from source_code.explain.target import channel_pass
     from source_code.model.backbone import BackboneSpec
@@ -372,6 +375,9 @@ def test_channel_shift_is_a_shift_of_every_cell_and_its_gradient_their_sum(kind,
                                 {"kind": kind, "units": 32, "embed_dim": 16, "imagenet_head": head},
                                 10)
     rng = np.random.default_rng(0)
+    if prior:        # each of the 7 classes names a random token
+        tokens = np.eye(len(captioner.vocab), dtype=np.float32)[rng.integers(4, 12, head)]
+        captioner.decoder.set_noun_prior(tokens, 2.0, prior)
     fmap = tf.constant(rng.random((1,) + tuple(captioner.backbone.output_shape[1:])), tf.float32)
     shift = tf.constant(rng.normal(size=(1, fmap.shape[-1])), tf.float32)
     shifted = captioner.decoder.encode(fmap + shift[:, None, None])

@@ -133,9 +133,48 @@ def test_noun_prior_raises_the_nouns_of_the_frames_imagenet_classes_only():
     assert np.all(bias[:4] == 0) and bias[5] == 0            # no classes, or no evidence
     dec.set_noun_prior(matrix, 0.0)
     assert dec.noun_prior is None
+    with pytest.raises(ValueError, match="pooling"):
+        dec.set_noun_prior(matrix, 0.5, "everywhere")
 
 
-def test_prior_is_part_of_the_models_scores_everywhere(tmp_path):
+def test_attention_pooled_prior_reads_the_attended_cells_evidence():
+    """With attention pooling, each step's bias is the prior of the attention-weighted
+    cell logits of that step: teacher forcing with the prior = without it + that bias."""
+    import tensorflow as tf
+    from source_code.model.decoders import CaptionDecoder
+    tf.keras.utils.set_random_seed(3)
+    dec = CaptionDecoder(6, kind="attention", grid_cells=4, embed_dim=4, units=8, imagenet_head=20)
+    rng = np.random.default_rng(0)
+    # cell 0 shows class 0 (token 4's), cell 3 class 2 (token 5's)
+    cells = rng.random((2, 4, 5)).astype(np.float32)
+    cells[:, 0, 0] += 3
+    cells[:, 3, 1] += 3
+    fmap = tf.constant(cells.reshape(2, 2, 2, 5))
+    tokens = tf.constant([[1, 4, 5], [1, 5, 4]])
+    dec.build_for((2, 2, 5), 3)
+    kernel = np.zeros((5, 20), np.float32)
+    kernel[0, 0] = kernel[1, 2] = 4.0
+    dec.imagenet_head.set_weights([kernel, np.zeros(20, np.float32)])
+    plain, attention = (t.numpy() for t in dec((fmap, tokens)))
+    matrix = np.zeros((20, 6), np.float32)
+    matrix[[0, 1], 4] = matrix[[2], 5] = 1
+    dec.set_noun_prior(matrix, 0.8, "attention")
+    with_prior, attention_again = (t.numpy() for t in dec((fmap, tokens)))
+    np.testing.assert_allclose(attention_again, attention, atol=1e-6)  # the prior changes logits only
+    cell_logits = dec.imagenet_head(tf.reshape(fmap, [2, 4, 5]))
+    for t in range(3):
+        attended = tf.einsum("bn,bnk->bk", attention[:, t], cell_logits)
+        np.testing.assert_allclose(with_prior[:, t], plain[:, t] + dec._noun_bias(attended).numpy(),
+                                   atol=1e-4)
+    dec.set_noun_prior(matrix, 0.8, "frame")       # the frame's: the same bias at every step
+    frame = dec((fmap, tokens))[0].numpy() - plain
+    np.testing.assert_allclose(frame[:, 0], frame[:, 2], atol=1e-5)
+    assert np.abs(frame).max() > 0.1 and np.abs(with_prior - plain).max() > 0.1
+    assert not np.allclose(with_prior - plain, frame, atol=1e-3)
+
+
+@pytest.mark.parametrize("pooling", ["frame", "attention"])
+def test_prior_is_part_of_the_models_scores_everywhere(tmp_path, pooling):
     """With the prior, the search's token log-probabilities are the teacher-forced scores
     of its caption (explanations explain what decoded), and it survives save and load."""
     import shutil
@@ -145,10 +184,10 @@ def test_prior_is_part_of_the_models_scores_everywhere(tmp_path):
     bundle = tmp_path / "objects"
     shutil.copytree(OBJECTS_BUNDLE, bundle, ignore=shutil.ignore_patterns("concepts"))
     model = Captioner.load(bundle)
-    model.set_imagenet_prior(0.7)
+    model.set_imagenet_prior(0.7, pooling)
     model.save(bundle)
     model = Captioner.load(bundle)
-    assert model.config["decoder"]["imagenet_prior"] == 0.7 and model.decoder.noun_prior
+    assert model.imagenet_prior() == (0.7, pooling) and model.decoder.noun_prior[3] == pooling
     plain = Captioner.load(bundle)
     plain.set_imagenet_prior(0.0)
     changed = []

@@ -199,6 +199,35 @@ def test_prior_weight_rule():
             {"weight": 0.2, "exact_match": 0.795, "exact_match_stamps": 0.75},
             {"weight": 0.5, "exact_match": 0.78, "exact_match_stamps": 0.90},   # costs 0.02
             {"weight": 0.3, "exact_match": 0.80, "exact_match_stamps": 0.75}]
-    assert pick_weight(rows) == 0.2                  # the best allowed; a tie goes to the smaller
-    assert pick_weight(rows, max_loss=0.05) == 0.5
-    assert pick_weight([dict(rows[0])]) == 0.0
+    assert pick_weight(rows) == {"weight": 0.2, "pooling": "frame"}   # a tie: the smaller
+    assert pick_weight(rows, max_loss=0.05)["weight"] == 0.5
+    assert pick_weight([dict(rows[0])])["weight"] == 0.0
+    pooled = [dict(r, pooling="frame") for r in rows] + [
+        {"pooling": "attention", "weight": 0.2, "exact_match": 0.80, "exact_match_stamps": 0.75},
+        {"pooling": "attention", "weight": 0.3, "exact_match": 0.80, "exact_match_stamps": 0.80}]
+    assert pick_weight(pooled) == {"weight": 0.3, "pooling": "attention"}
+    assert pick_weight(pooled[:-1]) == {"weight": 0.2, "pooling": "frame"}  # ties: frame first
+
+
+@pytest.mark.slow
+def test_choosing_the_prior_tries_both_poolings_and_records_the_rules_pick(tmp_path, capsys):
+    """choose-imagenet-prior decodes validation scenes under every pooling and weight
+    (no prior once), writes the table, and records in the card what the rule picks."""
+    import shutil
+    from source_code.evaluation.imagenet_prior import POOLINGS, WEIGHTS, pick_weight
+    from source_code.model.captioner import Captioner
+    bundle = tmp_path / "objects"
+    shutil.copytree(REPO / "models" / "objects", bundle, ignore=shutil.ignore_patterns("concepts"))
+    table = tmp_path / "prior.json"
+    assert main(["choose-imagenet-prior", "--bundle", str(bundle), "--scenes", "6",
+                 "--json", str(table), "--quiet"]) == 0
+    result = json.loads(table.read_text())
+    settings = [(r["pooling"], r["weight"]) for r in result["rows"]]
+    assert settings == [("frame", 0.0)] + [(p, w) for p in POOLINGS for w in WEIGHTS if w]
+    assert all(0 <= r["exact_match"] <= 1 for r in result["rows"])
+    chosen = pick_weight(result["rows"])
+    assert (result["chosen"], result["chosen_pooling"]) == (chosen["weight"], chosen["pooling"])
+    model = Captioner.load(bundle)
+    assert model.imagenet_prior() == (chosen["weight"],
+                                      chosen["pooling"] if chosen["weight"] else "frame")
+    assert "chosen:" in capsys.readouterr().out

@@ -2,13 +2,14 @@
 
 The prior (``CaptionDecoder.set_noun_prior``) lends the decoder what Lite0's ImageNet
 classifier knows about photographs (a tabby is a cat) where the decoder, trained on
-composites, is unsure. Its weight is chosen on held-out scenes of the objects world
-(seeds ``PRIOR_SEED``.., used for nothing else), never on the real photographs, which
-stay a test set. The rule, fixed before any run: among the weights that cost at most
-``MAX_LOSS`` exact match over all validation scenes against no prior, the one with the
-best exact match on the scenes whose objects are all Tux Paint stamps (mostly
-photographic cut-outs: the part of the world that looks like a webcam's); ties go to
-the smaller weight.
+composites, is unsure. Its weight and pooling (the frame's evidence, or the attended
+cells') are chosen on held-out scenes of the objects world (seeds ``PRIOR_SEED``..,
+used for nothing else), never on the real photographs, which stay a test set. The
+rule, fixed before any run: among the settings that cost at most ``MAX_LOSS`` exact
+match over all validation scenes against no prior, the one with the best exact match
+on the scenes whose objects are all Tux Paint stamps (mostly photographic cut-outs:
+the part of the world that looks like a webcam's); ties go to the smaller weight,
+then to frame pooling (the first bundles').
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..data.objects_world import canonical_object_caption, default_world, genera
 
 PRIOR_SEED = 80_000_000    # used by nothing else (tests: 40M, samples: 50M, benches: 60-70M)
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+POOLINGS = ("frame", "attention")     # model/decoders.py PRIOR_POOLINGS, the tie order
 MAX_LOSS = 0.01
 PHOTO_KIND = "stamp"
 VALIDATION_SCENES = 1500   # the recipe's choice, and `choose-imagenet-prior`'s default
@@ -34,33 +36,38 @@ def source_kinds() -> dict[str, str]:
 
 
 def choose_prior_weight(captioner, n_scenes: int = 400, weights=WEIGHTS, beam_width: int = 3,
-                        batch_size: int = 32, progress: bool = True) -> dict:
-    """Exact match per weight on ``n_scenes`` validation scenes (and on the all-stamp
-    ones), and the weight the rule picks: {"rows", "chosen", ...}. The captioner's
-    prior is put back as it was."""
-    from ..model.captioner import PRIOR_KEY
+                        batch_size: int = 32, progress: bool = True,
+                        poolings=POOLINGS) -> dict:
+    """Exact match per pooling and weight on ``n_scenes`` validation scenes (and on the
+    all-stamp ones), and the setting the rule picks: {"rows", "chosen",
+    "chosen_pooling", ...}. The captioner's prior is put back as it was."""
     kinds = source_kinds()
     scenes = [generate_object_scene(PRIOR_SEED + i, captioner.input_size)
               for i in tqdm(range(n_scenes), desc="validation scenes", disable=not progress)]
     photographic = np.array([all(kinds.get(o.source) == PHOTO_KIND for o in s.objects)
                              for s in scenes])
     truth = [canonical_object_caption(s.caption) for s in scenes]
-    fmaps = [captioner.features(captioner.preprocess([s.image for s in scenes[i: i + batch_size]]))
+    # The decoder's reading of the cells does not depend on the prior: read once.
+    parts = [captioner.cell_parts(captioner.features(
+                 captioner.preprocess([s.image for s in scenes[i: i + batch_size]])))
              for i in tqdm(range(0, n_scenes, batch_size), desc="features", disable=not progress)]
-    rows, kept = [], captioner.config["decoder"].get(PRIOR_KEY, 0.0)
-    for w in tqdm(weights, desc="prior weights", disable=not progress):
-        captioner.set_imagenet_prior(w)
-        said = [c.text for f in fmaps for c in captioner.decode_features(f, beam_width)]
+    rows, kept = [], captioner.imagenet_prior()
+    # weight 0 is no prior, whatever the pooling: decoded once
+    settings = [(p, float(w)) for p in poolings for w in weights if w or p == poolings[0]]
+    for pooling, w in tqdm(settings, desc="prior settings", disable=not progress):
+        captioner.set_imagenet_prior(w, pooling)
+        said = [c.text for p in parts for c in captioner.decode_parts(p, beam_width)]
         right = np.array([canonical_object_caption(s) == t for s, t in zip(said, truth)])
-        rows.append({"weight": float(w), "exact_match": round(float(right.mean()), 4),
+        rows.append({"pooling": pooling, "weight": w, "exact_match": round(float(right.mean()), 4),
                      "exact_match_stamps": round(float(right[photographic].mean()), 4)})
-    captioner.set_imagenet_prior(kept)
+    captioner.set_imagenet_prior(*kept)
     chosen = pick_weight(rows)
     return {"scenes": n_scenes, "seeds": [PRIOR_SEED, PRIOR_SEED + n_scenes - 1],
             "stamp_scenes": int(photographic.sum()), "beam_width": beam_width,
-            "rule": f"best exact match on all-stamp scenes among weights losing at most "
-                    f"{MAX_LOSS} exact match over all scenes; ties to the smaller weight",
-            "rows": rows, "chosen": chosen}
+            "rule": f"best exact match on all-stamp scenes among settings losing at most "
+                    f"{MAX_LOSS} exact match over all scenes; ties to the smaller weight, "
+                    f"then to frame pooling",
+            "rows": rows, "chosen": chosen["weight"], "chosen_pooling": chosen["pooling"]}
 
 
 def card_record(result: dict) -> dict:
@@ -68,9 +75,11 @@ def card_record(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "rows"}
 
 
-def pick_weight(rows: list[dict], max_loss: float = MAX_LOSS) -> float:
-    """The rule (see the module): rows of {"weight", "exact_match", "exact_match_stamps"}."""
+def pick_weight(rows: list[dict], max_loss: float = MAX_LOSS) -> dict:
+    """The rule (see the module): rows of {"weight", "exact_match", "exact_match_stamps",
+    "pooling" (absent: frame)} -> {"weight", "pooling"} of the chosen row."""
     base = next(r["exact_match"] for r in rows if r["weight"] == 0.0)
     allowed = [r for r in rows if r["exact_match"] >= base - max_loss - 1e-12]
-    best = max(allowed, key=lambda r: (r["exact_match_stamps"], -r["weight"]))
-    return best["weight"]
+    best = max(allowed, key=lambda r: (r["exact_match_stamps"], -r["weight"],
+                                       -POOLINGS.index(r.get("pooling", "frame"))))
+    return {"weight": best["weight"], "pooling": best.get("pooling", "frame")}

@@ -335,10 +335,10 @@ def randomized_copy(captioner, seed: int = 1):
     import keras
 
     from ..model.backbone import BackboneSpec
-    from ..model.captioner import PRIOR_KEY, Captioner
+    from ..model.captioner import Captioner
     keras.utils.set_random_seed(seed)
     spec = BackboneSpec.from_dict(dict(captioner.config["backbone"], weights=None))
     copy = Captioner.build(captioner.vocab, spec, captioner.config["decoder"],
                            captioner.max_length)
-    copy.set_imagenet_prior(captioner.config["decoder"].get(PRIOR_KEY, 0.0))  # on its random head
+    copy.set_imagenet_prior(*captioner.imagenet_prior())             # on its random head
     return copy

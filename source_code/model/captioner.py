@@ -40,6 +40,7 @@ DECODER_WEIGHTS, BACKBONE_WEIGHTS = "decoder.weights.h5", "backbone.weights.h5"
 DECODER_KEYS = ("kind", "embed_dim", "units", "dropout", "train_embedding", "imagenet_head")
 # Read from the config's decoder section but not a constructor argument: set after loading.
 PRIOR_KEY = "imagenet_prior"
+POOLING_KEY = "imagenet_prior_pooling"      # absent: "frame", the first bundles' prior
 # File kinds that carry code (pickles and their cousins, whole Keras models, Python).
 CODE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".dill", ".keras", ".py", ".pyc", ".so")
 PICKLE_MAGIC = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))
@@ -228,7 +229,11 @@ class Captioner:
             if captioner.familiarity.classifier is None:
                 raise BundleError(f"model bundle {bundle_dir}: its familiarity reads ImageNet "
                                   f"evidence, but its backbone has no ImageNet classifier")
-        captioner.set_imagenet_prior(dec_cfg.get(PRIOR_KEY, 0.0))
+        try:
+            captioner.set_imagenet_prior(dec_cfg.get(PRIOR_KEY, 0.0),
+                                         dec_cfg.get(POOLING_KEY, "frame"))
+        except ValueError as exc:
+            raise BundleError(f"model bundle {bundle_dir}: {exc}") from exc
         return captioner
 
     def imagenet_noun_classifier(self):
@@ -242,17 +247,29 @@ class Captioner:
         kernel, bias = _imagenet_classifier(spec)
         return kernel, bias, class_token_matrix(self.vocab)
 
-    def set_imagenet_prior(self, weight: float) -> None:
-        """The decoder's ImageNet noun prior at this weight (0: none), recorded in the
-        config. Compiled functions are rebuilt on their next call, with the new prior."""
+    def set_imagenet_prior(self, weight: float, pooling: str = "frame") -> None:
+        """The decoder's ImageNet noun prior at this weight (0: none) and pooling (see
+        model/decoders.py), recorded in the config. Compiled functions are rebuilt on
+        their next call, with the new prior."""
         weight = float(weight or 0.0)
         if weight and not self.config["decoder"].get("imagenet_head"):
             raise ValueError("an ImageNet noun prior needs a decoder with the ImageNet head")
         from .imagenet_nouns import class_token_matrix
-        self.decoder.set_noun_prior(class_token_matrix(self.vocab) if weight else None, weight)
-        decoder = {k: v for k, v in self.config["decoder"].items() if k != PRIOR_KEY}
-        self.config = dict(self.config, decoder=dict(decoder, **({PRIOR_KEY: weight} if weight else {})))
+        self.decoder.set_noun_prior(class_token_matrix(self.vocab) if weight else None, weight,
+                                    pooling)
+        decoder = {k: v for k, v in self.config["decoder"].items()
+                   if k not in (PRIOR_KEY, POOLING_KEY)}
+        if weight:
+            decoder[PRIOR_KEY] = weight
+            if pooling != "frame":
+                decoder[POOLING_KEY] = pooling
+        self.config = dict(self.config, decoder=decoder)
         self.compiled.clear()
+
+    def imagenet_prior(self) -> tuple[float, str]:
+        """(weight, pooling) of the decoder's ImageNet noun prior; weight 0: none."""
+        d = self.config["decoder"]
+        return float(d.get(PRIOR_KEY, 0.0)), d.get(POOLING_KEY, "frame")
 
     # -- inference ------------------------------------------------------------
     def preprocess(self, images) -> tf.Tensor:

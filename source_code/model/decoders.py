@@ -20,9 +20,13 @@ per cell), so that gradient costs a fraction of the whole d s / d A.
 
 An attention decoder with the ImageNet head can also add an ImageNet noun prior to
 its logits (``set_noun_prior``): for each noun that names ImageNet classes, the
-frame's ImageNet evidence for those classes beyond their uniform share (log ratio,
-never negative, capped) times a weight. It is part of the model's scores, so search,
-teacher forcing and every gradient see the same probabilities.
+ImageNet evidence for those classes beyond their uniform share (log ratio, never
+negative, capped) times a weight. The evidence is the head's on the whole frame
+(pooling "frame": the same bias at every step) or on the cells the step attends
+(pooling "attention": while the decoder says the second object's noun, the evidence
+is the second object's, so one object's class is not lent to both). It is part of
+the model's scores, so search, teacher forcing and every gradient see the same
+probabilities.
 
 ``merge`` is the classic captioner: pooled image vector -> dropout -> dense,
 caption prefix -> embedding -> dropout -> LSTM, added, dense, softmax.
@@ -41,6 +45,7 @@ from keras import layers
 DECODER_KINDS = ("merge", "attention")
 PRIOR_EPS = 1e-3      # keeps log(q / r) finite; below it ImageNet evidence counts as none
 PRIOR_CAP = 5.0       # nats: the prior alone never outweighs everything the decoder read
+PRIOR_POOLINGS = ("frame", "attention")   # where the prior's ImageNet evidence is read
 
 
 class CaptionDecoder(keras.Model):
@@ -94,21 +99,26 @@ class CaptionDecoder(keras.Model):
             self.deep = layers.Dense(units, activation="relu", name="deep_output")
 
     # -- the ImageNet noun prior -------------------------------------------------
-    def set_noun_prior(self, class_tokens: np.ndarray | None, weight: float = 0.0):
+    def set_noun_prior(self, class_tokens: np.ndarray | None, weight: float = 0.0,
+                       pooling: str = "frame"):
         """class_tokens [classes, V]: 1 where an ImageNet class names a vocabulary token
-        (None or weight 0: no prior). Compiled functions built before keep the old prior."""
+        (None or weight 0: no prior); pooling: one of PRIOR_POOLINGS. Compiled functions
+        built before keep the old prior."""
+        if pooling not in PRIOR_POOLINGS:
+            raise ValueError(f"prior pooling must be one of {PRIOR_POOLINGS}, got {pooling!r}")
         if class_tokens is None or not weight or self.imagenet_head is None:
             self.noun_prior = None
             return
         m = np.asarray(class_tokens, np.float32)
-        self.noun_prior = (tf.constant(m), tf.constant(m.mean(0)), float(weight))
+        self.noun_prior = (tf.constant(m), tf.constant(m.mean(0)), float(weight), pooling)
 
     def _noun_bias(self, pooled_logits):
-        """pooled_logits [B, classes] (the head's logits on the pooled features, which,
-        the head being linear, are the mean of its cell logits) -> [B, V]:
-        weight * min(CAP, max(0, log(q / r))), q the frame's ImageNet probability of a
-        token's classes, r their uniform share; 0 for tokens with no class."""
-        matrix, share, weight = self.noun_prior
+        """pooled_logits [B, classes] (the head's logits on pooled features: the frame's
+        mean, or the attention-weighted mean, of its cell logits, the head being linear;
+        a constant per row changes nothing) -> [B, V]:
+        weight * min(CAP, max(0, log(q / r))), q the ImageNet probability of a token's
+        classes, r their uniform share; 0 for tokens with no class."""
+        matrix, share, weight, _ = self.noun_prior
         probs = tf.nn.softmax(pooled_logits, axis=-1)
         q = tf.matmul(probs, matrix)
         ratio = tf.math.log((q + PRIOR_EPS) / (share + PRIOR_EPS))
@@ -176,7 +186,10 @@ class CaptionDecoder(keras.Model):
                              + tf.reduce_mean(tf.square(u), axis=-1, keepdims=True))
                 scores += tf.matmul(u, self.cell_proj.kernel[channels:])[:, None]
             projected += scores * tf.math.rsqrt(variance + 1e-6)[..., None]
-            if self.noun_prior is not None:
+            if self.noun_prior is not None and self.noun_prior[3] == "attention":
+                # each cell's class logits (the shift's share added): the step pools them
+                bias = (centred if channel_shift is None else centred + u[:, None],)
+            elif self.noun_prior is not None:
                 bias = (self._noun_bias(pooled),)
         values = tf.nn.relu(projected + self.cell_proj.bias) + self.position
         return (values, self.att_keys(values)) + bias
@@ -206,7 +219,8 @@ class CaptionDecoder(keras.Model):
         deep = self.deep(tf.concat([emb, out, context], -1))
         logits = self.logits_layer(self.out_dropout(deep, training=training))
         if len(memory) > 2:                           # the ImageNet noun prior
-            logits = logits + memory[2]
+            logits = logits + (self._noun_bias(tf.einsum("bn,bnk->bk", attention, memory[2]))
+                               if self.noun_prior[3] == "attention" else memory[2])
         return logits, (h, c), attention
 
     def call(self, inputs, training=False, channel_shift=None):

@@ -156,12 +156,12 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
 
 
 def choose_imagenet_prior(captioner, progress: bool = True) -> None:
-    """The weight of the decoder's ImageNet noun prior, chosen on validation scenes by
+    """The weight and pooling of the decoder's ImageNet noun prior, chosen on validation scenes by
     the rule fixed in evaluation/imagenet_prior.py (`choose-imagenet-prior`), set and
     recorded in the card before anything is evaluated."""
     from ..evaluation.imagenet_prior import VALIDATION_SCENES, card_record, choose_prior_weight
     result = choose_prior_weight(captioner, VALIDATION_SCENES, progress=progress)
-    captioner.set_imagenet_prior(result["chosen"])
+    captioner.set_imagenet_prior(result["chosen"], result["chosen_pooling"])
     captioner.config["imagenet_prior_choice"] = card_record(result)
 
 
