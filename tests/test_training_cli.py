@@ -62,6 +62,19 @@ def test_train_through_cli_then_reload_and_caption(dataset, glove_file, tmp_path
 
 
 @pytest.mark.slow
+def test_the_grad_cam_loss_is_computed_only_in_the_epochs_that_weigh_it(dataset, tmp_path):
+    """--gradcam-start-epoch 1: epoch 1 trains without the Grad-CAM loss (not computed:
+    0 in the history), epoch 2 with it, on the frozen-feature path the objects recipe uses."""
+    out = tmp_path / "grounded"
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--epochs", "2",
+                 "--gradcam-weight", "0.5", "--gradcam-start-epoch", "1", *TINY]) == 0
+    history = json.loads((out / "config.json").read_text())["training"]["history"]
+    assert history[0]["gradcam_loss"] == 0.0
+    assert history[1]["gradcam_loss"] > 0 and np.isfinite(history[1]["gradcam_loss"])
+    assert all(h["att_loss"] > 0 for h in history)
+
+
+@pytest.mark.slow
 def test_reloaded_bundle_captions_exactly_like_the_trained_model(dataset, tmp_path):
     from source_code.data.datasets import load_dataset
     from source_code.model.backbone import BackboneSpec

@@ -303,11 +303,11 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         ramp = (epoch - cfg.gradcam_start_epoch + 1) / max(cfg.gradcam_ramp_epochs, 1)
         return cfg.gradcam_weight * min(1.0, ramp)
 
-    def replica_step(x, tin, tgt, tgt_h, tgt_v, att):
+    def replica_step(x, tin, tgt, tgt_h, tgt_v, att, with_cam=False):
         if cfg.finetune_backbone:
             x, tgt, att = augment(x, tgt, tgt_h, tgt_v, att)
         with tf.GradientTape() as tape:
-            cap, attl, caml = losses(x, tin, tgt, att, True, with_cam=use_cam)
+            cap, attl, caml = losses(x, tin, tgt, att, True, with_cam=with_cam)
             loss = cap + cfg.attention_weight * attl + cam_weight * caml
             if replicas > 1:   # the optimizers sum the replicas' gradients
                 loss = loss / replicas
@@ -337,13 +337,14 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
             return strategy.experimental_distribute_values_from_function(value_fn)
 
         @tf.function(reduce_retracing=True)
-        def distributed_step(batch):
-            step = replica_step if has_att else (lambda *b: replica_step(*b, None))
+        def distributed_step(batch, with_cam):
+            def step(*b):
+                return replica_step(*b, *(() if has_att else (None,)), with_cam=with_cam)
             out = strategy.run(step, args=batch)
             return tuple(strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for v in out)
 
-        def train_step(*batch):
-            return distributed_step(split(batch))
+        def train_step(*batch, with_cam=False):
+            return distributed_step(split(batch), with_cam)
 
     @tf.function(reduce_retracing=True)
     def val_step(x, tin, tgt, att):
@@ -385,7 +386,9 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, unit="batch")
         cap_sum = att_sum = cam_sum = 0.0
         for n, (x, tin, tgt, th, tv, att) in enumerate(bar, 1):
-            cap, attl, caml = train_step(x, tin, tgt, th, tv, att)
+            # the Grad-CAM loss is only computed in the epochs that weigh it (a second trace)
+            cap, attl, caml = train_step(x, tin, tgt, th, tv, att,
+                                         with_cam=use_cam and float(cam_weight) > 0)
             cap_sum += float(cap)
             att_sum += float(attl)
             cam_sum += float(caml)
