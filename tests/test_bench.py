@@ -61,3 +61,16 @@ def test_latency_benchmark_on_the_default_bundle(runs):
     assert "full explain <= 1.5 x (F + FB)" in out
     t = json.loads((root / "t.json").read_text())
     assert t["caption words"] > 0 and t["full explain (default methods)"] > t["backbone forward"]
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_times_the_three_variants(tmp_path):
+    out = tmp_path / "step.json"
+    proc = _start(tmp_path / "step", "bench/train_step.py", "--bundle", "objects", "--batch", "4",
+                  "--runs", "1", "--json", str(out))
+    printed = _finish(proc)        # stops the run on any failure too
+    assert "textbook / channel shift" in printed
+    result = json.loads(out.read_text())
+    assert set(result["seconds_per_step"]) == {"no Grad-CAM loss", "Grad-CAM loss, textbook dA",
+                                               "Grad-CAM loss, channel shift"}
+    assert all(s > 0 for s in result["seconds_per_step"].values())
