@@ -180,7 +180,9 @@ def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, t
     monkeypatch.setattr(recipes, "_write_scenes", lambda *a: None)
     monkeypatch.setattr("source_code.data.datasets.load_dataset", lambda *a: None)
     monkeypatch.setattr("source_code.data.worlds.held_out_scenes", lambda *a, **k: [])
-    monkeypatch.setattr(recipes, "choose_imagenet_prior", lambda *a: calls.append("prior"))
+    tables = []
+    monkeypatch.setattr(recipes, "choose_imagenet_prior",
+                        lambda *a, table: calls.append("prior") or tables.append(table))
     monkeypatch.setattr(recipes, "held_out_metrics", lambda *a: calls.append("evaluate") or {})
     monkeypatch.setattr(recipes, "fit_familiarity", lambda *a: calls.append("familiarity"))
     monkeypatch.setattr(recipes, "familiarity_negatives", lambda *a: None)
@@ -189,6 +191,7 @@ def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, t
     monkeypatch.setattr(concepts, "save_bank", lambda *a: None)
     recipes.train_world("objects", tmp_path / "b", tmp_path / "d", progress=False)
     assert calls == ["prior", "evaluate", "familiarity", "save", "bank"]
+    assert tables == [tmp_path / "b.work" / "imagenet_prior.json"]   # every setting's row kept
     calls.clear()
     recipes.train_world("shapes", tmp_path / "s", tmp_path / "d", progress=False)
     assert calls == ["evaluate", "familiarity", "save", "bank"]     # no ImageNet head, no prior

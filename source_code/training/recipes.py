@@ -6,6 +6,7 @@ all of it in the model card.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -137,7 +138,8 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
     captioner = train(dataset, out, _config(r, epochs), grounding_file=data / "scenes.jsonl",
                       resume=resume, progress=progress, extra_card=card)
     if r.get("choose_imagenet_prior"):
-        choose_imagenet_prior(captioner, progress)
+        choose_imagenet_prior(captioner, progress,
+                              table=out.with_name(out.name + ".work") / "imagenet_prior.json")
     captioner.config["metrics"] = held_out_metrics(captioner, world, eval_scenes, progress)
     calibration = [s.image for s in held_out_scenes(world, eval_scenes, 20_000_000,
                                                     r["image_size"], progress=progress)]
@@ -155,14 +157,18 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
     return captioner
 
 
-def choose_imagenet_prior(captioner, progress: bool = True) -> None:
-    """The weight and pooling of the decoder's ImageNet noun prior, chosen on validation scenes by
-    the rule fixed in evaluation/imagenet_prior.py (`choose-imagenet-prior`), set and
-    recorded in the card before anything is evaluated."""
+def choose_imagenet_prior(captioner, progress: bool = True, table: Path | None = None) -> None:
+    """The weight and pooling of the decoder's ImageNet noun prior, chosen on validation
+    scenes by the rule fixed in evaluation/imagenet_prior.py (`choose-imagenet-prior`),
+    set and recorded in the card before anything is evaluated; the whole table (every
+    setting's row) written to ``table`` as `choose-imagenet-prior --json` writes it."""
     from ..evaluation.imagenet_prior import VALIDATION_SCENES, card_record, choose_prior_weight
     result = choose_prior_weight(captioner, VALIDATION_SCENES, progress=progress)
     captioner.set_imagenet_prior(result["chosen"], result["chosen_pooling"])
     captioner.config["imagenet_prior_choice"] = card_record(result)
+    if table is not None:
+        from ..files import atomic_write_text
+        atomic_write_text(table, json.dumps(result, indent=1) + "\n")
 
 
 def held_out_metrics(captioner, world: str, n: int = 500, progress: bool = True) -> dict:
