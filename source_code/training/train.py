@@ -264,7 +264,9 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
 
     def losses(x, tin, tgt, att, training, with_cam: bool = False):
         """(caption loss, attention grounding loss, Grad-CAM grounding loss)."""
-        feats = model_bb(x, training=training) if cfg.finetune_backbone else x
+        # cached features come as float16 and are cast here, in the graph (NumPy's cast
+        # of a batch took 3 x longer than reading it)
+        feats = model_bb(x, training=training) if cfg.finetune_backbone else tf.cast(x, tf.float32)
         if with_cam:
             # one grounded word per caption, at random: its Grad-CAM should fall on its object
             pick = pick_grounded_words(att)
@@ -359,8 +361,6 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         for s in range(0, stop, cfg.batch_size):
             idx = np.sort(order[s: s + cfg.batch_size])
             img = images[samples.image_index[idx]]
-            if img.dtype == np.float16:  # cached features
-                img = img.astype(np.float32)
             att = samples.attention[idx] if has_att else None
             yield (tf.constant(img), tf.constant(samples.tokens_in[idx]),
                    tf.constant(samples.targets[idx]), tf.constant(samples.targets_hflip[idx]),
