@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,6 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from decode_vs_backbone import median_ms  # noqa: E402
 from source_code.model.bundles import resolve_bundle  # noqa: E402
 from source_code.model.captioner import Captioner  # noqa: E402
 from source_code.training.train import teacher_forcing_with_word_cam  # noqa: E402
@@ -76,17 +75,6 @@ def batch(captioner, size: int, rng):
             tf.constant(att), pick)
 
 
-def median_seconds(step, args, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        float(step(*args))
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        float(step(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default="objects")
@@ -101,7 +89,8 @@ def main(argv=None) -> dict:
     seconds = {}
     for variant in VARIANTS:
         keras.utils.set_random_seed(0)
-        seconds[variant] = median_seconds(make_step(captioner.decoder, variant), args, a.runs)
+        step = make_step(captioner.decoder, variant)
+        seconds[variant] = median_ms(lambda: float(step(*args)), a.runs) / 1000
     base, textbook, shifted = (seconds[v] for v in VARIANTS)
     result = {"bundle": a.bundle, "grid": list(captioner.grid), "batch": a.batch, "runs": a.runs,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "

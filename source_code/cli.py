@@ -202,7 +202,7 @@ def cmd_choose_imagenet_prior(args) -> int:
     """Choose the weight of the ImageNet noun prior on validation scenes and record it."""
     from .evaluation.imagenet_prior import VALIDATION_SCENES, card_record, choose_prior_weight
     from .files import atomic_write_text
-    from .model.captioner import CONFIG_FILE, POOLING_KEY, PRIOR_KEY
+    from .model.captioner import CONFIG_FILE
     captioner = _load_captioner(args.bundle)
     if captioner.config.get("world") != "objects" or not captioner.config["decoder"].get("imagenet_head"):
         raise ValueError(f"choose-imagenet-prior needs a model of the objects world whose decoder "
@@ -218,14 +218,10 @@ def cmd_choose_imagenet_prior(args) -> int:
           f"{result['stamp_scenes']} of them all stamps)")
     config_path = Path(args.bundle) / CONFIG_FILE
     config = json.loads(config_path.read_text())
-    chosen = (result["chosen"], result["chosen_pooling"] if result["chosen"] else "frame")
-    if chosen != captioner.imagenet_prior():             # the card changes only then
-        config["decoder"].pop(PRIOR_KEY, None)
-        config["decoder"].pop(POOLING_KEY, None)
-        if result["chosen"]:
-            config["decoder"][PRIOR_KEY] = result["chosen"]
-            if chosen[1] != "frame":
-                config["decoder"][POOLING_KEY] = chosen[1]
+    before = captioner.imagenet_prior()
+    captioner.set_imagenet_prior(result["chosen"], result["chosen_pooling"])
+    if captioner.imagenet_prior() != before:             # the card changes only then
+        config["decoder"] = captioner.config["decoder"]
         config["imagenet_prior_choice"] = card_record(result)
         atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
         print(f"recorded in {config_path}")

@@ -17,10 +17,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.objects_world import canonical_object_caption, default_world, generate_object_scene
+from ..model.decoders import PRIOR_POOLINGS
 
 PRIOR_SEED = 80_000_000    # used by nothing else (tests: 40M, samples: 50M, benches: 60-70M)
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-POOLINGS = ("frame", "attention")     # model/decoders.py PRIOR_POOLINGS, the tie order
+POOLINGS = PRIOR_POOLINGS     # frame first: the tie order
 MAX_LOSS = 0.01
 PHOTO_KIND = "stamp"
 VALIDATION_SCENES = 1500   # the recipe's choice, and `choose-imagenet-prior`'s default

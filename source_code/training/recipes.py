@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model.backbone import BackboneSpec
-from .train import TrainConfig, train
+from .train import TrainConfig, train, work_dir
 
 SHAPES_RECIPE = {
     "images": 8000, "seed": 0, "image_size": 160,
@@ -139,7 +139,7 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
                       resume=resume, progress=progress, extra_card=card)
     if r.get("choose_imagenet_prior"):
         choose_imagenet_prior(captioner, progress,
-                              table=out.with_name(out.name + ".work") / "imagenet_prior.json")
+                              table=work_dir(out) / "imagenet_prior.json")
     captioner.config["metrics"] = held_out_metrics(captioner, world, eval_scenes, progress)
     calibration = [s.image for s in held_out_scenes(world, eval_scenes, 20_000_000,
                                                     r["image_size"], progress=progress)]

@@ -204,7 +204,7 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
                          f"{replicas} replicas: use a multiple of {replicas}")
     chief, task_id = _worker_role(strategy) if distributed else (True, 0)
     out_dir = Path(out_dir)
-    work = out_dir.with_name(out_dir.name + ".work")     # checkpoints and caches
+    work = work_dir(out_dir)
     work.mkdir(parents=True, exist_ok=True)
     # Non-chief workers save into a scratch folder of their own.
     save_dir = work if chief else work / f"worker-{task_id}"
@@ -431,6 +431,12 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     if chief:
         captioner.save(out_dir)
     return captioner
+
+
+def work_dir(out_dir) -> Path:
+    """Where training a bundle into ``out_dir`` keeps its checkpoints and caches."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".work")
 
 
 def pick_grounded_words(att):
