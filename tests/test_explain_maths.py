@@ -441,3 +441,56 @@ def test_training_grad_cam_loss_is_textbook_grad_cam_and_so_is_its_gradient(head
     for a, b in pairs:
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5 * scale)
     assert sum(np.abs(a).max() > 1e-3 * scale for a, _ in pairs) >= 5
+
+
+@pytest.mark.parametrize("kind,head,prior", [("attention", 0, None), ("attention", 7, "frame"),
+                                             ("attention", 7, "attention"), ("merge", 0, None)])
+def test_cell_gate_scales_each_cell_and_its_gradient_is_grad_times_activation(kind, head, prior):
+    """The decoder's cell gate encodes as the feature map with every cell scaled (the
+    ImageNet head's bias, made non-zero here, included), and the cell pass's numbers are
+    those of the full Jacobian: each word's sum_c ds_t/dA A per cell, and sum over cells of
+    ds_t/dA. A merge decoder takes the full Jacobian itself."""
+    import keras
+    from source_code.explain.target import cell_pass
+    from source_code.model.backbone import BackboneSpec
+    from source_code.model.captioner import Captioner
+    from source_code.text.vocabulary import Vocabulary
+    from conftest import SYNTH_WORDS
+    keras.utils.set_random_seed(6)
+    captioner = Captioner.build(Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + SYNTH_WORDS),
+                                BackboneSpec("slim", 64, None, 0.25, 0.25, 1),
+                                {"kind": kind, "units": 32, "embed_dim": 16, "imagenet_head": head},
+                                10)
+    rng = np.random.default_rng(1)
+    fmap = tf.constant(rng.random((1,) + tuple(captioner.backbone.output_shape[1:])), tf.float32)
+    decoder = captioner.decoder
+    if head:
+        decoder.cell_parts(fmap)         # builds the head
+        decoder.imagenet_head.bias.assign(rng.normal(size=head).astype(np.float32))
+    if prior:
+        tokens = np.eye(len(captioner.vocab), dtype=np.float32)[rng.integers(4, 12, head)]
+        decoder.set_noun_prior(tokens, 2.0, prior)
+    target = caption_target(captioner, CAPTION)
+    if kind == "merge":
+        with pytest.raises(ValueError, match="no cell to gate"):
+            decoder.gate_cells(decoder.cell_parts(fmap), tf.ones([1, 4]))
+    else:
+        h, w = fmap.shape[1:3]
+        gate = tf.constant(rng.uniform(0.2, 2.0, size=(1, h * w)), tf.float32)
+        gated = decoder.memory_from(decoder.gate_cells(decoder.cell_parts(fmap), gate))
+        scaled = decoder.encode(fmap * tf.reshape(gate, [1, h, w, 1]))
+        for got, want in zip(gated, scaled):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+    found = cell_pass(captioner, fmap, target)
+    for t in range(target.n_words):
+        with tf.GradientTape() as tape:
+            tape.watch(fmap)
+            logits, _ = decoder((fmap, target.tokens_in))
+            s_t = tf.nn.log_softmax(logits)[0, t, target.token_ids[t]]
+        grad = tape.gradient(s_t, fmap).numpy()[0]
+        assert found.scores[t] == pytest.approx(float(s_t), abs=1e-5)
+        want = (grad * fmap.numpy()[0]).sum(-1).ravel()
+        np.testing.assert_allclose(found.cell_contributions[t], want, rtol=1e-3,
+                                   atol=1e-5 * np.abs(want).max())
+        np.testing.assert_allclose(found.channel_gradients[t], grad.sum((0, 1)), rtol=1e-3,
+                                   atol=1e-5 * np.abs(grad.sum((0, 1))).max())

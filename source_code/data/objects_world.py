@@ -361,38 +361,45 @@ def scene_file_name(seed: int) -> str:
     return f"objects_{int(seed):07d}.jpg"
 
 
+def _write_scene(seed: int, images: Path, image_size: int) -> tuple[str, str, str]:
+    """Draw scene ``seed``, write its JPEG; (file name, caption, scenes.jsonl record)."""
+    scene = generate_object_scene(seed, image_size)
+    name = scene_file_name(seed)
+    with atomic_path(images / name) as tmp:
+        Image.fromarray(scene.image).save(tmp, format="JPEG", quality=95)
+    return name, scene.caption, json.dumps({
+        "file": name, "seed": seed, "image_size": image_size, "caption": scene.caption,
+        "relation": scene.relation, "word_objects": scene.word_object_index(),
+        "objects": [{"category": o.category, "source": o.source, "bbox": list(o.bbox)}
+                    for o in scene.objects]})
+
+
 def write_objects_dataset(out_dir, n_images: int, seed: int = 0, image_size: int = 224,
-                          split: Sequence[float] = (0.9, 0.1, 0.0), progress: bool = True) -> Path:
+                          split: Sequence[float] = (0.9, 0.1, 0.0), progress: bool = True,
+                          workers: int | None = None) -> Path:
     """Scenes ``seed .. seed + n_images - 1`` in the Flickr8k layout, with ``scenes.jsonl``
     (file, seed, caption, objects with category, source and bbox, and which object each
     caption word names) for grounding. Files are written under temporary names and
-    renamed, the text files last, so an interrupted run leaves nothing half-written."""
-    from tqdm import tqdm
+    renamed, the text files last, so an interrupted run leaves nothing half-written.
+    Scenes are drawn in ``workers`` processes (``worlds.in_workers``)."""
+    from functools import partial
 
     from .synthetic import _split_counts, _write_text_atomic
+    from .worlds import in_workers
 
     out = Path(out_dir)
     images = out / "Images"
     images.mkdir(parents=True, exist_ok=True)
-    catalog = default_world()
-    names, tokens, records = [], [], []
-    for s in tqdm(range(seed, seed + int(n_images)), desc="object scenes", unit="img",
-                  disable=not progress):
-        scene = generate_object_scene(s, image_size, catalog=catalog)
-        name = scene_file_name(s)
-        with atomic_path(images / name) as tmp:
-            Image.fromarray(scene.image).save(tmp, format="JPEG", quality=95)
-        names.append(name)
-        tokens.append(f"{name}#0\t{scene.caption}")
-        records.append(json.dumps({
-            "file": name, "seed": s, "image_size": image_size, "caption": scene.caption,
-            "relation": scene.relation, "word_objects": scene.word_object_index(),
-            "objects": [{"category": o.category, "source": o.source, "bbox": list(o.bbox)}
-                        for o in scene.objects]}))
+    default_world()         # missing asset packages fail here, not in a worker
+    n = int(n_images)
+    written = in_workers(partial(_write_scene, images=images, image_size=image_size),
+                         range(seed, seed + n), n, "object scenes", progress, workers)
+    names = [name for name, _, _ in written]
     n_train, n_dev, _ = _split_counts(len(names), split)
     _write_text_atomic(out / "Flickr_8k.trainImages.txt", names[:n_train])
     _write_text_atomic(out / "Flickr_8k.devImages.txt", names[n_train: n_train + n_dev])
     _write_text_atomic(out / "Flickr_8k.testImages.txt", names[n_train + n_dev:])
-    _write_text_atomic(out / "scenes.jsonl", records)
-    _write_text_atomic(out / "Flickr8k.token.txt", tokens)
+    _write_text_atomic(out / "scenes.jsonl", [record for _, _, record in written])
+    _write_text_atomic(out / "Flickr8k.token.txt",
+                       [f"{name}#0\t{caption}" for name, caption, _ in written])
     return out

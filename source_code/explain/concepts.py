@@ -15,6 +15,7 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
+from ..prefetch import ahead
 from .ace import (BANK_DIR, DEDUP_JACCARD, FUNCTION_WORDS, MIN_SEGMENT_FRACTION, RENAMES_FILE,
                   ConceptBank, _unit, ace_patch, coverage, region_embeddings, segment, segmentation_levels)
 
@@ -139,6 +141,17 @@ def embed_batch_size(input_size: int) -> int:
     return max(1, 200_000 // (input_size * input_size))
 
 
+def _segment_view(view: np.ndarray, resolutions, segmentation: str, grid):
+    """One image's segmentations (one per resolution), the paper's unique segments among
+    them ((level, label) each) and their coverage of the grid's cells [n, gh, gw]."""
+    labelling = [segment(view, r, segmentation) for r in resolutions]
+    keep = unique_segments(labelling)
+    level_covers = [coverage(labels, grid) for labels in labelling]
+    cover = np.asarray([level_covers[li][s] for (li, s) in keep],
+                       np.float32).reshape((-1,) + tuple(grid))
+    return labelling, keep, cover
+
+
 def collect_segments(captioner, images, resolutions=None, truths=None,
                      embedding: str = "patch", progress: bool = True,
                      segmentation: str = "slic", captions=None,
@@ -157,7 +170,7 @@ def collect_segments(captioner, images, resolutions=None, truths=None,
     size = captioner.input_size
     batch = embed_batch_size(size)
     emb, regions, img, res, lab, truth, relevant = [], [], [], [], [], [], []
-    views, labelings, fmaps = [], {}, []
+    labelings, fmaps = {}, []
     word_grads = defaultdict(list)
     pending = []                # (row, patch) waiting for a backbone pass
 
@@ -167,21 +180,19 @@ def collect_segments(captioner, images, resolutions=None, truths=None,
                 emb[row] = e
             pending.clear()
 
-    bar = tqdm(range(len(images)), desc="segmenting and embedding", disable=not progress,
-               unit="img")
-    for i in bar:
-        pixels = captioner.preprocess(images[i])
-        view = np.asarray(pixels[0]).astype(np.uint8)
-        views.append(view)
-        fmap = captioner.features(pixels).numpy()
+    # the model's input pixels (resized, whole values) as uint8, what segmentation reads
+    views = [np.asarray(captioner.preprocess(image)[0]).astype(np.uint8) for image in images]
+    # segmentation (scikit-image releases the GIL) runs ahead, beside the backbone passes
+    segmented = ahead(map(partial(_segment_view, resolutions=resolutions,
+                                  segmentation=segmentation, grid=captioner.grid), views), 4)
+    bar = tqdm(segmented, total=len(images), desc="segmenting and embedding",
+               disable=not progress, unit="img")
+    for i, (labelling, keep, cover) in enumerate(bar):
+        view = views[i]
+        fmap = captioner.features(view[None].astype(np.float32)).numpy()
         fmaps.append(fmap)
-        labelling = [segment(view, r, segmentation) for r in resolutions]
         for li, r in enumerate(resolutions):
             labelings[(i, r)] = labelling[li].astype(np.int16)
-        keep = unique_segments(labelling)
-        level_covers = [coverage(labels, captioner.grid) for labels in labelling]
-        cover = np.asarray([level_covers[li][s] for (li, s) in keep],
-                           np.float32).reshape((-1,) + tuple(captioner.grid))
         regions.extend(region_embeddings(fmap[0], cover))
         if relevant_per_word:
             words_of, grads = relevant_segments(captioner, fmap, captions[i], cover,
@@ -217,30 +228,34 @@ def collect_segments(captioner, images, resolutions=None, truths=None,
                       if relevant_per_word else None), fmaps
 
 
-def caption_gradients(captioner, fmap, captions):
+def caption_passes(captioner, fmap, captions, cells: bool = False):
     """Per reference caption of one image (its words in the vocabulary; a caption with
-    none is skipped): (words, ds_t/dA [T, gh, gw, C]) by teacher forcing."""
-    from .target import caption_target, teacher_pass
+    none is skipped): (words, its teacher pass), each word's ds_t/dA summed over the cells
+    in ``channel_gradients``; with ``cells``, also each cell's grad x activation
+    (``target.cell_pass``)."""
+    from .target import caption_target, cell_pass, channel_pass
+    parts = captioner.cell_parts(fmap) if captioner.decoder.kind != "merge" else None
     for words in captions:
         words = [w for w in words if w in captioner.vocab]
         if words:
-            yield words, teacher_pass(captioner, fmap,
-                                      caption_target(captioner, words)).gradients.numpy()
+            target = caption_target(captioner, words)
+            yield words, (cell_pass(captioner, fmap, target, parts) if cells
+                          else channel_pass(captioner, fmap, target, parts=parts))
 
 
 def relevant_segments(captioner, fmap, captions, cover: np.ndarray, top: int):
     """Which of one image's segments (``cover`` [n, gh, gw], ``ace.coverage``) its content
     words depend on most: per word of its captions (teacher forcing), the ``top`` segments
-    whose features raise the word's score most to first order (grad x activation,
-    ``ace.segment_importance``), when positive. Returns (per segment the set of those
-    words, the word gradients {word: [sum_hw ds_t/dA]})."""
-    from .ace import segment_importance
+    whose features raise the word's score most to first order (grad x activation summed
+    over the segment's cells, as ``ace.segment_importance``), when positive. Returns (per
+    segment the set of those words, the word gradients {word: [sum_hw ds_t/dA]})."""
     words_of = [set() for _ in range(len(cover))]
     grads_out = defaultdict(list)
-    for words, grads in caption_gradients(captioner, fmap, captions):
-        importance = segment_importance(fmap[0], grads, cover)          # [T, n]
+    flat_cover = np.asarray(cover, np.float32).reshape(len(cover), -1)
+    for words, found in caption_passes(captioner, fmap, captions, cells=True):
+        importance = found.cell_contributions @ flat_cover.T                # [T, n]
         for t, w in enumerate(words):
-            grads_out[w].append(grads[t].sum((0, 1)))
+            grads_out[w].append(found.channel_gradients[t])
             if w in FUNCTION_WORDS:
                 continue
             for j in np.argsort(-importance[t], kind="stable")[:top]:
@@ -257,8 +272,8 @@ def word_gradient_examples(captioner, images, captions, fmaps=None, progress: bo
     for i in bar:
         fmap = fmaps[i] if fmaps is not None and i < len(fmaps) else \
             captioner.features(captioner.preprocess(images[i])).numpy()
-        for words, grads in caption_gradients(captioner, fmap, captions[i]):
-            for w, g in zip(words, grads.sum((1, 2))):
+        for words, found in caption_passes(captioner, fmap, captions[i]):
+            for w, g in zip(words, found.channel_gradients):
                 out[w].append(g)
     return {w: np.asarray(g, np.float32) for w, g in out.items()}
 
@@ -726,11 +741,9 @@ def world_examples(world: str, n: int, seed: int, image_size: int, progress: boo
     """n scenes of a bundle's own world (seeds seed.. seed + n - 1) as (images, captions,
     truths): truths are each object's mask and attributes, (colour, shape) or (category,)."""
     from ..data.synthetic import reading_order_caption
-    from ..data.worlds import scene_generator
-    generate = scene_generator(world)
+    from ..data.worlds import held_out_scenes
     images, captions, truths = [], [], []
-    for i in tqdm(range(n), desc=f"{world} scenes", disable=not progress, unit="scene"):
-        s = generate(seed + i, image_size=image_size)
+    for s in held_out_scenes(world, n, seed, image_size, progress=progress):
         images.append(s.image)
         if world == "objects":
             captions.append([s.caption.split()])

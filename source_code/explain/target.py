@@ -63,7 +63,8 @@ def word_scores_from_pixels(captioner, pixels, target: CaptionTarget) -> tf.Tens
 
 
 TOP_ALTERNATIVES = 6                      # the most likely words reported at each step
-FUNCTION_KINDS = ("features", "pixels", "forward", "words", "channels")
+FUNCTION_KINDS = ("features", "pixels", "forward", "words", "channels", "cells")
+STEPPED_KINDS = ("channels", "cells")     # compiled for a caption length
 
 
 def _teacher_scores(captioner, fmap, tokens_in, targets, memory=None):
@@ -101,8 +102,9 @@ def compiled_function(captioner, kind: str, steps: int | None = None):
     if key not in fns:
         if kind not in FUNCTION_KINDS:
             raise ValueError(f"unknown function kind {kind!r}")
-        if (kind == "channels") != (steps is not None):
-            raise ValueError("the channel pass, and it alone, is compiled for a caption length")
+        if (kind in STEPPED_KINDS) != (steps is not None):
+            raise ValueError("the channel and cell passes, and they alone, are compiled for "
+                             "a caption length")
         tokens = tf.TensorSpec([1, None], tf.int32)
         fmap_shape = tuple(captioner.backbone.output_shape[1:])
         if kind == "words":
@@ -144,6 +146,26 @@ def compiled_function(captioner, kind: str, steps: int | None = None):
                                           captioner.cell_parts(tf.zeros((1,) + fmap_shape)))
             padded = tf.TensorSpec([1, steps], tf.int32)
             fn = tf.function(channels, jit_compile=True, input_signature=[parts, padded, padded])
+        elif kind == "cells":
+            # As "channels", and also every word's gradient with respect to a gate on each
+            # cell (decoder.gate_cells): grad x activation per cell, what ACE's segment
+            # importance needs, without the full [T, h, w, C] Jacobian of "words".
+            decoder = captioner.decoder
+            n_cells = fmap_shape[0] * fmap_shape[1]
+
+            def cells(parts, tokens_in, targets):
+                shift, gate = tf.zeros([1, fmap_shape[-1]]), tf.ones([1, n_cells])
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch([shift, gate])
+                    memory = decoder.memory_from(decoder.gate_cells(parts, gate), shift)
+                    scores, _, _, _ = _teacher_scores(captioner, None, tokens_in, targets, memory)
+                    scores = scores[0]
+                by_channel, by_cell = tape.jacobian(scores, [shift, gate])
+                return scores, by_channel[:, 0], by_cell[:, 0]
+            parts = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                                          captioner.cell_parts(tf.zeros((1,) + fmap_shape)))
+            padded = tf.TensorSpec([1, steps], tf.int32)
+            fn = tf.function(cells, jit_compile=True, input_signature=[parts, padded, padded])
         elif kind == "forward":
             def forward(fmap, tokens_in, targets):
                 b = tf.shape(fmap)[0]
@@ -242,6 +264,39 @@ def channel_pass(captioner, feature_map, target: CaptionTarget, word_ids=None,
     out = compiled_function(captioner, "channels", steps)(parts, padded[:1], padded[1:])
     scores, sums, attention, top_logp, top_ids = (t.numpy()[:n] for t in out)
     return TeacherPass(scores, None, attention, top_logp, top_ids, sums)
+
+
+@dataclass(frozen=True)
+class CellPass:
+    """Every word's score s_t [T], its gradient summed over the cells (ds_t/dA summed
+    over h, w: [T, C]) and its grad x activation per cell (sum_c ds_t/dA A: [T, h * w])."""
+    scores: np.ndarray
+    channel_gradients: np.ndarray
+    cell_contributions: np.ndarray
+
+
+def cell_pass(captioner, feature_map, target: CaptionTarget, parts=None) -> CellPass:
+    """Teacher forcing of ``target`` on feature_map [1, h, w, C], with each word's cell
+    contributions and channel gradients from the decoder's cell gate and channel shift
+    (compiled like ``channel_pass``). A merge decoder, or a caption longer than the model
+    writes, takes the full Jacobian (``teacher_pass``) instead: the same numbers."""
+    length = int(target.tokens_in.shape[1])
+    steps = next((s for s in channel_steps(captioner) if s >= length), None)
+    if steps is None or captioner.decoder.kind == "merge":
+        full = teacher_pass(captioner, feature_map, target)
+        grads = full.gradients.numpy()
+        contributions = np.einsum("thwc,hwc->thw", grads, np.asarray(feature_map)[0])
+        return CellPass(full.scores, full.channel_gradients,
+                        contributions.reshape(len(grads), -1))
+    vocab, n = captioner.vocab, length - 1
+    padded = np.full((2, steps), vocab.pad_id, np.int32)
+    padded[0, :length] = [vocab.start_id, *target.token_ids]
+    padded[1, :length] = [*target.token_ids, vocab.end_id]
+    if parts is None:
+        parts = captioner.cell_parts(feature_map)
+    out = compiled_function(captioner, "cells", steps)(parts, padded[:1], padded[1:])
+    scores, by_channel, by_cell = (t.numpy()[:n] for t in out)
+    return CellPass(scores, by_channel, by_cell)
 
 
 def scores_and_attention(captioner, feature_map, target: CaptionTarget, with_top: bool = False):

@@ -160,6 +160,29 @@ class CaptionDecoder(keras.Model):
         ([B, N, K]); None for a decoder without the head."""
         return parts[1] if self.kind != "merge" and self.imagenet_head is not None else None
 
+    def gate_cells(self, parts, gate) -> tuple:
+        """cell_parts of the feature map with every cell n scaled by gate [B, N] (1: as
+        it is), made from the parts: each is linear in a cell's features but for the
+        ImageNet head's bias b, so with bc = b centred, a cell's centred logits become
+        g (c - bc) + bc, their projection g (s - bc W) + bc W and the variance follows.
+        The frame's pooled logits keep only what softmax reads (a constant per row is
+        dropped). d s_t / d g_n at 1 is sum_c ds_t/dA_nc A_nc: the cell's gradient x
+        activation, which ACE's segment importance sums, at the channel pass's cost.
+        An attention decoder's alone (a merge decoder's parts are already pooled)."""
+        if self.kind == "merge":
+            raise ValueError("a merge decoder pools its cells first: no cell to gate")
+        g = gate[..., None]
+        gated = (parts[0] * g,)
+        if self.imagenet_head is None:
+            return gated
+        centred, _, scores, _ = parts[1:]
+        channels = self.cell_proj.kernel.shape[0] - self.imagenet_head.units
+        bc = self.imagenet_head.bias - tf.reduce_mean(self.imagenet_head.bias)
+        bc_scores = tf.linalg.matvec(self.cell_proj.kernel[channels:], bc, transpose_a=True)
+        centred = g * (centred - bc) + bc
+        return gated + (centred, tf.reduce_mean(tf.square(centred), axis=-1),
+                        g * (scores - bc_scores) + bc_scores, tf.reduce_mean(centred, axis=1))
+
     def memory_from(self, parts, channel_shift=None, training=False) -> tuple:
         """cell_parts -> memory, the channel shift [B, C] added to every cell on the way.
 
