@@ -355,6 +355,25 @@ def test_a_finished_caption_costs_nothing_while_the_batch_goes_on(width):
     np.testing.assert_allclose(logps[1], [0, 0, 0, 0, 0], atol=1e-5)
 
 
+def _captioner_reading_imagenet(kind: str, head: int, seed: int, prior=None, rng=None):
+    """A tiny captioner whose decoder reads an ImageNet head of ``head`` classes (0: none)
+    and, with ``prior`` (a pooling), a noun prior in which each class names a random token."""
+    import keras
+    from source_code.model.backbone import BackboneSpec
+    from source_code.model.captioner import Captioner
+    from source_code.text.vocabulary import Vocabulary
+    from conftest import SYNTH_WORDS
+    keras.utils.set_random_seed(seed)
+    captioner = Captioner.build(Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + SYNTH_WORDS),
+                                BackboneSpec("slim", 64, None, 0.25, 0.25, 1),
+                                {"kind": kind, "units": 32, "embed_dim": 16, "imagenet_head": head},
+                                10)
+    if prior:
+        tokens = np.eye(len(captioner.vocab), dtype=np.float32)[rng.integers(4, 12, head)]
+        captioner.decoder.set_noun_prior(tokens, 2.0, prior)
+    return captioner
+
+
 @pytest.mark.parametrize("kind,head,prior", [("attention", 0, None), ("attention", 7, None),
                                              ("attention", 7, "frame"),
                                              ("attention", 7, "attention"), ("merge", 0, None)])
@@ -363,21 +382,9 @@ def test_channel_shift_is_a_shift_of_every_cell_and_its_gradient_their_sum(kind,
     channel pass's gradient of each word is the sum over cells of its full ds_t/dA
     (tape through the decoder), with or without the ImageNet head and its noun prior
     (on the frame's evidence or the attended cells')."""
-    import keras
     from source_code.explain.target import channel_pass
-    from source_code.model.backbone import BackboneSpec
-    from source_code.model.captioner import Captioner
-    from source_code.text.vocabulary import Vocabulary
-    from conftest import SYNTH_WORDS
-    keras.utils.set_random_seed(5)
-    captioner = Captioner.build(Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + SYNTH_WORDS),
-                                BackboneSpec("slim", 64, None, 0.25, 0.25, 1),
-                                {"kind": kind, "units": 32, "embed_dim": 16, "imagenet_head": head},
-                                10)
     rng = np.random.default_rng(0)
-    if prior:        # each of the 7 classes names a random token
-        tokens = np.eye(len(captioner.vocab), dtype=np.float32)[rng.integers(4, 12, head)]
-        captioner.decoder.set_noun_prior(tokens, 2.0, prior)
+    captioner = _captioner_reading_imagenet(kind, head, 5, prior, rng)
     fmap = tf.constant(rng.random((1,) + tuple(captioner.backbone.output_shape[1:])), tf.float32)
     shift = tf.constant(rng.normal(size=(1, fmap.shape[-1])), tf.float32)
     shifted = captioner.decoder.encode(fmap + shift[:, None, None])
@@ -399,17 +406,8 @@ def test_training_grad_cam_loss_is_textbook_grad_cam_and_so_is_its_gradient(head
     """The Grad-CAM grounding loss takes its channel weights through the channel shift;
     its maps, and the decoder weights' gradient of a loss on them (the second derivative
     training follows), equal those of textbook Grad-CAM (cell mean of ds/dA by tape)."""
-    import keras
-    from source_code.model.backbone import BackboneSpec
-    from source_code.model.captioner import Captioner
-    from source_code.text.vocabulary import Vocabulary
     from source_code.training.train import teacher_forcing_with_word_cam
-    from conftest import SYNTH_WORDS
-    keras.utils.set_random_seed(6)
-    captioner = Captioner.build(Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + SYNTH_WORDS),
-                                BackboneSpec("slim", 64, None, 0.25, 0.25, 1),
-                                {"kind": "attention", "units": 32, "embed_dim": 16,
-                                 "imagenet_head": head}, 10)
+    captioner = _captioner_reading_imagenet("attention", head, 6)
     decoder, rng = captioner.decoder, np.random.default_rng(1)
     fmap = tf.constant(rng.random((3,) + tuple(captioner.backbone.output_shape[1:])), tf.float32)
     target = caption_target(captioner, CAPTION)
@@ -450,26 +448,14 @@ def test_cell_gate_scales_each_cell_and_its_gradient_is_grad_times_activation(ki
     ImageNet head's bias, made non-zero here, included), and the cell pass's numbers are
     those of the full Jacobian: each word's sum_c ds_t/dA A per cell, and sum over cells of
     ds_t/dA. A merge decoder takes the full Jacobian itself."""
-    import keras
     from source_code.explain.target import cell_pass
-    from source_code.model.backbone import BackboneSpec
-    from source_code.model.captioner import Captioner
-    from source_code.text.vocabulary import Vocabulary
-    from conftest import SYNTH_WORDS
-    keras.utils.set_random_seed(6)
-    captioner = Captioner.build(Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + SYNTH_WORDS),
-                                BackboneSpec("slim", 64, None, 0.25, 0.25, 1),
-                                {"kind": kind, "units": 32, "embed_dim": 16, "imagenet_head": head},
-                                10)
     rng = np.random.default_rng(1)
+    captioner = _captioner_reading_imagenet(kind, head, 6, prior, rng)
     fmap = tf.constant(rng.random((1,) + tuple(captioner.backbone.output_shape[1:])), tf.float32)
     decoder = captioner.decoder
     if head:
         decoder.cell_parts(fmap)         # builds the head
         decoder.imagenet_head.bias.assign(rng.normal(size=head).astype(np.float32))
-    if prior:
-        tokens = np.eye(len(captioner.vocab), dtype=np.float32)[rng.integers(4, 12, head)]
-        decoder.set_noun_prior(tokens, 2.0, prior)
     target = caption_target(captioner, CAPTION)
     if kind == "merge":
         with pytest.raises(ValueError, match="no cell to gate"):
