@@ -1,7 +1,8 @@
 """Producing the next items of a loop in a background thread while the loop works on
-the current one: a training step or a backbone pass runs in TensorFlow's own threads
-and releases the GIL, so the NumPy gathering of the next batch, or scikit-image's
-segmentation of the next image, runs beside it instead of before it."""
+the current one: a backbone pass runs in TensorFlow's own threads and releases the
+GIL, so scikit-image's segmentation of the next image (which releases it too) runs
+beside it instead of before it. Only worth it for work that leaves TensorFlow its
+cores: gathering the next training batch this way made epochs 6 % slower here."""
 from __future__ import annotations
 
 import queue

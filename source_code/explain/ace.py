@@ -198,11 +198,15 @@ def region_embeddings(feature_map: np.ndarray, cover: np.ndarray) -> np.ndarray:
     return (weights @ feats) / np.maximum(weights.sum(1, keepdims=True), 1e-6)
 
 
+def cell_contributions(feature_map: np.ndarray, gradients: np.ndarray) -> np.ndarray:
+    """gradients [T, gh, gw, C] (ds_t/dA) -> [T, gh, gw]: grad x activation per cell."""
+    return np.einsum("thwc,hwc->thw", gradients, feature_map)
+
+
 def segment_importance(feature_map: np.ndarray, gradients: np.ndarray, cover: np.ndarray) -> np.ndarray:
     """gradients [T, gh, gw, C] (ds_t/dA) -> [T, n]: first-order drop of s_t if each
     segment's features were removed (set to zero). ACE's fallback without a bank."""
-    contrib = np.einsum("thwc,hwc->thw", gradients, feature_map)       # grad x activation per cell
-    return np.einsum("thw,nhw->tn", contrib, cover)
+    return np.einsum("thw,nhw->tn", cell_contributions(feature_map, gradients), cover)
 
 
 def ace_patch(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:

@@ -142,10 +142,7 @@ def compiled_function(captioner, kind: str, steps: int | None = None):
                     scores = scores[0]
                 return (scores, tape.jacobian(scores, shift)[:, 0], attention[0], top_logp[0],
                         top_ids[0])
-            parts = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
-                                          captioner.cell_parts(tf.zeros((1,) + fmap_shape)))
-            padded = tf.TensorSpec([1, steps], tf.int32)
-            fn = tf.function(channels, jit_compile=True, input_signature=[parts, padded, padded])
+            fn = _stepped_function(captioner, channels, steps)
         elif kind == "cells":
             # As "channels", and also every word's gradient with respect to a gate on each
             # cell (decoder.gate_cells): grad x activation per cell, what ACE's segment
@@ -162,10 +159,7 @@ def compiled_function(captioner, kind: str, steps: int | None = None):
                     scores = scores[0]
                 by_channel, by_cell = tape.jacobian(scores, [shift, gate])
                 return scores, by_channel[:, 0], by_cell[:, 0]
-            parts = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
-                                          captioner.cell_parts(tf.zeros((1,) + fmap_shape)))
-            padded = tf.TensorSpec([1, steps], tf.int32)
-            fn = tf.function(cells, jit_compile=True, input_signature=[parts, padded, padded])
+            fn = _stepped_function(captioner, cells, steps)
         elif kind == "forward":
             def forward(fmap, tokens_in, targets):
                 b = tf.shape(fmap)[0]
@@ -192,6 +186,31 @@ def compiled_function(captioner, kind: str, steps: int | None = None):
                 tf.TensorSpec([None, None], tf.float32)])
         fns[key] = fn
     return fns[key]
+
+
+def _stepped_function(captioner, fn, steps: int):
+    """fn(cell_parts, tokens_in, targets) compiled with XLA for captions padded to
+    ``steps`` tokens (the channel and cell passes)."""
+    fmap_shape = tuple(captioner.backbone.output_shape[1:])
+    parts = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                                  captioner.cell_parts(tf.zeros((1,) + fmap_shape)))
+    padded = tf.TensorSpec([1, steps], tf.int32)
+    return tf.function(fn, jit_compile=True, input_signature=[parts, padded, padded])
+
+
+def _padded_caption(captioner, target: CaptionTarget, word_ids=None):
+    """(steps, tokens [2, steps]: start + words in, words (or ``word_ids``) + end out,
+    padded) for the stepped passes; (None, None) for a caption longer than the model
+    writes, which takes the full pass instead."""
+    length = int(target.tokens_in.shape[1])
+    steps = next((s for s in channel_steps(captioner) if s >= length), None)
+    if steps is None:
+        return None, None
+    vocab = captioner.vocab
+    padded = np.full((2, steps), vocab.pad_id, np.int32)
+    padded[0, :length] = [vocab.start_id, *target.token_ids]
+    padded[1, :length] = [*(target.token_ids if word_ids is None else word_ids), vocab.end_id]
+    return steps, padded
 
 
 def warm_up_compiled(captioner) -> None:
@@ -251,17 +270,13 @@ def channel_pass(captioner, feature_map, target: CaptionTarget, word_ids=None,
     fraction of the cost. ``parts``: the captioner's cell_parts of feature_map, when
     already computed. A caption longer than the model writes (a user's own) takes the
     full pass."""
-    length = int(target.tokens_in.shape[1])
-    steps = next((s for s in channel_steps(captioner) if s >= length), None)
+    steps, padded = _padded_caption(captioner, target, word_ids)
     if steps is None:
         return teacher_pass(captioner, feature_map, target, word_ids)
-    vocab, n = captioner.vocab, length - 1     # n: the caption's words
-    padded = np.full((2, steps), vocab.pad_id, np.int32)
-    padded[0, :length] = [vocab.start_id, *target.token_ids]
-    padded[1, :length] = [*(target.token_ids if word_ids is None else word_ids), vocab.end_id]
     if parts is None:
         parts = captioner.cell_parts(feature_map)
     out = compiled_function(captioner, "channels", steps)(parts, padded[:1], padded[1:])
+    n = target.n_words
     scores, sums, attention, top_logp, top_ids = (t.numpy()[:n] for t in out)
     return TeacherPass(scores, None, attention, top_logp, top_ids, sums)
 
@@ -280,21 +295,17 @@ def cell_pass(captioner, feature_map, target: CaptionTarget, parts=None) -> Cell
     contributions and channel gradients from the decoder's cell gate and channel shift
     (compiled like ``channel_pass``). A merge decoder, or a caption longer than the model
     writes, takes the full Jacobian (``teacher_pass``) instead: the same numbers."""
-    length = int(target.tokens_in.shape[1])
-    steps = next((s for s in channel_steps(captioner) if s >= length), None)
+    from .ace import cell_contributions
+    steps, padded = _padded_caption(captioner, target)
     if steps is None or captioner.decoder.kind == "merge":
         full = teacher_pass(captioner, feature_map, target)
         grads = full.gradients.numpy()
-        contributions = np.einsum("thwc,hwc->thw", grads, np.asarray(feature_map)[0])
-        return CellPass(full.scores, full.channel_gradients,
-                        contributions.reshape(len(grads), -1))
-    vocab, n = captioner.vocab, length - 1
-    padded = np.full((2, steps), vocab.pad_id, np.int32)
-    padded[0, :length] = [vocab.start_id, *target.token_ids]
-    padded[1, :length] = [*target.token_ids, vocab.end_id]
+        by_cell = cell_contributions(np.asarray(feature_map)[0], grads)
+        return CellPass(full.scores, full.channel_gradients, by_cell.reshape(len(grads), -1))
     if parts is None:
         parts = captioner.cell_parts(feature_map)
     out = compiled_function(captioner, "cells", steps)(parts, padded[:1], padded[1:])
+    n = target.n_words
     scores, by_channel, by_cell = (t.numpy()[:n] for t in out)
     return CellPass(scores, by_channel, by_cell)
 
