@@ -7,7 +7,9 @@ Times the training update of a bundle's decoder (AdamW, the caption and attentio
 losses, as in training/train.py) on cached-feature batches of the bundle's grid, with
 the Grad-CAM grounding loss off, with it taken the textbook way (d s / d A through
 every cell) and with it taken through the decoder's channel shift (what training
-runs: the same maps and gradients, see tests/test_explain_maths.py). Prints the
+runs: the same maps and gradients, see tests/test_explain_maths.py); the first and
+the last again with the per-cell products in bfloat16 (what training runs where that
+is fast). Prints the
 median seconds per step and the ratios. The features are random and the captions
 drawn from the vocabulary: the cost depends on the shapes, not on the values.
 """
@@ -30,9 +32,10 @@ import tensorflow as tf  # noqa: E402
 from decode_vs_backbone import median_ms  # noqa: E402
 from source_code.model.bundles import resolve_bundle  # noqa: E402
 from source_code.model.captioner import Captioner  # noqa: E402
-from source_code.training.train import teacher_forcing_with_word_cam  # noqa: E402
+from source_code.training.train import fast_bfloat16, teacher_forcing_with_word_cam  # noqa: E402
 
 VARIANTS = ("no Grad-CAM loss", "Grad-CAM loss, textbook dA", "Grad-CAM loss, channel shift")
+BF16 = ", bfloat16 cell products"
 
 
 def make_step(decoder, variant: str):
@@ -91,6 +94,13 @@ def main(argv=None) -> dict:
         keras.utils.set_random_seed(0)
         step = make_step(captioner.decoder, variant)
         seconds[variant] = median_ms(lambda: float(step(*args)), a.runs) / 1000
+    # what training runs where bfloat16 is fast (training/train.py: cell_dtype)
+    captioner.decoder.cell_dtype = tf.bfloat16
+    for variant in (VARIANTS[0], VARIANTS[2]):
+        keras.utils.set_random_seed(0)
+        step = make_step(captioner.decoder, variant)
+        seconds[variant + BF16] = median_ms(lambda: float(step(*args)), a.runs) / 1000
+    captioner.decoder.cell_dtype = None
     base, textbook, shifted = (seconds[v] for v in VARIANTS)
     result = {"bundle": a.bundle, "grid": list(captioner.grid), "batch": a.batch, "runs": a.runs,
               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
@@ -98,11 +108,14 @@ def main(argv=None) -> dict:
               "seconds_per_step": {v: round(s, 4) for v, s in seconds.items()},
               "textbook_over_channel_shift": round(textbook / shifted, 2),
               "grad_cam_loss_cost_textbook": round(textbook / base, 2),
-              "grad_cam_loss_cost_channel_shift": round(shifted / base, 2)}
+              "grad_cam_loss_cost_channel_shift": round(shifted / base, 2),
+              "float32_over_bfloat16_cells": {
+                  v: round(seconds[v] / seconds[v + BF16], 2) for v in (VARIANTS[0], VARIANTS[2])},
+              "bfloat16_fast_here": fast_bfloat16()}
     print(f"decoder training step, bundle {a.bundle}, grid {captioner.grid}, batch {a.batch} "
           f"(median of {a.runs})")
-    for v in VARIANTS:
-        print(f"  {v:<32} {seconds[v]:.3f} s  ({seconds[v] / base:.2f} x no Grad-CAM loss)")
+    for v in seconds:
+        print(f"  {v:<48} {seconds[v]:.3f} s  ({seconds[v] / base:.2f} x no Grad-CAM loss)")
     print(f"  textbook / channel shift: {textbook / shifted:.2f} x")
     if a.json:
         a.json.write_text(json.dumps(result, indent=1) + "\n")

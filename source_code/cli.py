@@ -84,7 +84,7 @@ def _train_config(args):
         captions_per_image=args.captions_per_image, augment_hflip=not args.no_hflip,
         attention_weight=args.attention_weight, gradcam_weight=args.gradcam_weight,
         gradcam_start_epoch=args.gradcam_start_epoch, gradcam_ramp_epochs=args.gradcam_ramp_epochs,
-        strategy=args.strategy)
+        strategy=args.strategy, cell_precision=args.cell_precision)
 
 
 def cmd_train(args) -> int:
@@ -112,7 +112,7 @@ def cmd_train_default(args) -> int:
     captioner = train_world(args.world, out, Path(args.data or f"data/{args.world}"),
                             epochs=args.epochs, eval_scenes=args.eval_scenes,
                             resume=args.resume, progress=not args.quiet, control=args.control,
-                            tune_tail=not args.no_tune_tail)
+                            tune_tail=not args.no_tune_tail, cell_precision=args.cell_precision)
     if out.resolve() == DEFAULT_BUNDLE.resolve():
         captioner.vocab.save(REPO_ROOT / "vocab.txt")   # the top-level copy is the default's
     return 0
@@ -492,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker"],
                    help="default: one device; mirrored: all GPUs of this host; multiworker: several "
                         "hosts described by $TF_CONFIG (set it on every host before starting)")
+    p.add_argument("--cell-precision", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="the attention decoder's per-cell products while training; auto: "
+                        "bfloat16 on a GPU of compute capability 8+ or a CPU with AMX / "
+                        "AVX-512 BF16, else float32 (the bundle always serves in float32)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -511,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="objects: keep Lite0 wholly frozen instead of tuning its last block on "
                         "the scenes' categories first (training/tail.py; about 27 minutes "
                         "faster here, 0.02 lower validation exact match)")
+    p.add_argument("--cell-precision", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="as for train (auto: bfloat16 where the hardware has it)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_default)

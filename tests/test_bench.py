@@ -71,6 +71,10 @@ def test_train_step_benchmark_times_the_three_variants(tmp_path):
     printed = _finish(proc)        # stops the run on any failure too
     assert "textbook / channel shift" in printed
     result = json.loads(out.read_text())
-    assert set(result["seconds_per_step"]) == {"no Grad-CAM loss", "Grad-CAM loss, textbook dA",
-                                               "Grad-CAM loss, channel shift"}
+    assert set(result["seconds_per_step"]) == {
+        "no Grad-CAM loss", "Grad-CAM loss, textbook dA", "Grad-CAM loss, channel shift",
+        "no Grad-CAM loss, bfloat16 cell products",
+        "Grad-CAM loss, channel shift, bfloat16 cell products"}
+    assert set(result["float32_over_bfloat16_cells"]) == {"no Grad-CAM loss",
+                                                          "Grad-CAM loss, channel shift"}
     assert all(s > 0 for s in result["seconds_per_step"].values())

@@ -480,3 +480,40 @@ def test_cell_gate_scales_each_cell_and_its_gradient_is_grad_times_activation(ki
                                    atol=1e-5 * np.abs(want).max())
         np.testing.assert_allclose(found.channel_gradients[t], grad.sum((0, 1)), rtol=1e-3,
                                    atol=1e-5 * np.abs(grad.sum((0, 1))).max())
+
+
+@pytest.mark.parametrize("head", [0, 7])
+def test_bfloat16_cell_products_stay_close_to_float32_and_come_back_as_float32(head):
+    """Training may take the decoder's per-cell products in bfloat16 (cell_dtype): every
+    part stays float32 and within bfloat16's rounding of the float32 parts, and does
+    differ from them (the cast really happens); with cell_dtype None they are exact."""
+    rng = np.random.default_rng(2)
+    captioner = _captioner_reading_imagenet("attention", head, 7)
+    fmap = tf.constant(rng.random((2,) + tuple(captioner.backbone.output_shape[1:])) * 3,
+                       tf.float32)
+    decoder = captioner.decoder
+    exact = decoder.cell_parts(fmap)
+    decoder.cell_dtype = tf.bfloat16
+    rounded = decoder.cell_parts(fmap)
+    decoder.cell_dtype = None
+    assert len(rounded) == len(exact) == (1 if not head else 5)
+    for got, want in zip(rounded, exact):
+        assert got.dtype == tf.float32
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0.02,
+                                   atol=0.02 * np.abs(want.numpy()).max())
+    assert not np.array_equal(rounded[0].numpy(), exact[0].numpy())
+    for got, want in zip(decoder.cell_parts(fmap), exact):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_cell_precision_follows_the_hardware_unless_told(monkeypatch):
+    """auto: bfloat16 only where the machine multiplies it natively; named: as named;
+    anything else: a clear error."""
+    import source_code.training.train as train_module
+    for fast, want in ((True, tf.bfloat16), (False, None)):
+        monkeypatch.setattr(train_module, "fast_bfloat16", lambda fast=fast: fast)
+        assert train_module.cell_dtype_for("auto") == want
+        assert train_module.cell_dtype_for("bfloat16") == tf.bfloat16
+        assert train_module.cell_dtype_for("float32") is None
+    with pytest.raises(ValueError, match="cell precision must be one of"):
+        train_module.cell_dtype_for("float16")

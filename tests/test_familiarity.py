@@ -106,3 +106,41 @@ def test_imagenet_evidence_makes_an_atypical_frame_of_the_world_familiar(tmp_pat
         again.score(recognised)
     again.classifier = _classifier()
     assert again.score(recognised) == model.score(recognised)
+
+
+def test_familiarity_from_trainings_cached_maps_equals_one_from_the_images(tmp_path):
+    """The recipe's familiarity bank may read the training scenes' feature maps from
+    training's float16 cache instead of passing the scenes through the backbone again:
+    the fitted bank is the same to float16's rounding; no cache, or one with fewer
+    scenes than the bank wants, means the images are read."""
+    from conftest import make_tiny_captioner
+    from source_code.data.datasets import load_dataset
+    from source_code.data.synthetic import write_flickr8k_layout
+    from source_code.training.recipes import cached_training_maps, fit_familiarity
+    from source_code.training.samples import load_images
+    write_flickr8k_layout(tmp_path / "data", 30, seed=700, image_size=64, progress=False)
+    dataset = load_dataset("flickr8k", tmp_path / "data")
+    captioner = make_tiny_captioner()
+    ids = dataset.splits["train"][:12]
+    pixels = load_images([dataset.image_path(i) for i in ids], 64, False).astype(np.float32)
+    out = tmp_path / "bundle"
+    assert cached_training_maps(out, 12) is None
+    cache = tmp_path / "bundle.work" / "features_train"
+    cache.mkdir(parents=True)
+    np.save(cache / "features.npy", captioner.features(pixels).numpy().astype(np.float16))
+    assert cached_training_maps(out, 13) is None
+    maps = cached_training_maps(out, 10)
+    assert maps.shape[0] == 10 and maps.dtype == np.float16
+    calibration = list(pixels[:6])
+    fit_familiarity(captioner, dataset, calibration, 10)
+    from_images = captioner.familiarity
+    fit_familiarity(captioner, dataset, calibration, 10, train_maps=maps)
+    # (PCA directions may flip sign: compare what does not depend on it)
+    np.testing.assert_allclose(captioner.familiarity.bank_residual, from_images.bank_residual,
+                               atol=2e-3)
+    np.testing.assert_allclose(captioner.familiarity.calibration, from_images.calibration,
+                               atol=2e-3)
+    other = np.random.default_rng(0).random(maps.shape).astype(np.float16)   # really read
+    fit_familiarity(captioner, dataset, calibration, 10, train_maps=other)
+    assert not np.allclose(captioner.familiarity.calibration, from_images.calibration,
+                           atol=2e-3)

@@ -83,8 +83,10 @@ def test_reloaded_bundle_captions_exactly_like_the_trained_model(dataset, tmp_pa
 
     cfg = TrainConfig(backbone=BackboneSpec("slim", 64, None, 0.25, 0.25, 1),
                       decoder={"kind": "attention", "units": 32, "embed_dim": 16},
-                      finetune_backbone=True, epochs=1, batch_size=8, min_word_count=1)
+                      finetune_backbone=True, epochs=1, batch_size=8, min_word_count=1,
+                      cell_precision="bfloat16")
     trained = train(load_dataset("flickr8k", dataset), tmp_path / "b", cfg, progress=False)
+    assert trained.decoder.cell_dtype is None      # trained in bfloat16, serves in float32
     images = [generate_scene(950 + i, image_size=64).image for i in range(4)]
     before = [(c.words, c.logprob) for c in trained.caption(images, beam_width=3)]
     after = [(c.words, c.logprob) for c in Captioner.load(tmp_path / "b").caption(images, beam_width=3)]
@@ -140,7 +142,8 @@ def test_the_control_recipe_differs_from_the_bundled_one_only_in_grounding():
 
 
 @pytest.mark.parametrize("flags, tuned, command_ends", [
-    ([], True, "--world objects"), (["--no-tune-tail"], False, "--world objects --no-tune-tail")])
+    ([], True, "--world objects"), (["--no-tune-tail"], False, "--world objects --no-tune-tail"),
+    (["--cell-precision", "float32"], True, "--world objects")])
 def test_train_default_tunes_the_tail_unless_told_not_to(monkeypatch, tmp_path, flags, tuned,
                                                           command_ends):
     """The objects recipe tunes Lite0's last block; `--no-tune-tail` keeps it frozen and
@@ -161,6 +164,7 @@ def test_train_default_tunes_the_tail_unless_told_not_to(monkeypatch, tmp_path, 
     assert (seen["cfg"].tune_tail is None) == (not tuned)
     assert seen["card"]["training_command"].endswith(command_ends)
     assert ("(frozen)" in seen["card"]["description"]) == (not tuned)
+    assert seen["cfg"].cell_precision == ("float32" if "--cell-precision" in flags else "auto")
 
 
 def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, tmp_path):
@@ -184,7 +188,7 @@ def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, t
     monkeypatch.setattr(recipes, "choose_imagenet_prior",
                         lambda *a, table: calls.append("prior") or tables.append(table))
     monkeypatch.setattr(recipes, "held_out_metrics", lambda *a: calls.append("evaluate") or {})
-    monkeypatch.setattr(recipes, "fit_familiarity", lambda *a: calls.append("familiarity"))
+    monkeypatch.setattr(recipes, "fit_familiarity", lambda *a, **k: calls.append("familiarity"))
     monkeypatch.setattr(recipes, "familiarity_negatives", lambda *a: None)
     monkeypatch.setattr(concepts, "build_world_bank", lambda *a, **k: (calls.append("bank"),
                                                                        (_Bank(), {}))[1])

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from ..data.objects_world import canonical_object_caption, default_world, generate_object_scene
+from ..data.objects_world import canonical_object_caption, default_world
+from ..data.worlds import held_out_scenes
 from ..model.decoders import PRIOR_POOLINGS
 
 PRIOR_SEED = 80_000_000    # used by nothing else (tests: 40M, samples: 50M, benches: 60-70M)
@@ -43,8 +44,8 @@ def choose_prior_weight(captioner, n_scenes: int = 400, weights=WEIGHTS, beam_wi
     all-stamp ones), and the setting the rule picks: {"rows", "chosen",
     "chosen_pooling", ...}. The captioner's prior is put back as it was."""
     kinds = source_kinds()
-    scenes = [generate_object_scene(PRIOR_SEED + i, captioner.input_size)
-              for i in tqdm(range(n_scenes), desc="validation scenes", disable=not progress)]
+    scenes = held_out_scenes("objects", n_scenes, PRIOR_SEED, captioner.input_size,
+                             progress=progress)           # drawn in worker processes
     photographic = np.array([all(kinds.get(o.source) == PHOTO_KIND for o in s.objects)
                              for s in scenes])
     truth = [canonical_object_caption(s.caption) for s in scenes]

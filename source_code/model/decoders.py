@@ -73,6 +73,10 @@ class CaptionDecoder(keras.Model):
         self.out_dropout = layers.Dropout(dropout)
         self.logits_layer = layers.Dense(vocab_size, name="logits")
         self.imagenet_head = self.noun_prior = None     # see set_noun_prior
+        # The dtype of the per-cell products' inputs (cell_parts): None (float32), or
+        # bfloat16 while training where the hardware multiplies it fast (they are most
+        # of a training step); always float32 when the bundle serves.
+        self.cell_dtype = None
         if kind == "merge":
             self.image_dropout = layers.Dropout(dropout)
             self.image_dense = layers.Dense(units, activation="relu", name="image_dense")
@@ -144,15 +148,19 @@ class CaptionDecoder(keras.Model):
         if not self.cell_proj.built:    # its kernel is read directly
             head = self.imagenet_head.units if self.imagenet_head is not None else 0
             self.cell_proj.build((None, None, channels + head))
-        parts = (_per_cell(cells, self.cell_proj.kernel[:channels]),)
+        if self.imagenet_head is not None and not self.imagenet_head.built:
+            self.imagenet_head.build((None, None, channels))
+        parts = (_per_cell(cells, self.cell_proj.kernel[:channels], self.cell_dtype),)
         if self.imagenet_head is None:
             return parts
         # Class scores standardised per cell (log-probabilities would bring values near
         # -20 beside features in [0, 6], and training stalls on that scale).
-        logits = self.imagenet_head(cells)                                   # [B, N, K]
+        logits = (_per_cell(cells, self.imagenet_head.kernel, self.cell_dtype)
+                  + self.imagenet_head.bias)                                 # [B, N, K]
         centred = logits - tf.reduce_mean(logits, axis=-1, keepdims=True)
         variance = tf.reduce_mean(tf.square(centred), axis=-1)              # [B, N]
-        return parts + (centred, variance, _per_cell(centred, self.cell_proj.kernel[channels:]),
+        return parts + (centred, variance,
+                        _per_cell(centred, self.cell_proj.kernel[channels:], self.cell_dtype),
                         tf.reduce_mean(logits, axis=1))
 
     def cell_class_logits(self, parts):
@@ -288,9 +296,13 @@ class CaptionDecoder(keras.Model):
         return self
 
 
-def _per_cell(cells, kernel):
-    """cells [B, N, K] @ kernel [K, U] -> [B, N, U], as one 2-D matmul (a rank-3 by rank-2
-    batch matmul crashed inside TensorFlow's vectorised Jacobian)."""
+def _per_cell(cells, kernel, dtype=None):
+    """cells [B, N, K] @ kernel [K, U] -> [B, N, U] float32, as one 2-D matmul (a rank-3 by
+    rank-2 batch matmul crashed inside TensorFlow's vectorised Jacobian); dtype: the
+    product's inputs cast to it (bfloat16 while training, see cell_dtype)."""
     shape = tf.shape(cells)
-    flat = tf.matmul(tf.reshape(cells, [-1, cells.shape[-1]]), kernel)
+    flat = tf.reshape(cells, [-1, cells.shape[-1]])
+    if dtype is not None:
+        flat, kernel = tf.cast(flat, dtype), tf.cast(kernel, dtype)
+    flat = tf.cast(tf.matmul(flat, kernel), tf.float32)
     return tf.reshape(flat, [shape[0], shape[1], kernel.shape[-1]])

@@ -75,7 +75,7 @@ LITE0_STATE = {True: "(last block tuned on the world's categories, distilled to 
                      "ImageNet classes)", False: "(frozen)"}
 
 
-def _config(r: dict, epochs: int | None) -> TrainConfig:
+def _config(r: dict, epochs: int | None, cell_precision: str = "auto") -> TrainConfig:
     return TrainConfig(
         backbone=BackboneSpec(**r["backbone"]), decoder=r["decoder"],
         finetune_backbone=r["finetune_backbone"], epochs=epochs or r["epochs"],
@@ -84,7 +84,8 @@ def _config(r: dict, epochs: int | None) -> TrainConfig:
         captions_per_image=r["captions_per_image"], augment_hflip=r["hflip"],
         augment_vflip=r["vflip"], attention_weight=r["attention_weight"],
         gradcam_weight=r["gradcam_weight"], gradcam_start_epoch=r["gradcam_start_epoch"],
-        gradcam_ramp_epochs=r["gradcam_ramp_epochs"], tune_tail=r.get("tune_tail"))
+        gradcam_ramp_epochs=r["gradcam_ramp_epochs"], tune_tail=r.get("tune_tail"),
+        cell_precision=cell_precision)
 
 
 def _write_scenes(world: str, data: Path, r: dict, progress: bool) -> None:
@@ -110,7 +111,7 @@ def control_recipe(world: str) -> dict:
 
 def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
                 eval_scenes: int = 500, resume: bool = False, progress: bool = True,
-                control: bool = False, tune_tail: bool = True):
+                control: bool = False, tune_tail: bool = True, cell_precision: str = "auto"):
     """tune_tail=False: the objects recipe with Lite0 wholly frozen (about 27 minutes
     faster here; the previous bundle)."""
     from ..data.datasets import load_dataset
@@ -135,7 +136,7 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
         from ..data.objects_world import default_world, provenance
         card["data"]["sources"] = provenance(default_world())
     dataset = load_dataset("flickr8k", data)
-    captioner = train(dataset, out, _config(r, epochs), grounding_file=data / "scenes.jsonl",
+    captioner = train(dataset, out, _config(r, epochs, cell_precision), grounding_file=data / "scenes.jsonl",
                       resume=resume, progress=progress, extra_card=card)
     if r.get("choose_imagenet_prior"):
         choose_imagenet_prior(captioner, progress,
@@ -143,8 +144,10 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
     captioner.config["metrics"] = held_out_metrics(captioner, world, eval_scenes, progress)
     calibration = [s.image for s in held_out_scenes(world, eval_scenes, 20_000_000,
                                                     r["image_size"], progress=progress)]
-    fit_familiarity(captioner, dataset, calibration, r.get("familiarity_scenes", 2000),
-                    familiarity_negatives(world, eval_scenes, r["image_size"]))
+    n_familiar = r.get("familiarity_scenes", 2000)
+    fit_familiarity(captioner, dataset, calibration, n_familiar,
+                    familiarity_negatives(world, eval_scenes, r["image_size"]),
+                    train_maps=None if r["finetune_backbone"] else cached_training_maps(out, n_familiar))
     captioner.config["training"]["total_seconds_with_data_and_eval"] = round(time.time() - t0, 1)
     captioner.save(out)
     if r.get("concept_bank", True):
@@ -200,20 +203,37 @@ def described_features(captioner, images, batch_size: int = 32) -> np.ndarray:
     return np.concatenate([describe(f) for f in _feature_maps(captioner, images, batch_size)])
 
 
+def cached_training_maps(out: Path, n: int):
+    """The first n training scenes' feature maps as training cached them (float16; a
+    frozen or tail-tuned backbone's), so that familiarity's bank does not pass them
+    through the backbone again; None when training cached fewer or none."""
+    path = work_dir(out) / "features_train" / "features.npy"
+    if not path.exists():
+        return None
+    maps = np.load(path, mmap_mode="r")
+    return maps[:n] if len(maps) >= n else None
+
+
 def fit_familiarity(captioner, dataset, calibration_images, n_train: int,
-                    negative_images=None) -> None:
-    """Bank from training scenes, calibration on held-out scenes of the same world
-    (seeds never trained on and not the ones the evaluation reports); the floor, and
-    for a backbone with an ImageNet classifier the evidence threshold, from held-out
-    frames with nothing of the world, when the world makes them."""
+                    negative_images=None, train_maps=None) -> None:
+    """Bank from training scenes (``train_maps``: their feature maps, when cached),
+    calibration on held-out scenes of the same world (seeds never trained on and not
+    the ones the evaluation reports); the floor, and for a backbone with an ImageNet
+    classifier the evidence threshold, from held-out frames with nothing of the world,
+    when the world makes them."""
     from ..model.familiarity import Familiarity, describe
     from .samples import load_images
-    ids = dataset.splits["train"][:n_train]
-    train_images = load_images([dataset.image_path(i) for i in ids], captioner.input_size, False)
+    if train_maps is None:
+        ids = dataset.splits["train"][:n_train]
+        images = load_images([dataset.image_path(i) for i in ids], captioner.input_size, False)
+        train_vectors = described_features(captioner, list(images))
+    else:       # in slices: the whole bank as float32 maps would take gigabytes
+        train_vectors = np.concatenate([describe(train_maps[s: s + 256])
+                                        for s in range(0, len(train_maps), 256)])
     negative_maps = (np.concatenate(list(_feature_maps(captioner, negative_images)))
                      if negative_images else None)
     captioner.familiarity = Familiarity.fit(
-        described_features(captioner, list(train_images)),
+        train_vectors,
         described_features(captioner, calibration_images),
         negative_vectors=None if negative_maps is None else describe(negative_maps))
     classifier = captioner.imagenet_noun_classifier()

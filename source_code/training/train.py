@@ -72,6 +72,9 @@ class TrainConfig:
     seed: int = 0
     label_smoothing: float = 0.0
     strategy: str = "default"             # "default" | "mirrored" | "multiworker" (see make_strategy)
+    # The decoder's per-cell products while training: "auto" (bfloat16 where the
+    # hardware multiplies it fast, see fast_bfloat16), "bfloat16" or "float32".
+    cell_precision: str = "auto"
 
     def to_dict(self):
         d = asdict(self)
@@ -80,6 +83,33 @@ class TrainConfig:
 
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+CELL_PRECISIONS = ("auto", "bfloat16", "float32")
+# CPU flags of native bfloat16 matrix units (Intel AMX; AVX-512 BF16 dot products)
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def fast_bfloat16() -> bool:
+    """Whether this machine multiplies bfloat16 faster than float32: a GPU of compute
+    capability 8 or later (Ampere on), or a CPU with native bfloat16 units. Elsewhere
+    TensorFlow emulates bfloat16 and is slower than in float32."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+        return bool(capability) and capability[0] >= 8
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def cell_dtype_for(precision: str):
+    """TrainConfig.cell_precision -> the decoder's cell_dtype while training."""
+    if precision not in CELL_PRECISIONS:
+        raise ValueError(f"cell precision must be one of {CELL_PRECISIONS}, got {precision!r}")
+    if precision == "bfloat16" or (precision == "auto" and fast_bfloat16()):
+        return tf.bfloat16
+    return None
 
 
 def make_strategy(name: str):
@@ -259,6 +289,11 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
     augment = _Augmenter(cfg, size)
     has_att = train_s.attention is not None and cfg.decoder.get("kind") == "attention"
     model_dec, model_bb = captioner.decoder, captioner.backbone
+    if model_dec.kind == "attention":
+        # most of a step is the per-cell products: bfloat16 halves them where it is
+        # native; the bundle serves in float32 (reset below)
+        model_dec.cell_dtype = cell_dtype_for(cfg.cell_precision)
+        log.info("decoder cell products in %s", (model_dec.cell_dtype or tf.float32).name)
     dec_vars = model_dec.trainable_variables
     bb_vars = model_bb.trainable_variables if cfg.finetune_backbone else []
 
@@ -416,6 +451,7 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
         if stale >= cfg.patience:
             log.info("early stopping: validation loss has not improved for %d epochs", stale)
             break
+    model_dec.cell_dtype = None
     if (save_dir / "best_decoder.weights.h5").exists():
         model_dec.load_weights(str(save_dir / "best_decoder.weights.h5"))
         model_bb.load_weights(str(save_dir / "best_backbone.weights.h5"))
