@@ -93,7 +93,11 @@ def test_a_star_field_is_flagged_as_unfamiliar(playwright, server, tmp_path):
 
 
 CONCEPTS_SCREENSHOT = REPO / "docs" / "concepts_objects.png"
-NAMED_SCENE_SEED = 90_000_501   # "a bottle left of a bird" (a validation seed, never a test one)
+# "a building left of a train": a validation seed, never a test one; the first from
+# 90,000,500 that the shipped bundle captions right through the fake camera's 4:2:0
+# colour and whose two nouns' concepts it names (the bank names 0.83 of object words,
+# so some scenes miss: this test checks the page, the figure is bench/ace_concepts.py's)
+NAMED_SCENE_SEED = 90_000_500
 
 
 @pytest.mark.slow
