@@ -78,3 +78,22 @@ def test_train_step_benchmark_times_the_three_variants(tmp_path):
     assert set(result["float32_over_bfloat16_cells"]) == {"no Grad-CAM loss",
                                                           "Grad-CAM loss, channel shift"}
     assert all(s > 0 for s in result["seconds_per_step"].values())
+
+
+@pytest.mark.slow
+def test_objects_errors_benchmark_accounts_for_every_object(tmp_path):
+    """Every object of the validation scenes lands in exactly one kind, one size band
+    and one scene size; shares are shares."""
+    out = tmp_path / "errors.json"
+    proc = _start(tmp_path / "errors", "bench/objects_errors.py", "--scenes", "6", "--json",
+                  str(out))
+    _finish(proc)
+    result = json.loads(out.read_text())
+    total = sum(v["objects"] for v in result["by_scene"].values())
+    assert total >= 6
+    for table in ("by_kind", "by_longer_side_px"):
+        assert sum(v["objects"] for v in result[table].values()) == total
+    shares = [v["named"] for t in ("by_kind", "by_scene") for v in result[t].values()
+              if v["named"] is not None]
+    assert shares and all(0 <= s <= 1 for s in shares)
+    assert result["seeds"][0] == 80_000_000 and 0 <= result["exact_match"] <= 1
