@@ -1,5 +1,6 @@
 """Familiarity: calibrated on held-out in-world frames, low for frames from elsewhere."""
 import numpy as np
+import pytest
 
 from source_code.model.familiarity import Familiarity, describe
 
@@ -101,7 +102,6 @@ def test_imagenet_evidence_makes_an_atypical_frame_of_the_world_familiar(tmp_pat
     model.save(tmp_path)
     again = Familiarity.load(tmp_path)
     assert again.evidence_threshold == np.float32(model.evidence_threshold)
-    import pytest
     with pytest.raises(RuntimeError, match="classifier"):
         again.score(recognised)
     again.classifier = _classifier()
@@ -116,6 +116,7 @@ def test_familiarity_from_trainings_cached_maps_equals_one_from_the_images(tmp_p
     from conftest import make_tiny_captioner
     from source_code.data.datasets import load_dataset
     from source_code.data.synthetic import write_flickr8k_layout
+    from source_code.training.features import cached_array
     from source_code.training.recipes import cached_training_maps, fit_familiarity
     from source_code.training.samples import load_images
     write_flickr8k_layout(tmp_path / "data", 30, seed=700, image_size=64, progress=False)
@@ -126,8 +127,17 @@ def test_familiarity_from_trainings_cached_maps_equals_one_from_the_images(tmp_p
     out = tmp_path / "bundle"
     assert cached_training_maps(out, 12) is None
     cache = tmp_path / "bundle.work" / "features_train"
-    cache.mkdir(parents=True)
-    np.save(cache / "features.npy", captioner.features(pixels).numpy().astype(np.float16))
+    features = captioner.features(pixels).numpy()
+
+    def rows(start, stop):          # training's cache writer, stopped after one batch
+        if start >= 4:
+            raise KeyboardInterrupt
+        return features[start:stop]
+    with pytest.raises(KeyboardInterrupt):
+        cached_array(rows, features.shape, "key", cache, "caching", False, batch_size=4)
+    assert cached_training_maps(out, 2) is None      # an unfinished cache is not read
+    cached_array(lambda a, b: features[a:b], features.shape, "key", cache, "caching", False,
+                 batch_size=4)
     assert cached_training_maps(out, 13) is None
     maps = cached_training_maps(out, 10)
     assert maps.shape[0] == 10 and maps.dtype == np.float16

@@ -17,6 +17,9 @@ from tqdm import tqdm
 from .samples import load_images
 
 
+DATA_FILE, STATE_FILE = "features.npy", "progress.json"
+
+
 def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
@@ -28,7 +31,7 @@ def cached_array(compute: Callable[[int, int], np.ndarray], shape: tuple, key: s
     another key is recomputed."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    data_path, state_path = cache_dir / "features.npy", cache_dir / "progress.json"
+    data_path, state_path = cache_dir / DATA_FILE, cache_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state.get("fingerprint") != key or not data_path.exists():
         state = {"fingerprint": key, "done": 0}
@@ -45,6 +48,17 @@ def cached_array(compute: Callable[[int, int], np.ndarray], shape: tuple, key: s
             state_path.write_text(json.dumps(state))   # after the data: a cut never skips a batch
             bar.update(stop - start)
     return np.lib.format.open_memmap(data_path, mode="r")
+
+
+def finished_cache(cache_dir) -> np.ndarray | None:
+    """The rows of a cache that ``cached_array`` wrote to the end (read lazily), for a
+    later stage that wants the same rows; None for a missing or unfinished cache."""
+    cache_dir = Path(cache_dir)
+    data_path, state_path = cache_dir / DATA_FILE, cache_dir / STATE_FILE
+    if not (data_path.exists() and state_path.exists()):
+        return None
+    rows = np.lib.format.open_memmap(data_path, mode="r")
+    return rows if json.loads(state_path.read_text()).get("done") == len(rows) else None
 
 
 def cached_features(captioner, dataset, image_ids, cache_dir, progress: bool = True,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model.backbone import BackboneSpec
-from .train import TrainConfig, train, work_dir
+from .train import TRAIN_FEATURES, TrainConfig, train, work_dir
 
 SHAPES_RECIPE = {
     "images": 8000, "seed": 0, "image_size": 160,
@@ -206,12 +206,10 @@ def described_features(captioner, images, batch_size: int = 32) -> np.ndarray:
 def cached_training_maps(out: Path, n: int):
     """The first n training scenes' feature maps as training cached them (float16; a
     frozen or tail-tuned backbone's), so that familiarity's bank does not pass them
-    through the backbone again; None when training cached fewer or none."""
-    path = work_dir(out) / "features_train" / "features.npy"
-    if not path.exists():
-        return None
-    maps = np.load(path, mmap_mode="r")
-    return maps[:n] if len(maps) >= n else None
+    through the backbone again; None when training cached fewer, none, or not to the end."""
+    from .features import finished_cache
+    maps = finished_cache(work_dir(out) / TRAIN_FEATURES)
+    return maps[:n] if maps is not None and len(maps) >= n else None
 
 
 def fit_familiarity(captioner, dataset, calibration_images, n_train: int,

@@ -83,6 +83,8 @@ class TrainConfig:
 
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+# the feature caches' folders in the work folder (frozen or tail-tuned backbone)
+TRAIN_FEATURES, VAL_FEATURES = "features_train", "features_val"
 CELL_PRECISIONS = ("auto", "bfloat16", "float32")
 # CPU flags of native bfloat16 matrix units (Intel AMX; AVX-512 BF16 dot products)
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -213,8 +215,8 @@ def _tuned_tail_features(captioner, dataset, train_ids, val_ids, grounding, cfg:
     record, trunk_train, trunk_val = tune_tail(captioner, dataset, train_ids, val_ids, grounding,
                                                cfg.tune_tail, save_dir, progress)
     captioner.config["backbone_tail"] = record
-    return (tail_features(captioner, trunk_train, save_dir / "features_train", progress),
-            tail_features(captioner, trunk_val, save_dir / "features_val", progress))
+    return (tail_features(captioner, trunk_train, save_dir / TRAIN_FEATURES, progress),
+            tail_features(captioner, trunk_val, save_dir / VAL_FEATURES, progress))
 
 
 def _lr_schedule(cfg: TrainConfig, total_steps: int, base: float):
@@ -275,8 +277,8 @@ def train(dataset: CaptionDataset, out_dir, cfg: TrainConfig, grounding_file=Non
                                               cfg, save_dir, progress)
     else:
         from .features import cached_features
-        train_x = cached_features(captioner, dataset, train_ids, save_dir / "features_train", progress)
-        val_x = cached_features(captioner, dataset, val_ids, save_dir / "features_val", progress)
+        train_x = cached_features(captioner, dataset, train_ids, save_dir / TRAIN_FEATURES, progress)
+        val_x = cached_features(captioner, dataset, val_ids, save_dir / VAL_FEATURES, progress)
 
     steps_per_epoch = max(len(train_s) // cfg.batch_size, 1)
     total = steps_per_epoch * cfg.epochs
