@@ -181,10 +181,10 @@ def cmd_evaluate_photos(args) -> int:
 def cmd_calibrate_familiarity(args) -> int:
     """Refit a bundle's familiarity (bank from its training scenes, calibration on held-out ones)."""
     from .data.datasets import load_dataset
-    from .training.recipes import familiarity_negatives, fit_familiarity
+    from .training.recipes import CALIBRATION_SEED, familiarity_negatives, fit_familiarity
     captioner = _load_captioner(args.bundle)
     world = captioner.config.get("world", "shapes")
-    images = [s.image for s in held_out_scenes(world, args.scenes, seed=20_000_000,
+    images = [s.image for s in held_out_scenes(world, args.scenes, seed=CALIBRATION_SEED,
                                                image_size=captioner.input_size)]
     negatives = familiarity_negatives(world, args.scenes, captioner.input_size)
     fit_familiarity(captioner, load_dataset("flickr8k", args.data), images, args.bank, negatives)

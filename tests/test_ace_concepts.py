@@ -443,6 +443,25 @@ def test_a_bank_of_relevant_segments_embeds_and_clusters_only_them(tiny, tiny_lo
                              discovery="world", progress=False)
 
 
+def test_a_bank_batches_its_backbone_passes_without_changing_them(tiny, monkeypatch):
+    """Scenes and patches go through the backbone several at a time (a call on one image
+    costs more an image); each scene's map and each patch's embedding are what a pass of
+    its own gives."""
+    images, captions, truths = C.world_examples("shapes", 5, 20_000_000, tiny.input_size, False)
+    monkeypatch.setattr(C, "embed_batch_size", lambda size: 2)
+    calls = []
+    features = tiny.features
+    monkeypatch.setattr(tiny, "features", lambda x: calls.append(len(x)) or features(x))
+    segs, fmaps = C.collect_segments(tiny, images, (15,), truths, progress=False)
+    assert max(calls) == 2 and len(calls) < len(images) + len(segs.embeddings)
+    for view, fmap in zip(segs.views, fmaps):
+        assert fmap.shape == (1,) + features(view[None].astype(np.float32)).shape[1:]
+        assert np.allclose(fmap, features(view[None].astype(np.float32)).numpy(), atol=1e-4)
+    for n in (0, len(segs.embeddings) - 1):
+        alone = C._embed_batch(tiny, [segs.patch(n, tiny.input_size)])[0]
+        assert np.allclose(segs.embeddings[n], alone, atol=1e-4)
+
+
 def test_unnamed_concepts_say_so(small_bank):
     bank = small_bank[0]
     saved = bank.names[0]

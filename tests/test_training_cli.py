@@ -177,6 +177,7 @@ def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, t
 
     class Trained:
         config = {"training": {}}
+        input_size = 224
 
         def save(self, out):
             calls.append("save")
@@ -199,6 +200,53 @@ def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, t
     calls.clear()
     recipes.train_world("shapes", tmp_path / "s", tmp_path / "d", progress=False)
     assert calls == ["evaluate", "familiarity", "save", "bank"]     # no ImageNet head, no prior
+
+
+def test_the_recipe_draws_the_banks_scenes_once_and_calibrates_on_its_first(monkeypatch, tmp_path):
+    """Familiarity's calibration scenes are the concept bank's first ones (the same
+    seeds): the recipe draws the bank's scenes once and hands them to both."""
+    from source_code.explain import concepts
+    from source_code.training import recipes
+    seen = {}
+
+    class Trained:
+        config = {"training": {}}
+        input_size = 224
+
+        def save(self, out):
+            pass
+    drawn = []
+    monkeypatch.setattr(recipes, "train", lambda *a, **k: Trained())
+    monkeypatch.setattr(recipes, "_write_scenes", lambda *a: None)
+    monkeypatch.setattr("source_code.data.datasets.load_dataset", lambda *a: None)
+    monkeypatch.setattr("source_code.data.worlds.held_out_scenes",
+                        lambda *a, **k: pytest.fail("calibration scenes drawn again"))
+    monkeypatch.setattr(recipes, "choose_imagenet_prior", lambda *a, **k: None)
+    monkeypatch.setattr(recipes, "held_out_metrics", lambda *a: {})
+    monkeypatch.setattr(recipes, "familiarity_negatives", lambda *a: None)
+    monkeypatch.setattr(recipes, "fit_familiarity",
+                        lambda cap, data, calibration, *a, **k: seen.update(calibration=calibration))
+    n = concepts.concept_image_counts("objects")[1]
+    examples = ([f"image {i}" for i in range(n)], [["a cup"]] * n, [[]] * n)
+    monkeypatch.setattr(concepts, "world_examples",
+                        lambda world, count, seed, *a: drawn.append((count, seed)) or examples)
+    monkeypatch.setattr(concepts, "build_world_bank",
+                        lambda *a, examples, **k: seen.update(bank=examples) or (_Bank(), {}))
+    monkeypatch.setattr(concepts, "save_bank", lambda *a: None)
+    recipes.train_world("objects", tmp_path / "b", tmp_path / "d", eval_scenes=40, progress=False)
+    assert drawn == [(n, concepts.WORLD_BANK_SEED)]
+    assert seen["bank"] is examples and seen["calibration"] == examples[0][:40]
+    assert recipes.CALIBRATION_SEED == concepts.WORLD_BANK_SEED
+
+
+def test_the_bank_refuses_example_scenes_of_the_wrong_count():
+    from source_code.explain import concepts
+
+    class Cap:
+        config = {"world": "objects"}
+        input_size = 224
+    with pytest.raises(ValueError, match="example scenes"):
+        concepts.build_world_bank(Cap(), examples=([1], [2], [3]))
 
 
 class _Bank:

@@ -61,6 +61,7 @@ RECIPES = {"shapes": SHAPES_RECIPE, "objects": OBJECTS_RECIPE}
 # Seeds of the object-free frames that set the familiarity floor (training uses seeds
 # below 1,000,000, evaluation 10,000,000.., calibration and concept banks 20,000,000..).
 NEGATIVE_SEED = 30_000_000
+CALIBRATION_SEED = 20_000_000      # also the concept bank's first scene (WORLD_BANK_SEED)
 DESCRIPTIONS = {
     "shapes": "Printed-shapes captioner (slim EfficientNetV2 from scratch + attention LSTM), "
               "trained offline on the project's shape generator: exact ground truth, the "
@@ -142,8 +143,12 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
         choose_imagenet_prior(captioner, progress,
                               table=work_dir(out) / "imagenet_prior.json")
     captioner.config["metrics"] = held_out_metrics(captioner, world, eval_scenes, progress)
-    calibration = [s.image for s in held_out_scenes(world, eval_scenes, 20_000_000,
-                                                    r["image_size"], progress=progress)]
+    bank_examples = _bank_examples(captioner, world, progress) if r.get("concept_bank", True) else None
+    # calibration scenes: the bank's first ones (the same seeds), drawn once
+    calibration = (bank_examples[0][:eval_scenes]
+                   if bank_examples and len(bank_examples[0]) >= eval_scenes else
+                   [s.image for s in held_out_scenes(world, eval_scenes, CALIBRATION_SEED,
+                                                     r["image_size"], progress=progress)])
     n_familiar = r.get("familiarity_scenes", 2000)
     fit_familiarity(captioner, dataset, calibration, n_familiar,
                     familiarity_negatives(world, eval_scenes, r["image_size"]),
@@ -154,10 +159,17 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
         # The same bank as `build-concepts --bundle WORLD` (unseen scenes of the world,
         # concepts named from the generator's ground truth).
         from ..explain.concepts import build_world_bank, save_bank
-        bank, patches = build_world_bank(captioner, progress=progress)
+        bank, patches = build_world_bank(captioner, progress=progress, examples=bank_examples)
         bank.info["command"] = card["training_command"]
         save_bank(bank, patches, out)
     return captioner
+
+
+def _bank_examples(captioner, world: str, progress: bool) -> tuple:
+    """The scenes ``build_world_bank`` will build the bundle's concept bank from."""
+    from ..explain.concepts import WORLD_BANK_SEED, concept_image_counts, world_examples
+    _, n_tcav = concept_image_counts(world)
+    return world_examples(world, n_tcav, WORLD_BANK_SEED, captioner.input_size, progress)
 
 
 def choose_imagenet_prior(captioner, progress: bool = True, table: Path | None = None) -> None:
