@@ -97,3 +97,17 @@ def test_objects_errors_benchmark_accounts_for_every_object(tmp_path):
               if v["named"] is not None]
     assert shares and all(0 <= s <= 1 for s in shares)
     assert result["seeds"][0] == 80_000_000 and 0 <= result["exact_match"] <= 1
+
+
+@pytest.mark.slow
+def test_bank_batching_benchmark_compares_the_same_segments(tmp_path):
+    """Both ways embed the same segments (the same patches, within float tolerance) and
+    the ratio is the two ways' own times."""
+    out = tmp_path / "bank.json"
+    proc = _start(tmp_path / "bank", "bench/bank_batching.py", "--bundle", "shapes",
+                  "--scenes", "6", "--repeats", "1", "--json", str(out))
+    assert "batched / one at a time" in _finish(proc)
+    result = json.loads(out.read_text())
+    one, batched = result["ms_a_scene"].values()
+    assert result["speed_up"] == pytest.approx(one / batched, rel=0.05)
+    assert result["patches_embedded"] > 0 and result["largest_embedding_difference"] < 1e-3

@@ -165,20 +165,21 @@ def _segment_view(view: np.ndarray, resolutions, segmentation: str, grid):
 def collect_segments(captioner, images, resolutions=None, truths=None,
                      embedding: str = "patch", progress: bool = True,
                      segmentation: str = "slic", captions=None,
-                     relevant_per_word: int | None = None):
+                     relevant_per_word: int | None = None, batch: int | None = None):
     """Segment each image at every resolution (``segmentation``'s levels, by default those
     of ACE's code), keep the paper's unique segments, and embed them (``embedding``:
     "patch", the paper's; "region", the fast option). ``truths``: per image a list of
     (mask, attributes) of its objects. ``relevant_per_word`` (with ``captions``): embed
     only each caption word's most relevant segments (``relevant_segments``), the ones
-    discovery per word clusters. Returns (SegmentSet, feature maps)."""
+    discovery per word clusters. ``batch``: images a backbone call (default
+    ``embed_batch_size``). Returns (SegmentSet, feature maps)."""
     if embedding not in ("patch", "region"):
         raise ValueError(f"unknown embedding {embedding!r}: 'patch' or 'region'")
     if relevant_per_word and captions is None:
         raise ValueError("relevant_per_word needs the images' captions")
     resolutions = segmentation_levels(segmentation, resolutions)
     size = captioner.input_size
-    batch = embed_batch_size(size)
+    batch = batch or embed_batch_size(size)
     emb, regions, img, res, lab, truth, relevant = [], [], [], [], [], [], []
     labelings, fmaps = {}, []
     word_grads = defaultdict(list)
