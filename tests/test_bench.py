@@ -111,3 +111,37 @@ def test_bank_batching_benchmark_compares_the_same_segments(tmp_path):
     one, batched = result["ms_a_scene"].values()
     assert result["speed_up"] == pytest.approx(one / batched, rel=0.05)
     assert result["patches_embedded"] > 0 and result["largest_embedding_difference"] < 1e-3
+
+
+def test_resolution_probe_averages_each_object_under_its_mask():
+    """An object's vector is the mean of the cells its mask covers, weighted by cover:
+    a mask on exactly two cells of a 4 x 4 grid gives their mean, whatever the others."""
+    import numpy as np
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import resolution_probe
+    from source_code.data.objects_world import ObjectScene, WorldObject
+
+    import tensorflow as tf
+
+    def net(x, training=False):      # cell (i, j) of a 4 x 4 grid holds i * 4 + j
+        cells = tf.reshape(tf.range(16, dtype=tf.float32), (1, 4, 4, 1))
+        return tf.repeat(cells, tf.shape(x)[0], 0)
+
+    mask = np.zeros((64, 64), bool)
+    mask[16:32, 0:32] = True             # cells (1, 0) and (1, 1) at 16 px a cell
+    obj = WorldObject("cup", "emoji:cup", mask, (0, 16, 32, 32))
+    scene = ObjectScene(np.zeros((64, 64, 3), np.uint8), "a cup", [obj], None, 0)
+    vectors, rows = resolution_probe.object_vectors(net, 64, [scene])
+    assert vectors.shape == (1, 1) and vectors[0, 0] == pytest.approx((4 + 5) / 2)
+    assert rows == [("cup", 32 * 224 / 64, 1)]
+
+
+@pytest.mark.slow
+def test_resolution_probe_reports_each_settings_grid(tmp_path):
+    out = tmp_path / "probe.json"
+    proc = _start(tmp_path / "probe", "bench/resolution_probe.py", "--train", "40", "--val", "12",
+                  "--settings", "224 (7x7)", "224 dilated (14x14)", "--json", str(out))
+    assert "objects named" in _finish(proc)
+    result = json.loads(out.read_text())["settings"]
+    assert [r["grid"] for r in result.values()] == [7, 14]
+    assert all(0 <= r["accuracy"] <= 1 and r["objects"] > 12 for r in result.values())
