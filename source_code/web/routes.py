@@ -36,7 +36,7 @@ bp = Blueprint("captioning", __name__)
 
 # Synthetic sample scenes: held-out seeds (the bundles train on seeds below 10^7).
 SAMPLE_SEEDS = (50_000_000, 50_000_002, 50_000_003, 50_000_007, 50_000_009, 50_000_011)
-SAMPLE_SIZE = {"shapes": 160, "objects": 224}
+SAMPLE_SIZE = {"shapes": 160, "objects": 320}   # the bundles' input sizes
 MAX_CAPTION_CHARS = 300
 
 
