@@ -27,13 +27,14 @@ import numpy as np  # noqa: E402
 from source_code.data.datasets import load_dataset  # noqa: E402
 from source_code.data.objects_world import canonical_object_caption, write_objects_dataset  # noqa: E402
 from source_code.data.worlds import held_out_scenes  # noqa: E402
+from source_code.evaluation.imagenet_prior import PRIOR_SEED  # noqa: E402
 from source_code.model.bundles import resolve_bundle  # noqa: E402
 from source_code.model.captioner import Captioner  # noqa: E402
 from source_code.training.recipes import RECIPES, _config  # noqa: E402
 from source_code.training.tail import TAIL_WEIGHTS, split_backbone  # noqa: E402
 from source_code.training.train import train, work_dir  # noqa: E402
 
-VALIDATION_SEED, VALIDATION_SCENES = 80_000_000, 1500
+VALIDATION_SCENES = 1500      # the prior choice's validation scenes, from PRIOR_SEED
 
 
 def main(argv=None) -> dict:
@@ -64,7 +65,7 @@ def main(argv=None) -> dict:
                       grounding_file=data / "scenes.jsonl", progress=False)
     seconds = time.time() - t0
     captioner.set_imagenet_prior(0.0, "frame")
-    scenes = held_out_scenes("objects", VALIDATION_SCENES, VALIDATION_SEED, shipped.input_size)
+    scenes = held_out_scenes("objects", VALIDATION_SCENES, PRIOR_SEED, shipped.input_size)
     said = []
     for i in range(0, len(scenes), 32):
         said += [c.text for c in captioner.caption([s.image for s in scenes[i:i + 32]], 3)]

@@ -31,13 +31,14 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from source_code.data.worlds import held_out_scenes  # noqa: E402
+from source_code.evaluation.imagenet_prior import PRIOR_SEED as VAL_SEED  # noqa: E402
 from source_code.model.backbone import BackboneSpec, build_backbone  # noqa: E402
 
 # name -> (input size, last stride); last stride 1 runs the last stage dilated
 SETTINGS = {"224 dilated (14x14)": (224, 1), "224 (7x7)": (224, 2), "288 (9x9)": (288, 2),
             "320 (10x10)": (320, 2), "320 dilated (20x20)": (320, 1), "448 (14x14)": (448, 2)}
 SCENE_SIZE = 448
-TRAIN_SEED, VAL_SEED = 50_000_000, 80_000_000
+TRAIN_SEED = 50_000_000
 
 
 def object_vectors(net, size: int, scenes) -> tuple[np.ndarray, list[tuple]]:
