@@ -171,7 +171,7 @@ def cmd_evaluate_objects(args) -> int:
 def cmd_evaluate_photos(args) -> int:
     from .evaluation.photos import evaluate_photos, format_photo_report
     captioner = _load_captioner(args.bundle)
-    result = evaluate_photos(captioner)
+    result = evaluate_photos(captioner, photo_set=args.set)
     print(format_photo_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -179,22 +179,53 @@ def cmd_evaluate_photos(args) -> int:
 
 
 def cmd_calibrate_familiarity(args) -> int:
-    """Refit a bundle's familiarity (bank from its training scenes, calibration on held-out ones)."""
+    """Refit a bundle's familiarity (bank from its training scenes, calibration on held-out
+    ones), or with --evidence-only re-choose only its ImageNet evidence threshold."""
     from .data.datasets import load_dataset
-    from .training.recipes import CALIBRATION_SEED, familiarity_negatives, fit_familiarity
+    from .training.recipes import (CALIBRATION_SEED, choose_evidence, familiarity_negatives,
+                                   familiarity_validation, feature_maps_of, fit_familiarity)
     captioner = _load_captioner(args.bundle)
     world = captioner.config.get("world", "shapes")
-    images = [s.image for s in held_out_scenes(world, args.scenes, seed=CALIBRATION_SEED,
-                                               image_size=captioner.input_size)]
     negatives = familiarity_negatives(world, args.scenes, captioner.input_size)
-    fit_familiarity(captioner, load_dataset("flickr8k", args.data), images, args.bank, negatives)
-    captioner.familiarity.save(args.bundle)      # only this file changes
-    print(f"familiarity calibrated on {len(images)} held-out {world} scenes"
-          + (f", floor {captioner.familiarity.floor} set on {len(negatives)} frames without an "
-             f"object" if negatives else "")
-          + (f", ImageNet evidence threshold {captioner.familiarity.evidence_threshold:.4f}"
-             if captioner.familiarity.evidence_threshold is not None else "")
-          + f"; written to {args.bundle}")
+    validation = familiarity_validation(world)
+    if args.evidence_only:
+        if captioner.familiarity is None or negatives is None \
+                or captioner.imagenet_noun_classifier() is None:
+            raise ValueError(f"--evidence-only needs a bundle with familiarity, object-free frames "
+                             f"and an ImageNet classifier (the objects bundle); {args.bundle} "
+                             f"has not")
+        choose_evidence(captioner, feature_maps_of(captioner, negatives), validation)
+    else:
+        if not args.data:
+            raise ValueError("calibrate-familiarity needs --data (the bundle's training "
+                             "scenes), or --evidence-only")
+        images = [s.image for s in held_out_scenes(world, args.scenes, seed=CALIBRATION_SEED,
+                                                   image_size=captioner.input_size)]
+        fit_familiarity(captioner, load_dataset("flickr8k", args.data), images, args.bank,
+                        negatives, validation=validation)
+        print(f"familiarity calibrated on {len(images)} held-out {world} scenes"
+              + (f", floor {captioner.familiarity.floor} set on {len(negatives)} frames "
+                 f"without an object" if negatives else ""))
+    fam = captioner.familiarity
+    for row in fam.evidence_choice or []:
+        print(f"  quantile {row['quantile']:.3f} threshold {row['threshold']:.4f}: familiar "
+              f"{row['familiar_in_world']:.3f} of validation photos, unfamiliar "
+              f"{row['unfamiliar_out_of_world']:.3f} of out-of-world frames, balanced "
+              f"{row['balanced_accuracy']:.3f}")
+    if fam.evidence_threshold is not None:
+        print(f"ImageNet evidence threshold {fam.evidence_threshold:.4f} (the "
+              f"{fam.evidence_quantile} quantile of {len(negatives)} object-free frames)")
+    fam.save(args.bundle)      # only this file changes
+    if args.json and fam.evidence_choice:
+        from .files import atomic_write_text
+        atomic_write_text(args.json, json.dumps(
+            {"quantile": fam.evidence_quantile, "threshold": round(fam.evidence_threshold, 4),
+             "floor": fam.floor, "object_free_frames": len(negatives),
+             "rule": "the quantile of object-free frames' evidence whose threshold best "
+                     "separates validation photos of the world from validation frames from "
+                     "outside it (balanced accuracy; ties to the stricter)",
+             "rows": fam.evidence_choice}, indent=1) + "\n")
+    print(f"written to {args.bundle}")
     return 0
 
 
@@ -209,13 +240,16 @@ def cmd_choose_imagenet_prior(args) -> int:
                          f"reads the ImageNet head; {args.bundle} is not one: use --bundle objects")
     result = choose_prior_weight(captioner, args.scenes or VALIDATION_SCENES,
                                  progress=not args.quiet)
-    print(f"{'pooling':>9s} {'weight':>7s} {'exact match':>12s} {'all-stamp scenes':>17s}")
+    print(f"{'pooling':>9s} {'weight':>7s} {'exact match':>12s} {'all-stamp':>10s} "
+          f"{'photo nouns':>12s} {'photo pairs':>12s} {'photo score':>12s}")
     for row in result["rows"]:
         print(f"{row['pooling']:>9s} {row['weight']:7.2f} {row['exact_match']:12.4f} "
-              f"{row['exact_match_stamps']:17.4f}")
+              f"{row['exact_match_stamps']:10.4f} {row['photo_nouns']:12.4f} "
+              f"{row['photo_pairs']:12.4f} {row['photo_score']:12.4f}")
     print(f"chosen: {result['chosen_pooling']} pooling, weight {result['chosen']} "
           f"({result['rule']}; {result['scenes']} validation scenes, "
-          f"{result['stamp_scenes']} of them all stamps)")
+          f"{result['validation_photos']} validation photos, "
+          f"{result['validation_pairs']} validation pairs)")
     config_path = Path(args.bundle) / CONFIG_FILE
     config = json.loads(config_path.read_text())
     before = captioner.imagenet_prior()
@@ -555,14 +589,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate-photos", help="real photographs from installed packages (a test set only)")
     _add_bundle(p)
+    p.add_argument("--set", choices=("test", "validation"), default="test",
+                   help="the test photos (scikit-image, scikit-learn, matplotlib) or the "
+                        "validation photos (GCompris) that choices are made on")
     p.add_argument("--json", default=None, help="also write the results here")
     p.set_defaults(func=cmd_evaluate_photos)
 
     p = sub.add_parser("calibrate-familiarity", help="refit a bundle's familiarity on its own world")
     _add_bundle(p)
-    p.add_argument("--data", required=True, help="the bundle's training scenes (Flickr8k layout)")
-    p.add_argument("--scenes", type=int, default=500, help="held-out calibration scenes")
+    p.add_argument("--data", default=None, help="the bundle's training scenes (Flickr8k layout)")
+    p.add_argument("--scenes", type=int, default=500,
+                   help="held-out calibration scenes (and object-free frames)")
     p.add_argument("--bank", type=int, default=2000, help="training scenes in the bank")
+    p.add_argument("--evidence-only", action="store_true",
+                   help="keep the bank and calibration; re-choose only the ImageNet evidence "
+                        "threshold on the validation photos (objects bundle)")
+    p.add_argument("--json", default=None, help="also write the threshold's choice here")
     p.set_defaults(func=cmd_calibrate_familiarity)
 
     p = sub.add_parser("choose-imagenet-prior",

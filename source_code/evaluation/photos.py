@@ -46,6 +46,7 @@ OUT_OF_WORLD = [
     ("skimage:gravel.png", "gravel texture"),
 ]
 VARIANTS = ("original", "mirrored", "zoomed", "dimmed", "jpeg")
+OUT_OF_WORLD_VARIANTS = ("original", "mirrored", "dimmed")
 
 
 def _package_dir(kind: str) -> Path:
@@ -63,7 +64,15 @@ def _package_dir(kind: str) -> Path:
 
 @lru_cache(maxsize=64)
 def load_photo(source: str) -> np.ndarray:
+    """``package:file`` -> RGB uint8; also the validation sources (``gcompris:`` photos and
+    ``made:`` frames, see ``validation_photos.py``)."""
     kind, name = source.split(":", 1)
+    if kind == "gcompris":
+        from ..data.gcompris import load_image
+        return load_image(source)
+    if kind == "made":
+        from .validation_photos import made_frame
+        return made_frame(source)
     with Image.open(_package_dir(kind) / name) as im:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
@@ -115,9 +124,16 @@ def _frames(captioner, images):
     return captioner.decode_parts(parts, beam_width=3), captioner.familiar(fmap.numpy(), parts)
 
 
-def evaluate_photos(captioner, variants=VARIANTS) -> dict:
+def evaluate_photos(captioner, variants=VARIANTS, photo_set: str = "test") -> dict:
+    """The test photos (``photo_set="test"``: every pair of different nouns) or the
+    validation photos (``"validation"``: ``validation_photos.PAIRS`` drawn pairs)."""
     rows, right, familiar_in = [], 0, 0
-    in_world = available(IN_WORLD)
+    in_world_all, out_of_world, pair_ids = photo_entries(photo_set)
+    in_world = available(in_world_all)
+    if len(in_world) < len(in_world_all) and photo_set == "validation":
+        missing = sorted(set(e[0] for e in in_world_all) - set(e[0] for e in in_world))
+        raise OSError(f"{len(missing)} validation photos could not be read (first: {missing[0]}): "
+                      f"install Debian's gcompris-qt-data and PySide6-Essentials")
     known = set(captioner.vocab.tokens)
     for source, what, nouns in in_world:
         frames = [variant(load_photo(source), v) for v in variants]
@@ -131,7 +147,8 @@ def evaluate_photos(captioner, variants=VARIANTS) -> dict:
                          "caption": cap.text, "right": ok, "familiar": ok_fam,
                          "familiarity": score})
     pairs = []
-    for (sa, _, na), (sb, _, nb) in itertools.combinations(in_world, 2):
+    for (sa, _, na), (sb, _, nb) in (pair_ids(in_world) if pair_ids else
+                                     itertools.combinations(in_world, 2)):
         if na & nb:
             continue      # two photos of the same noun say nothing about naming both
         (cap,), ((fam, score),) = _frames(captioner, [side_by_side(load_photo(sa), load_photo(sb))])
@@ -140,17 +157,18 @@ def evaluate_photos(captioner, variants=VARIANTS) -> dict:
                       "both_named": bool(said & na and said & nb), "familiar": fam,
                       "nouns_in_vocabulary": bool(na & known and nb & known)})
     out_rows, unfamiliar_out = [], 0
-    for source, what in available(OUT_OF_WORLD):
-        frames = [variant(load_photo(source), v) for v in ("original", "mirrored", "dimmed")]
+    for source, what in available(out_of_world):
+        frames = [variant(load_photo(source), v) for v in OUT_OF_WORLD_VARIANTS]
         captions, fam = _frames(captioner, frames)
-        for v, cap, (ok_fam, score) in zip(("original", "mirrored", "dimmed"), captions, fam):
+        for v, cap, (ok_fam, score) in zip(OUT_OF_WORLD_VARIANTS, captions, fam):
             unfamiliar_out += not ok_fam
             out_rows.append({"photo": source, "shows": what, "variant": v, "caption": cap.text,
                              "familiar": ok_fam, "familiarity": score})
     n, m = max(len(rows), 1), max(len(out_rows), 1)
     sayable = [r for r in rows if r["noun_in_vocabulary"]]
-    return {"bundle": str(getattr(captioner, "bundle_dir", "")),
+    return {"bundle": str(getattr(captioner, "bundle_dir", "")), "photo_set": photo_set,
             "noun_right": right / n, "frames": len(rows),
+            "noun_right_per_noun": per_noun_rates(rows),
             # photos whose object the model has a word for (a rocket cannot be named
             # by a model without "rocket")
             "noun_right_in_vocabulary": sum(r["right"] for r in sayable) / max(len(sayable), 1),
@@ -164,6 +182,27 @@ def evaluate_photos(captioner, variants=VARIANTS) -> dict:
             "familiar_in_world": familiar_in / n,
             "unfamiliar_out_of_world": unfamiliar_out / m, "out_of_world_frames": len(out_rows),
             "in_world_rows": rows, "pair_rows": pairs, "out_of_world_rows": out_rows}
+
+
+def photo_entries(photo_set: str):
+    """(in-world entries, out-of-world entries, pairs: None for all, or a function of
+    the in-world entries giving the pairs to try)."""
+    if photo_set == "test":
+        return IN_WORLD, OUT_OF_WORLD, None
+    if photo_set == "validation":
+        from .validation_photos import IN_WORLD_VALIDATION, OUT_OF_WORLD_VALIDATION, validation_pairs
+        return (IN_WORLD_VALIDATION, OUT_OF_WORLD_VALIDATION,
+                lambda entries: [(entries[i], entries[j]) for i, j in validation_pairs(entries)])
+    raise ValueError(f"unknown photo set {photo_set!r}: test or validation")
+
+
+def per_noun_rates(rows: list[dict]) -> dict[str, float]:
+    """{accepted noun(s): share of its frames named right}; a photo set's nouns are
+    unevenly represented (28 fish), so choices read the mean of these."""
+    groups: dict[str, list[bool]] = {}
+    for r in rows:
+        groups.setdefault("/".join(r["accept"]), []).append(r["right"])
+    return {k: round(float(np.mean(v)), 4) for k, v in sorted(groups.items())}
 
 
 def format_photo_report(result: dict) -> str:

@@ -25,9 +25,14 @@ A real photograph of a thing of the world (a cat, a cup) is less typical than an
 synthetic scene, yet an ImageNet classifier knows it at once. So where the backbone
 has one (Lite0), a frame is also familiar when some grid cell's ImageNet
 probability of one caption noun's classes (``imagenet_nouns.json``) reaches the
-*evidence threshold*: the ``EVIDENCE_QUANTILE`` quantile of the same held-out
-frames without an object, so that at most 5 % of them pass on this evidence alone.
-``familiarity`` stays the typicality p-value.
+*evidence threshold*. Where validation photographs exist (the objects world's:
+``evaluation/validation_photos.py``, never the test photos), the threshold is the one
+among the ``EVIDENCE_QUANTILES`` quantiles of the held-out frames without an object
+that best separates the validation photos of the world (familiar) from the validation
+frames from outside it (unfamiliar): the largest balanced accuracy, ties to the
+stricter threshold. Without them it is the ``EVIDENCE_QUANTILE`` quantile, so that
+at most 5 % of object-free frames pass on this evidence alone (the first bundles'
+rule). ``familiarity`` stays the typicality p-value.
 
 Stored in the bundle as ``familiarity.npz`` (plain arrays, no pickles).
 """
@@ -48,6 +53,7 @@ FLOOR = 0.01
 MAX_FLOOR = 0.05            # at most 5 % of in-world scenes may be called unfamiliar
 FLOOR_STEP = 0.005
 EVIDENCE_QUANTILE = 0.95    # at most 5 % of frames without an object pass on ImageNet evidence
+EVIDENCE_QUANTILES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99)   # chosen among
 
 
 def noun_evidence(feature_maps: np.ndarray, classifier) -> np.ndarray:
@@ -80,6 +86,26 @@ def choose_floor(negative_p: np.ndarray) -> float:
     return float(candidates[int(np.argmax(accuracy))])
 
 
+def choose_evidence_quantile(negative_evidence, in_world: tuple, out_of_world: tuple,
+                             floor: float) -> tuple[float, list[dict]]:
+    """The quantile of the object-free frames' evidence (``negative_evidence``) whose
+    threshold best separates validation photos of the world from validation frames
+    from outside it, each given as (evidence, typicality p-values): a frame is familiar
+    when its p-value reaches ``floor`` or its evidence the threshold. Returns (quantile,
+    the table of every candidate)."""
+    rows = []
+    for q in EVIDENCE_QUANTILES:
+        threshold = float(np.quantile(negative_evidence, q))
+        familiar_in = np.mean((in_world[1] >= floor) | (in_world[0] >= threshold))
+        familiar_out = np.mean((out_of_world[1] >= floor) | (out_of_world[0] >= threshold))
+        rows.append({"quantile": q, "threshold": round(threshold, 4),
+                     "familiar_in_world": round(float(familiar_in), 4),
+                     "unfamiliar_out_of_world": round(float(1 - familiar_out), 4),
+                     "balanced_accuracy": round(float(familiar_in + 1 - familiar_out) / 2, 4)})
+    best = max(rows, key=lambda r: (r["balanced_accuracy"], r["quantile"]))
+    return best["quantile"], rows
+
+
 def describe(feature_maps: np.ndarray) -> np.ndarray:
     """[B, h, w, C] feature maps -> [B, 2C] L2-normalised (average, max) pooled vectors."""
     f = np.asarray(feature_maps, np.float32)
@@ -97,13 +123,25 @@ class Familiarity:
     floor: float = FLOOR
     evidence_threshold: float | None = None   # see noun_evidence; None: typicality only
     classifier: tuple | None = None           # (kernel, bias, class_nouns), not saved
+    evidence_quantile: float | None = None    # of object-free frames, the threshold's
+    evidence_choice: list | None = None       # the table it was chosen by, not saved
 
-    def with_evidence(self, classifier, negative_maps) -> "Familiarity":
-        """Also call a frame familiar when its ImageNet noun evidence reaches the
-        ``EVIDENCE_QUANTILE`` quantile of held-out frames without an object."""
+    def with_evidence(self, classifier, negative_maps, validation=None) -> "Familiarity":
+        """Also call a frame familiar when its ImageNet noun evidence reaches a quantile
+        of held-out frames without an object: the one chosen on ``validation`` = (maps
+        of validation photos of the world, maps of validation frames from outside it)
+        when given, else ``EVIDENCE_QUANTILE``. The choice's table is kept in
+        ``self.evidence_choice``."""
         self.classifier = classifier
-        self.evidence_threshold = float(np.quantile(
-            noun_evidence(negative_maps, classifier), EVIDENCE_QUANTILE))
+        negative = noun_evidence(negative_maps, classifier)
+        quantile, self.evidence_choice = EVIDENCE_QUANTILE, None
+        if validation is not None:
+            in_world, out_of_world = ((noun_evidence(m, classifier), self.p_values(describe(m)))
+                                      for m in validation)
+            quantile, self.evidence_choice = choose_evidence_quantile(
+                negative, in_world, out_of_world, self.floor)
+        self.evidence_threshold = float(np.quantile(negative, quantile))
+        self.evidence_quantile = quantile
         return self
 
     @classmethod
@@ -163,7 +201,10 @@ class Familiarity:
                                 floor=np.float32(self.floor),
                                 evidence_threshold=np.float32(
                                     np.nan if self.evidence_threshold is None
-                                    else self.evidence_threshold))
+                                    else self.evidence_threshold),
+                                evidence_quantile=np.float32(
+                                    np.nan if self.evidence_quantile is None
+                                    else self.evidence_quantile))
 
     @classmethod
     def load(cls, bundle_dir) -> "Familiarity | None":
@@ -171,7 +212,9 @@ class Familiarity:
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as z:
-            evidence = float(z["evidence_threshold"]) if "evidence_threshold" in z.files else np.nan
+            evidence, quantile = (float(z[k]) if k in z.files else np.nan
+                                  for k in ("evidence_threshold", "evidence_quantile"))
             return cls(z["mean"], z["components"], z["bank"].astype(np.float32),
                        z["bank_residual"], z["calibration"], float(z["floor"]),
-                       None if np.isnan(evidence) else evidence)
+                       None if np.isnan(evidence) else evidence,
+                       evidence_quantile=None if np.isnan(quantile) else quantile)

@@ -154,7 +154,8 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
     n_familiar = r.get("familiarity_scenes", 2000)
     fit_familiarity(captioner, dataset, calibration, n_familiar,
                     familiarity_negatives(world, eval_scenes, r["image_size"]),
-                    train_maps=None if r["finetune_backbone"] else cached_training_maps(out, n_familiar))
+                    train_maps=None if r["finetune_backbone"] else cached_training_maps(out, n_familiar),
+                    validation=familiarity_validation(world))
     captioner.config["training"]["total_seconds_with_data_and_eval"] = round(time.time() - t0, 1)
     captioner.save(out)
     if r.get("concept_bank", True):
@@ -211,6 +212,11 @@ def _feature_maps(captioner, images, batch_size: int = 32):
         yield captioner.features(captioner.preprocess(list(images[s: s + batch_size]))).numpy()
 
 
+def feature_maps_of(captioner, images) -> np.ndarray:
+    """Images -> their backbone feature maps, all in one array."""
+    return np.concatenate(list(_feature_maps(captioner, images)))
+
+
 def described_features(captioner, images, batch_size: int = 32) -> np.ndarray:
     """Images -> the familiarity descriptors of their feature maps, batch by batch."""
     from ..model.familiarity import describe
@@ -227,12 +233,13 @@ def cached_training_maps(out: Path, n: int):
 
 
 def fit_familiarity(captioner, dataset, calibration_images, n_train: int,
-                    negative_images=None, train_maps=None) -> None:
+                    negative_images=None, train_maps=None, validation=None) -> None:
     """Bank from training scenes (``train_maps``: their feature maps, when cached),
     calibration on held-out scenes of the same world (seeds never trained on and not
     the ones the evaluation reports); the floor, and for a backbone with an ImageNet
     classifier the evidence threshold, from held-out frames with nothing of the world,
-    when the world makes them."""
+    when the world makes them; the threshold chosen on ``validation`` photos (see
+    ``familiarity_validation``) when given."""
     from ..model.familiarity import Familiarity, describe
     from .samples import load_images
     if train_maps is None:
@@ -242,15 +249,37 @@ def fit_familiarity(captioner, dataset, calibration_images, n_train: int,
     else:       # in slices: the whole bank as float32 maps would take gigabytes
         train_vectors = np.concatenate([describe(train_maps[s: s + 256])
                                         for s in range(0, len(train_maps), 256)])
-    negative_maps = (np.concatenate(list(_feature_maps(captioner, negative_images)))
-                     if negative_images else None)
+    negative_maps = feature_maps_of(captioner, negative_images) if negative_images else None
     captioner.familiarity = Familiarity.fit(
         train_vectors,
         described_features(captioner, calibration_images),
         negative_vectors=None if negative_maps is None else describe(negative_maps))
+    choose_evidence(captioner, negative_maps, validation)
+
+
+def choose_evidence(captioner, negative_maps, validation=None) -> None:
+    """Set the familiarity's ImageNet evidence threshold (a backbone with an ImageNet
+    classifier, a world with object-free frames): chosen on ``validation`` = (in-world
+    photo frames, out-of-world frames) when given."""
     classifier = captioner.imagenet_noun_classifier()
-    if negative_maps is not None and classifier is not None:
-        captioner.familiarity.with_evidence(classifier, negative_maps)
+    if negative_maps is None or classifier is None:
+        return
+    maps = None if validation is None else tuple(feature_maps_of(captioner, images)
+                                                 for images in validation)
+    captioner.familiarity.with_evidence(classifier, negative_maps, maps)
+
+
+def familiarity_validation(world: str) -> tuple[list, list] | None:
+    """(in-world validation photo frames, out-of-world validation frames) for the
+    evidence threshold's choice: the frames ``evaluate-photos --set validation`` reads
+    (never the test photos); None for a world without validation photos."""
+    if world != "objects":
+        return None
+    from ..evaluation.photos import OUT_OF_WORLD_VARIANTS, VARIANTS, load_photo, variant
+    from ..evaluation.validation_photos import IN_WORLD_VALIDATION, OUT_OF_WORLD_VALIDATION
+    return ([variant(load_photo(e[0]), v) for e in IN_WORLD_VALIDATION for v in VARIANTS],
+            [variant(load_photo(e[0]), v) for e in OUT_OF_WORLD_VALIDATION
+             for v in OUT_OF_WORLD_VARIANTS])
 
 
 def familiarity_negatives(world: str, n: int, image_size: int) -> list | None:
