@@ -154,3 +154,43 @@ def test_familiarity_from_trainings_cached_maps_equals_one_from_the_images(tmp_p
     fit_familiarity(captioner, dataset, calibration, 10, train_maps=other)
     assert not np.allclose(captioner.familiarity.calibration, from_images.calibration,
                            atol=2e-3)
+
+
+def test_the_evidence_quantile_is_chosen_where_validation_photos_separate_best():
+    from source_code.model.familiarity import EVIDENCE_QUANTILES, choose_evidence_quantile
+    negative = np.linspace(0, 1, 1001)                 # quantile q of it is q itself
+    atypical = np.zeros(40)                            # p-values below any floor
+    photos = (np.r_[np.full(36, 0.96), np.full(4, 0.3)], atypical)   # 90 % at 0.96
+    outside = (np.r_[np.full(38, 0.2), np.full(2, 0.98)], atypical)  # 5 % at 0.98
+    q, rows = choose_evidence_quantile(negative, photos, outside, floor=0.01)
+    assert [r["quantile"] for r in rows] == list(EVIDENCE_QUANTILES)
+    # thresholds 0.5 to 0.95 all let the same 36 photos and 2 outsiders pass: the strictest
+    assert q == 0.95
+    best = next(r for r in rows if r["quantile"] == q)
+    assert best["familiar_in_world"] == 0.9 and best["unfamiliar_out_of_world"] == 0.95
+    assert best["balanced_accuracy"] == max(r["balanced_accuracy"] for r in rows)
+    # a typical frame (p-value at the floor) is familiar whatever its evidence
+    q2, rows2 = choose_evidence_quantile(negative, (np.zeros(40), np.ones(40)), outside, 0.01)
+    assert all(r["familiar_in_world"] == 1.0 for r in rows2) and q2 == max(EVIDENCE_QUANTILES)
+
+
+def test_an_evidence_threshold_chosen_on_validation_photos_is_kept_with_its_quantile(tmp_path):
+    rng = np.random.default_rng(3)
+    home, away = np.zeros(16), np.zeros(16)
+    home[:8], away[8:15] = 2.0, 2.0
+    model = Familiarity.fit(describe(_world(rng, 300, home)), describe(_world(rng, 200, home)),
+                            components=8)
+    negatives = _world(rng, 200, away)
+    photos, outside = _world(rng, 30, away), _world(rng, 30, away)
+    photos[:, 1, 1, 15] = 3.0                 # photos of the world's noun: atypical, recognised
+    model.with_evidence(_classifier(), negatives, validation=(photos, outside))
+    assert model.evidence_choice and model.evidence_quantile in [r["quantile"] for r in
+                                                                  model.evidence_choice]
+    assert all(f for f, _ in model.score(photos)) and not any(f for f, _ in model.score(outside))
+    model.save(tmp_path)
+    again = Familiarity.load(tmp_path)
+    assert again.evidence_quantile == model.evidence_quantile
+    assert again.evidence_threshold == np.float32(model.evidence_threshold)
+    plain = Familiarity.fit(describe(_world(rng, 300, home)), describe(_world(rng, 200, home)),
+                            components=8).with_evidence(_classifier(), negatives)
+    assert plain.evidence_quantile == 0.95 and plain.evidence_choice is None

@@ -263,18 +263,21 @@ def test_choosing_an_imagenet_prior_for_the_shapes_bundle_is_a_clear_error(capsy
 
 def test_prior_weight_rule():
     from source_code.evaluation.imagenet_prior import pick_weight
-    rows = [{"weight": 0.0, "exact_match": 0.80, "exact_match_stamps": 0.70},
-            {"weight": 0.2, "exact_match": 0.795, "exact_match_stamps": 0.75},
-            {"weight": 0.5, "exact_match": 0.78, "exact_match_stamps": 0.90},   # costs 0.02
-            {"weight": 0.3, "exact_match": 0.80, "exact_match_stamps": 0.75}]
+    rows = [{"weight": 0.0, "exact_match": 0.80, "photo_score": 0.70},
+            {"weight": 0.2, "exact_match": 0.795, "photo_score": 0.75},
+            {"weight": 0.5, "exact_match": 0.77, "photo_score": 0.90},   # costs 0.03
+            {"weight": 0.3, "exact_match": 0.80, "photo_score": 0.75}]
     assert pick_weight(rows) == {"weight": 0.2, "pooling": "frame"}   # a tie: the smaller
     assert pick_weight(rows, max_loss=0.05)["weight"] == 0.5
     assert pick_weight([dict(rows[0])])["weight"] == 0.0
     pooled = [dict(r, pooling="frame") for r in rows] + [
-        {"pooling": "attention", "weight": 0.2, "exact_match": 0.80, "exact_match_stamps": 0.75},
-        {"pooling": "attention", "weight": 0.3, "exact_match": 0.80, "exact_match_stamps": 0.80}]
+        {"pooling": "attention", "weight": 0.2, "exact_match": 0.80, "photo_score": 0.75},
+        {"pooling": "attention", "weight": 0.3, "exact_match": 0.80, "photo_score": 0.80}]
     assert pick_weight(pooled) == {"weight": 0.3, "pooling": "attention"}
     assert pick_weight(pooled[:-1]) == {"weight": 0.2, "pooling": "frame"}  # ties: frame first
+    # the first bundles' rule read the all-stamp scenes instead of the validation photos
+    stamps = [dict(r, exact_match_stamps=1 - r["photo_score"]) for r in rows]
+    assert pick_weight(stamps, max_loss=0.01, score="exact_match_stamps")["weight"] == 0.0
 
 
 @pytest.mark.slow
@@ -292,10 +295,48 @@ def test_choosing_the_prior_tries_both_poolings_and_records_the_rules_pick(tmp_p
     result = json.loads(table.read_text())
     settings = [(r["pooling"], r["weight"]) for r in result["rows"]]
     assert settings == [("frame", 0.0)] + [(p, w) for p in POOLINGS for w in WEIGHTS if w]
-    assert all(0 <= r["exact_match"] <= 1 for r in result["rows"])
+    assert all(0 <= r["exact_match"] <= 1 and 0 <= r["photo_nouns"] <= 1
+               and 0 <= r["photo_pairs"] <= 1 for r in result["rows"])
+    assert result["validation_photos"] >= 60 and result["validation_pairs"] >= 60
     chosen = pick_weight(result["rows"])
     assert (result["chosen"], result["chosen_pooling"]) == (chosen["weight"], chosen["pooling"])
     model = Captioner.load(bundle)
     assert model.imagenet_prior() == (chosen["weight"],
                                       chosen["pooling"] if chosen["weight"] else "frame")
     assert "chosen:" in capsys.readouterr().out
+
+
+def test_calibrating_familiarity_needs_training_scenes_or_evidence_only(tmp_path, capsys):
+    import shutil
+    bundle = tmp_path / "shapes"
+    shutil.copytree(REPO / "models" / "shapes", bundle)
+    before = (bundle / "familiarity.npz").read_bytes()
+    assert main(["calibrate-familiarity", "--bundle", str(bundle), "--scenes", "4"]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(["calibrate-familiarity", "--bundle", str(bundle), "--scenes", "4",
+                 "--evidence-only"]) == 2
+    err = capsys.readouterr().err
+    assert "the objects bundle" in err and "Traceback" not in err
+    assert (bundle / "familiarity.npz").read_bytes() == before          # untouched
+
+
+@pytest.mark.slow
+def test_evidence_only_recalibration_rechooses_the_threshold_on_validation_photos(tmp_path):
+    """--evidence-only keeps the bank and calibration and re-chooses the ImageNet evidence
+    threshold among the quantiles of object-free frames, on the validation photos."""
+    import shutil
+    from source_code.model.familiarity import EVIDENCE_QUANTILES, Familiarity
+    bundle = tmp_path / "objects"
+    shutil.copytree(REPO / "models" / "objects", bundle, ignore=shutil.ignore_patterns("concepts"))
+    table = tmp_path / "evidence.json"
+    assert main(["calibrate-familiarity", "--bundle", str(bundle), "--scenes", "40",
+                 "--evidence-only", "--json", str(table)]) == 0
+    shipped, refit = Familiarity.load(REPO / "models" / "objects"), Familiarity.load(bundle)
+    np.testing.assert_array_equal(refit.calibration, shipped.calibration)
+    np.testing.assert_array_equal(refit.bank, shipped.bank)
+    result = json.loads(table.read_text())
+    assert [r["quantile"] for r in result["rows"]] == list(EVIDENCE_QUANTILES)
+    best = max(result["rows"], key=lambda r: (r["balanced_accuracy"], r["quantile"]))
+    assert result["quantile"] == best["quantile"] == refit.evidence_quantile
+    assert abs(refit.evidence_threshold - best["threshold"]) < 1e-4
+    assert result["object_free_frames"] == 40

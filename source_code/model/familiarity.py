@@ -202,7 +202,7 @@ class Familiarity:
                                 evidence_threshold=np.float32(
                                     np.nan if self.evidence_threshold is None
                                     else self.evidence_threshold),
-                                evidence_quantile=np.float32(
+                                evidence_quantile=np.float64(
                                     np.nan if self.evidence_quantile is None
                                     else self.evidence_quantile))
 
