@@ -137,6 +137,32 @@ def test_noun_prior_raises_the_nouns_of_the_frames_imagenet_classes_only():
         dec.set_noun_prior(matrix, 0.5, "everywhere")
 
 
+def test_the_prior_agrees_with_the_article_and_never_raises_a_token_for_it():
+    """After "an" the prior lends nothing to "ball" (no "an ball"); where an article may
+    come, the favoured noun's article keeps its score and the other is lowered."""
+    import tensorflow as tf
+    from source_code.model.decoders import CaptionDecoder
+    dec = CaptionDecoder(7, kind="attention", grid_cells=4, embed_dim=4, units=8, imagenet_head=1000)
+    matrix = np.zeros((1000, 7), np.float32)
+    matrix[1, 4] = matrix[2, 5] = 1                         # 4 "ball" (a), 5 "orange" (an)
+    nouns = np.zeros((2, 7), np.float32)
+    nouns[0, 4] = nouns[1, 5] = 1
+    dec.set_noun_prior(matrix, 1.0, "attention", ([2, 3], nouns))    # 2 "a", 3 "an"
+    bias = tf.constant([[0, 0, 0, 0, 3.0, 1.0, 0]] * 3)
+    out = dec._agree_with_articles(bias, tf.constant([3, 2, 6])).numpy()
+    np.testing.assert_allclose(out[0], [0, 0, -1, 0, 0, 1, 0])     # after "an": orange only
+    np.testing.assert_allclose(out[1], [0, 0, 0, -3, 3, 0, 0])     # after "a": ball only
+    np.testing.assert_allclose(out[2], [0, 0, 0, -2, 3, 1, 0])     # "an" lowered by 3 - 1
+    assert np.all(out <= bias.numpy() + 1e-6)
+
+
+def test_noun_articles_of_the_prior_are_the_catalogues():
+    from source_code.data.objects_world import default_world
+    from source_code.model.imagenet_nouns import noun_article, noun_classes
+    categories = default_world().categories
+    assert all(noun_article(n) == categories[n].article for n in noun_classes())
+
+
 def test_attention_pooled_prior_reads_the_attended_cells_evidence():
     """With attention pooling, each step's bias is the prior of the attention-weighted
     cell logits of that step: teacher forcing with the prior = without it + that bias."""

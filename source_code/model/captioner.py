@@ -254,9 +254,9 @@ class Captioner:
         weight = float(weight or 0.0)
         if weight and not self.config["decoder"].get("imagenet_head"):
             raise ValueError("an ImageNet noun prior needs a decoder with the ImageNet head")
-        from .imagenet_nouns import class_token_matrix
+        from .imagenet_nouns import article_tokens, class_token_matrix
         self.decoder.set_noun_prior(class_token_matrix(self.vocab) if weight else None, weight,
-                                    pooling)
+                                    pooling, article_tokens(self.vocab))
         decoder = {k: v for k, v in self.config["decoder"].items()
                    if k not in (PRIOR_KEY, POOLING_KEY)}
         if weight:

@@ -24,9 +24,13 @@ ImageNet evidence for those classes beyond their uniform share (log ratio, never
 negative, capped) times a weight. The evidence is the head's on the whole frame
 (pooling "frame": the same bias at every step) or on the cells the step attends
 (pooling "attention": while the decoder says the second object's noun, the evidence
-is the second object's, so one object's class is not lent to both). It is part of
-the model's scores, so search, teacher forcing and every gradient see the same
-probabilities.
+is the second object's, so one object's class is not lent to both). It agrees with
+the article (``articles``): after "a" or "an" only the nouns taking that article get
+the prior, and where an article may come next the article of the noun the prior
+favours most keeps its score while the other is lowered by the difference, so the
+prior never turns "an orange" into "an ball" (and never raises any token for it).
+It is part of the model's scores, so search, teacher forcing and every gradient see
+the same probabilities.
 
 ``merge`` is the classic captioner: pooled image vector -> dropout -> dense,
 caption prefix -> embedding -> dropout -> LSTM, added, dense, softmax.
@@ -72,7 +76,7 @@ class CaptionDecoder(keras.Model):
         self.cell = layers.LSTMCell(units, name="lstm")
         self.out_dropout = layers.Dropout(dropout)
         self.logits_layer = layers.Dense(vocab_size, name="logits")
-        self.imagenet_head = self.noun_prior = None     # see set_noun_prior
+        self.imagenet_head = self.noun_prior = self.prior_articles = None   # set_noun_prior
         # The dtype of the per-cell products' inputs (cell_parts): None (float32), or
         # bfloat16 while training where the hardware multiplies it fast (they are most
         # of a training step); always float32 when the bundle serves.
@@ -104,17 +108,34 @@ class CaptionDecoder(keras.Model):
 
     # -- the ImageNet noun prior -------------------------------------------------
     def set_noun_prior(self, class_tokens: np.ndarray | None, weight: float = 0.0,
-                       pooling: str = "frame"):
+                       pooling: str = "frame", articles=None):
         """class_tokens [classes, V]: 1 where an ImageNet class names a vocabulary token
-        (None or weight 0: no prior); pooling: one of PRIOR_POOLINGS. Compiled functions
-        built before keep the old prior."""
+        (None or weight 0: no prior); pooling: one of PRIOR_POOLINGS; articles: (article
+        token ids [A], [A, V] with 1 where a noun takes that article) or None (no
+        agreement). Compiled functions built before keep the old prior."""
         if pooling not in PRIOR_POOLINGS:
             raise ValueError(f"prior pooling must be one of {PRIOR_POOLINGS}, got {pooling!r}")
         if class_tokens is None or not weight or self.imagenet_head is None:
-            self.noun_prior = None
+            self.noun_prior = self.prior_articles = None
             return
         m = np.asarray(class_tokens, np.float32)
         self.noun_prior = (tf.constant(m), tf.constant(m.mean(0)), float(weight), pooling)
+        self.prior_articles = None if articles is None or not len(articles[0]) else (
+            tf.constant(np.asarray(articles[0], np.int32)),
+            tf.constant(np.asarray(articles[1], np.float32)))
+
+    def _agree_with_articles(self, bias, tokens):
+        """bias [B, V] (the prior, >= 0) after the previous tokens [B]: nouns whose article
+        is not the previous token's lose it; each article gets the largest bias of its
+        nouns minus the largest of all (<= 0: the favoured noun's article is untouched)."""
+        ids, nouns = self.prior_articles
+        prev = tf.cast(tf.equal(tokens[:, None], ids[None]), bias.dtype)          # [B, A]
+        any_noun = tf.reduce_max(nouns, axis=0)                                    # [V]
+        bias *= (1.0 - tf.reduce_sum(prev, 1, keepdims=True) * any_noun
+                 + tf.matmul(prev, nouns))
+        best = tf.reduce_max(bias[:, None, :] * nouns[None], axis=-1)              # [B, A]
+        shift = best - tf.reduce_max(best, axis=-1, keepdims=True)
+        return bias + tf.matmul(shift, tf.one_hot(ids, self.vocab_size, dtype=bias.dtype))
 
     def _noun_bias(self, pooled_logits):
         """pooled_logits [B, classes] (the head's logits on pooled features: the frame's
@@ -250,8 +271,11 @@ class CaptionDecoder(keras.Model):
         deep = self.deep(tf.concat([emb, out, context], -1))
         logits = self.logits_layer(self.out_dropout(deep, training=training))
         if len(memory) > 2:                           # the ImageNet noun prior
-            logits = logits + (self._noun_bias(tf.einsum("bn,bnk->bk", attention, memory[2]))
-                               if self.noun_prior[3] == "attention" else memory[2])
+            bias = (self._noun_bias(tf.einsum("bn,bnk->bk", attention, memory[2]))
+                    if self.noun_prior[3] == "attention" else memory[2])
+            if self.prior_articles is not None:
+                bias = self._agree_with_articles(bias, tokens)
+            logits = logits + tf.cast(bias, logits.dtype)
         return logits, (h, c), attention
 
     def call(self, inputs, training=False, channel_shift=None):

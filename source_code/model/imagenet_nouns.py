@@ -31,3 +31,23 @@ def class_token_matrix(vocab) -> np.ndarray:
         if noun in vocab:
             m[classes, vocab.index(noun)] = 1.0
     return m
+
+
+ARTICLES = ("a", "an")
+
+
+def noun_article(noun: str) -> str:
+    """The indefinite article of one of the table's nouns (all of them are said as
+    spelt: "an" before a vowel letter; tests check this against the objects catalogue)."""
+    return "an" if noun[0] in "aeiou" else "a"
+
+
+def article_tokens(vocab) -> tuple[list[int], np.ndarray]:
+    """(ids of the vocabulary's articles, [A, len(vocab)] with 1 where a noun of the
+    table takes that article): what the prior's article agreement reads."""
+    present = [a for a in ARTICLES if a in vocab]
+    m = np.zeros((len(present), len(vocab)), np.float32)
+    for noun in noun_classes():
+        if noun in vocab and noun_article(noun) in present:
+            m[present.index(noun_article(noun)), vocab.index(noun)] = 1.0
+    return [vocab.index(a) for a in present], m
