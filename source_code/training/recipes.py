@@ -56,7 +56,7 @@ OBJECTS_RECIPE = {
     "attention_weight": 1.0, "gradcam_weight": 0.5, "gradcam_start_epoch": 2,
     "gradcam_ramp_epochs": 3,
     "familiarity_scenes": 2000,     # training scenes in the familiarity bank
-    # The ImageNet noun prior's weight, chosen on validation scenes after training.
+    # The ImageNet noun prior's weight, chosen on validation scenes and photos after training.
     "choose_imagenet_prior": True,
 }
 RECIPES = {"shapes": SHAPES_RECIPE, "objects": OBJECTS_RECIPE}
@@ -177,7 +177,7 @@ def _bank_examples(captioner, world: str, progress: bool) -> tuple:
 
 def choose_imagenet_prior(captioner, progress: bool = True, table: Path | None = None) -> None:
     """The weight and pooling of the decoder's ImageNet noun prior, chosen on validation
-    scenes by the rule fixed in evaluation/imagenet_prior.py (`choose-imagenet-prior`),
+    scenes and validation photos by the rule in evaluation/imagenet_prior.py (`choose-imagenet-prior`),
     set and recorded in the card before anything is evaluated; the whole table (every
     setting's row) written to ``table`` as `choose-imagenet-prior --json` writes it."""
     from ..evaluation.imagenet_prior import VALIDATION_SCENES, card_record, choose_prior_weight
