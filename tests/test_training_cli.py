@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, need_gcompris
 from source_code.cli import main
 from source_code.data.synthetic import generate_scene, write_flickr8k_layout
 
@@ -284,6 +284,7 @@ def test_prior_weight_rule():
 def test_choosing_the_prior_tries_both_poolings_and_records_the_rules_pick(tmp_path, capsys):
     """choose-imagenet-prior decodes validation scenes under every pooling and weight
     (no prior once), writes the table, and records in the card what the rule picks."""
+    need_gcompris()
     import shutil
     from source_code.evaluation.imagenet_prior import POOLINGS, WEIGHTS, pick_weight
     from source_code.model.captioner import Captioner
@@ -324,6 +325,7 @@ def test_calibrating_familiarity_needs_training_scenes_or_evidence_only(tmp_path
 def test_evidence_only_recalibration_rechooses_the_threshold_on_validation_photos(tmp_path):
     """--evidence-only keeps the bank and calibration and re-chooses the ImageNet evidence
     threshold among the quantiles of object-free frames, on the validation photos."""
+    need_gcompris()
     import shutil
     from source_code.model.familiarity import EVIDENCE_QUANTILES, Familiarity
     bundle = tmp_path / "objects"

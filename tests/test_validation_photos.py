@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, need_gcompris
 
 
 def test_validation_and_test_photos_never_share_a_source_or_a_package():
@@ -21,6 +21,7 @@ def test_validation_and_test_photos_never_share_a_source_or_a_package():
 
 
 def test_every_validation_photo_reads_as_an_rgb_frame_and_names_a_world_noun():
+    need_gcompris()
     from source_code.data.objects_world import default_world
     from source_code.evaluation.photos import load_photo
     from source_code.evaluation.validation_photos import (IN_WORLD_VALIDATION,
@@ -71,6 +72,7 @@ def test_a_missing_gcompris_package_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_missing_member_of_a_gcompris_activity_is_a_clear_error():
+    need_gcompris()
     from source_code.data.gcompris import GcomprisMissing, load_image
     with pytest.raises(GcomprisMissing, match="no such image"):
         load_image("gcompris:explore_farm_animals/animals/unicorn.webp")
