@@ -20,8 +20,7 @@ import numpy as np
 from PIL import Image
 
 RCC_DIR = Path("/usr/share/gcompris-qt/rcc")
-PACKAGE = "gcompris-qt-data"
-LICENCE = "GPL-3+"
+PACKAGE = "gcompris-qt-data"      # GPL-3+ (README, licences)
 
 
 class GcomprisMissing(OSError):

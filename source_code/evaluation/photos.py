@@ -106,6 +106,18 @@ def side_by_side(a: np.ndarray, b: np.ndarray, side: int = 448) -> np.ndarray:
     return np.asarray(canvas)
 
 
+def all_available(entries, what: str):
+    """``entries`` when every one can be read; else a clear OSError (a set that choices
+    are made on must not silently shrink)."""
+    readable = available(entries)
+    if len(readable) < len(entries):
+        missing = sorted(set(e[0] for e in entries) - set(e[0] for e in readable))
+        raise OSError(f"{len(missing)} {what} could not be read (first: {missing[0]}): "
+                      f"install Debian's gcompris-qt-data and PySide6-Essentials "
+                      f"(requirements.txt)")
+    return entries
+
+
 def available(entries):
     out = []
     for entry in entries:
@@ -129,11 +141,8 @@ def evaluate_photos(captioner, variants=VARIANTS, photo_set: str = "test") -> di
     validation photos (``"validation"``: ``validation_photos.PAIRS`` drawn pairs)."""
     rows, right, familiar_in = [], 0, 0
     in_world_all, out_of_world, pair_ids = photo_entries(photo_set)
-    in_world = available(in_world_all)
-    if len(in_world) < len(in_world_all) and photo_set == "validation":
-        missing = sorted(set(e[0] for e in in_world_all) - set(e[0] for e in in_world))
-        raise OSError(f"{len(missing)} validation photos could not be read (first: {missing[0]}): "
-                      f"install Debian's gcompris-qt-data and PySide6-Essentials")
+    in_world = (all_available(in_world_all, "validation photos") if photo_set == "validation"
+                else available(in_world_all))
     known = set(captioner.vocab.tokens)
     for source, what, nouns in in_world:
         frames = [variant(load_photo(source), v) for v in variants]

@@ -108,6 +108,22 @@ def validation_pairs(in_world, n: int = PAIRS, seed: int = PAIR_SEED) -> list[tu
     return [candidates[k] for k in sorted(chosen)]
 
 
+def in_world_frames() -> list[tuple[np.ndarray, set]]:
+    """(frame, accepted nouns) for each in-world validation photo in each of the test's
+    webcam-like variants; a clear error when any photo cannot be read."""
+    from .photos import VARIANTS, all_available, load_photo, variant
+    return [(variant(load_photo(e[0]), v), e[2])
+            for e in all_available(IN_WORLD_VALIDATION, "validation photos") for v in VARIANTS]
+
+
+def out_of_world_frames() -> list[np.ndarray]:
+    """Each out-of-world validation frame in the variants the evaluation tries them in."""
+    from .photos import OUT_OF_WORLD_VARIANTS, all_available, load_photo, variant
+    return [variant(load_photo(e[0]), v)
+            for e in all_available(OUT_OF_WORLD_VALIDATION, "out-of-world validation frames")
+            for v in OUT_OF_WORLD_VARIANTS]
+
+
 class PhotoChoiceData:
     """The validation photos' frames (each in-world photo in the test's webcam-like
     variants) and side-by-side pairs, read by the backbone once, to score decoding
@@ -115,12 +131,9 @@ class PhotoChoiceData:
 
     def __init__(self, captioner, batch_size: int = 32, progress: bool = True):
         from tqdm import tqdm
-        from .photos import VARIANTS, available, load_photo, side_by_side, variant
-        entries = available(IN_WORLD_VALIDATION)
-        if len(entries) < len(IN_WORLD_VALIDATION):
-            raise OSError("the validation photos could not be read: install Debian's "
-                          "gcompris-qt-data and PySide6-Essentials (requirements.txt)")
-        frames = [(variant(load_photo(e[0]), v), e[2]) for e in entries for v in VARIANTS]
+        from .photos import load_photo, side_by_side
+        frames = in_world_frames()                       # fails fast on a missing photo
+        entries = IN_WORLD_VALIDATION
         pairs = [(side_by_side(load_photo(a[0]), load_photo(b[0])), (a[2], b[2]))
                  for a, b in ((entries[i], entries[j]) for i, j in validation_pairs(entries))]
         self.captioner = captioner

@@ -120,22 +120,26 @@ class CaptionDecoder(keras.Model):
             return
         m = np.asarray(class_tokens, np.float32)
         self.noun_prior = (tf.constant(m), tf.constant(m.mean(0)), float(weight), pooling)
-        self.prior_articles = None if articles is None or not len(articles[0]) else (
-            tf.constant(np.asarray(articles[0], np.int32)),
-            tf.constant(np.asarray(articles[1], np.float32)))
+        if articles is None or not len(articles[0]):
+            self.prior_articles = None
+            return
+        ids, nouns = np.asarray(articles[0], np.int32), np.asarray(articles[1], np.float32)
+        # (ids, nouns of each article, any article's nouns, one-hot rows of the articles):
+        # constants of every step, made once here
+        self.prior_articles = (tf.constant(ids), tf.constant(nouns), tf.constant(nouns.max(0)),
+                               tf.constant(np.eye(self.vocab_size, dtype=np.float32)[ids]))
 
     def _agree_with_articles(self, bias, tokens):
         """bias [B, V] (the prior, >= 0) after the previous tokens [B]: nouns whose article
         is not the previous token's lose it; each article gets the largest bias of its
         nouns minus the largest of all (<= 0: the favoured noun's article is untouched)."""
-        ids, nouns = self.prior_articles
+        ids, nouns, any_noun, one_hot = self.prior_articles
         prev = tf.cast(tf.equal(tokens[:, None], ids[None]), bias.dtype)          # [B, A]
-        any_noun = tf.reduce_max(nouns, axis=0)                                    # [V]
         bias *= (1.0 - tf.reduce_sum(prev, 1, keepdims=True) * any_noun
                  + tf.matmul(prev, nouns))
         best = tf.reduce_max(bias[:, None, :] * nouns[None], axis=-1)              # [B, A]
         shift = best - tf.reduce_max(best, axis=-1, keepdims=True)
-        return bias + tf.matmul(shift, tf.one_hot(ids, self.vocab_size, dtype=bias.dtype))
+        return bias + tf.matmul(shift, one_hot)
 
     def _noun_bias(self, pooled_logits):
         """pooled_logits [B, classes] (the head's logits on pooled features: the frame's

@@ -275,11 +275,8 @@ def familiarity_validation(world: str) -> tuple[list, list] | None:
     (never the test photos); None for a world without validation photos."""
     if world != "objects":
         return None
-    from ..evaluation.photos import OUT_OF_WORLD_VARIANTS, VARIANTS, load_photo, variant
-    from ..evaluation.validation_photos import IN_WORLD_VALIDATION, OUT_OF_WORLD_VALIDATION
-    return ([variant(load_photo(e[0]), v) for e in IN_WORLD_VALIDATION for v in VARIANTS],
-            [variant(load_photo(e[0]), v) for e in OUT_OF_WORLD_VALIDATION
-             for v in OUT_OF_WORLD_VARIANTS])
+    from ..evaluation.validation_photos import in_world_frames, out_of_world_frames
+    return [frame for frame, _ in in_world_frames()], out_of_world_frames()
 
 
 def familiarity_negatives(world: str, n: int, image_size: int) -> list | None:
