@@ -1,14 +1,17 @@
-"""Does the decoder gain from more distinct scenes? Validation scenes only.
+"""Does the decoder gain from more distinct scenes, or from objects on cards? Validation only.
 
     python bench/decoder_scenes.py --scenes 32000 --epochs 3 --gradcam-start 1 --gradcam-ramp 2 \
-        --work DIR [--json FILE]
+        [--cards 0.5] [--photos] --work DIR [--json FILE]
 
 Trains a decoder with the objects recipe on the bundle's own tuned backbone (its tail
 is not tuned again: the work folder is seeded with it), on ``--scenes`` scenes of the
 world (seeds 0..; 90 % to train) for ``--epochs`` epochs, then scores it with beam 3
 and no prior on the 1,500 prior-choice validation scenes (seeds 80,000,000+), the
-scenes designs are chosen on. Writes the per-scene hits beside the JSON, to pair with
-another decoder's.
+scenes designs are chosen on. ``--cards P``: each object of the training scenes comes on
+a card of its own with probability P (``objects_world.generate_object_scene``).
+``--photos``: also scores the validation photographs and pairs (never the test
+photos) with the bundle's prior and without. Writes the per-scene hits beside the JSON,
+to pair with another decoder's.
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from source_code.data.datasets import load_dataset  # noqa: E402
-from source_code.data.objects_world import canonical_object_caption, write_objects_dataset  # noqa: E402
+from source_code.data.objects_world import write_objects_dataset  # noqa: E402
 from source_code.data.worlds import held_out_scenes  # noqa: E402
 from source_code.evaluation.imagenet_prior import PRIOR_SEED  # noqa: E402
+from source_code.evaluation.objects_eval import captions_of, exact_hits  # noqa: E402
 from source_code.model.bundles import resolve_bundle  # noqa: E402
 from source_code.model.captioner import Captioner  # noqa: E402
 from source_code.training.recipes import RECIPES, _config  # noqa: E402
@@ -37,6 +41,18 @@ from source_code.training.train import train, work_dir  # noqa: E402
 VALIDATION_SCENES = 1500      # the prior choice's validation scenes, from PRIOR_SEED
 
 
+def validation_photo_scores(captioner, prior: tuple[float, str]) -> dict:
+    """The validation photos' scores (``PhotoChoiceData``) with ``prior`` and without."""
+    from source_code.evaluation.validation_photos import PhotoChoiceData
+    data = PhotoChoiceData(captioner, progress=False)
+    scores = {}
+    for label, setting in (("with_prior", prior), ("no_prior", (0.0, "frame"))):
+        captioner.set_imagenet_prior(*setting)
+        scores[label] = data.score()
+    scores["prior"] = list(prior)
+    return scores
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default="objects")
@@ -44,14 +60,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--gradcam-start", type=int, default=1)
     ap.add_argument("--gradcam-ramp", type=int, default=2)
+    ap.add_argument("--cards", type=float, default=0.0, help="chance of a card behind each object")
+    ap.add_argument("--photos", action="store_true", help="also score the validation photos")
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (scenes, caches)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     shipped = Captioner.load(resolve_bundle(args.bundle))
-    data = args.work / f"data{args.scenes}"
+    name = f"{args.scenes}" + (f"_cards{args.cards:g}" if args.cards else "")
+    data = args.work / f"data{name}"
     if not (data / "Flickr8k.token.txt").exists():
-        write_objects_dataset(data, args.scenes, seed=0, image_size=shipped.input_size, progress=False)
-    out = args.work / "objects"
+        write_objects_dataset(data, args.scenes, seed=0, image_size=shipped.input_size,
+                              progress=False, cards=args.cards)
+    out = args.work / f"objects{name}"
     work = work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
     if not (work / TAIL_WEIGHTS).exists():      # the bundle's tuned tail, not tuned again
@@ -64,18 +84,15 @@ def main(argv=None) -> dict:
     captioner = train(load_dataset("flickr8k", data), out, _config(recipe, None),
                       grounding_file=data / "scenes.jsonl", progress=False)
     seconds = time.time() - t0
+    photos = validation_photo_scores(captioner, shipped.imagenet_prior()) if args.photos else None
     captioner.set_imagenet_prior(0.0, "frame")
     scenes = held_out_scenes("objects", VALIDATION_SCENES, PRIOR_SEED, shipped.input_size)
-    said = []
-    for i in range(0, len(scenes), 32):
-        said += [c.text for c in captioner.caption([s.image for s in scenes[i:i + 32]], 3)]
-    right = np.array([canonical_object_caption(t) == canonical_object_caption(s.caption)
-                      for s, t in zip(scenes, said)])
+    right = np.array(exact_hits(scenes, captions_of(captioner, scenes)))
     two = np.array([len(s.objects) == 2 for s in scenes])
-    result = {"scenes": args.scenes, "epochs": args.epochs, "gradcam_start_epoch": args.gradcam_start,
+    result = {"scenes": args.scenes, "cards": args.cards, "epochs": args.epochs, "gradcam_start_epoch": args.gradcam_start,
               "gradcam_ramp_epochs": args.gradcam_ramp, "exact": float(right.mean()),
               "one_object": float(right[~two].mean()), "two_object": float(right[two].mean()),
-              "seconds_with_caches": round(seconds, 1),
+              "validation_photos": photos, "seconds_with_caches": round(seconds, 1),
               "history": captioner.config["training"]["history"]}
     print(json.dumps(result, indent=1))
     if args.json:

@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from source_code.data.objects_world import canonical_object_caption, default_world  # noqa: E402
+from source_code.data.objects_world import default_world  # noqa: E402
 from source_code.data.worlds import held_out_scenes  # noqa: E402
 from source_code.evaluation.imagenet_prior import PRIOR_SEED, source_kinds  # noqa: E402
+from source_code.evaluation.objects_eval import captions_of, exact_hits  # noqa: E402
 from source_code.model.bundles import resolve_bundle  # noqa: E402
 from source_code.model.captioner import Captioner  # noqa: E402
 
@@ -62,12 +63,9 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     captioner = Captioner.load(resolve_bundle(a.bundle))
     scenes = held_out_scenes("objects", a.scenes, PRIOR_SEED, captioner.input_size)
-    said = []
-    for s in range(0, len(scenes), 32):
-        said += [c.text for c in captioner.caption([x.image for x in scenes[s: s + 32]], 3)]
+    said = captions_of(captioner, scenes)
     rows, confusions = object_rows(scenes, said)
-    exact = np.mean([canonical_object_caption(t) == canonical_object_caption(x.caption)
-                     for x, t in zip(scenes, said)])
+    exact = np.mean(exact_hits(scenes, said))
     kinds = sorted({r["kind"] for r in rows})
     per_category = {c: named_share(rows, lambda r, c=c: r["category"] == c)
                     for c in sorted({r["category"] for r in rows})}

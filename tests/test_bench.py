@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import finish_logged, start_logged, stop_logged
+from conftest import finish_logged, need_gcompris, start_logged, stop_logged
 
 
 def _start(work: Path, *args) -> subprocess.Popen:
@@ -145,3 +145,28 @@ def test_resolution_probe_reports_each_settings_grid(tmp_path):
     result = json.loads(out.read_text())["settings"]
     assert [r["grid"] for r in result.values()] == [7, 14]
     assert all(0 <= r["accuracy"] <= 1 and r["objects"] > 12 for r in result.values())
+
+
+@pytest.mark.slow
+def test_familiarity_statistics_benchmark_scores_every_statistic(tmp_path):
+    """Every statistic gets a row per quantile (both quantiles for the pair), rates are
+    shares, balanced accuracy is their mean, and the out-of-world frames are broken down
+    by every kind the validation set has."""
+    need_gcompris()
+    out = tmp_path / "familiarity.json"
+    proc = _start(tmp_path / "familiarity", "bench/familiarity_statistics.py", "--scenes", "8",
+                  "--negatives", "40", "--json", str(out))
+    assert "noun_cell_and_probe" in _finish(proc)
+    result = json.loads(out.read_text())
+    assert set(result["best"]) == {"noun_cell", "noun_top3", "noun_frame", "any_class_cell",
+                                   "object_probe", "noun_cell_and_probe"}
+    assert len(result["rows"]["noun_cell"]) == 9 and len(result["rows"]["noun_cell_and_probe"]) == 81
+    for rows in result["rows"].values():
+        for row in rows:
+            familiar, unfamiliar = row["familiar_in_world"], row["unfamiliar_out_of_world"]
+            assert 0 <= familiar <= 1 and 0 <= unfamiliar <= 1
+            assert row["balanced_accuracy"] == pytest.approx((familiar + unfamiliar) / 2, abs=1e-4)
+            assert set(row["out_of_world_familiar_by_kind"]) == {"planet", "text", "stars",
+                                                                  "blobs", "noise"}
+    best = result["best"]["noun_cell"]
+    assert best["balanced_accuracy"] == max(r["balanced_accuracy"] for r in result["rows"]["noun_cell"])

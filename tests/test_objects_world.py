@@ -58,6 +58,28 @@ def test_pasted_pixels_differ_from_the_background_under_the_mask(world):
     assert scene.objects[0].mask.mean() > 0.02
 
 
+def test_cards_change_what_is_around_objects_and_nothing_they_are_graded_on(world):
+    """A card behind each object keeps the scene's caption, masks and boxes; it changes
+    pixels near the objects only, and a scene without cards is the scene it was."""
+    from source_code.data.objects_world import generate_object_scene
+    for seed in range(6):
+        plain = generate_object_scene(seed, 128, catalog=world)
+        carded = generate_object_scene(seed, 128, catalog=world, cards=1.0)
+        assert carded.caption == plain.caption and carded.relation == plain.relation
+        for a, b in zip(plain.objects, carded.objects):
+            assert a.bbox == b.bbox and np.array_equal(a.mask, b.mask)
+        assert np.array_equal(generate_object_scene(seed, 128, catalog=world, cards=0.0).image,
+                              plain.image)
+        changed = np.abs(carded.image.astype(int) - plain.image.astype(int)).max(-1) > 40
+        assert changed.any()
+        near = np.zeros(changed.shape, bool)          # a card reaches 0.6 of its object's size
+        for o in plain.objects:
+            x0, y0, x1, y1 = o.bbox
+            mx, my = int(0.65 * (x1 - x0)) + 2, int(0.65 * (y1 - y0)) + 2
+            near[max(y0 - my, 0): y1 + my, max(x0 - mx, 0): x1 + mx] = True
+        assert not (changed & ~near).any()
+
+
 def test_close_ups_fill_the_frame_and_may_be_cut_by_its_edges(world):
     """Webcam framing: some one-object scenes show the object larger than the frame,
     cut by an edge, yet mostly inside; mask and box describe only the visible part."""

@@ -47,6 +47,7 @@ MAX_ROTATION_DEG = 18.0
 P_PHOTO_BACKGROUND = 0.6
 P_JPEG = 0.6
 SOURCE_CACHE = 512                 # decoded cut-outs kept in memory
+CARD_MARGIN = (0.1, 0.6)           # a card's margin around its object / the object's size
 
 
 @dataclass
@@ -301,9 +302,32 @@ def _pick_source(rng, sources: list):
     return of_kind[int(rng.integers(len(of_kind)))]
 
 
+def _paint_cards(rng, catalog: Catalog, canvas: np.ndarray, sizes, corners,
+                 chance: float) -> np.ndarray:
+    """Behind each object, with probability ``chance``, a rectangle of another background
+    around it: a photo or a print of the thing held up in the scene, so the object
+    comes with surroundings of its own, as in a real photograph. Drawn from its own
+    random stream, so scenes without cards stay what they were."""
+    side = canvas.shape[0]
+    canvas = canvas.copy()
+    for (w, h), (x, y) in zip(sizes, corners):
+        if rng.random() >= chance:
+            continue
+        mx, my = (int(e * rng.uniform(*CARD_MARGIN)) for e in (w, h))
+        x0, y0 = max(x - mx, 0), max(y - my, 0)
+        x1, y1 = min(x + w + mx, side), min(y + h + my, side)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        card = Image.fromarray(_background(rng, catalog, side).astype(np.uint8))
+        canvas[y0:y1, x0:x1] = np.asarray(card.resize((x1 - x0, y1 - y0), Image.BILINEAR),
+                                          np.float32)
+    return canvas
+
+
 def generate_object_scene(seed: int, image_size: int = 224, n_objects: int | None = None,
-                          catalog: Catalog | None = None) -> ObjectScene:
-    """One captioned scene, deterministic for a seed and catalogue."""
+                          catalog: Catalog | None = None, cards: float = 0.0) -> ObjectScene:
+    """One captioned scene, deterministic for a seed and catalogue; ``cards``: the
+    chance that each object comes on a card of its own (see ``_paint_cards``)."""
     catalog = catalog or default_world()
     names = sorted(n for n, c in catalog.categories.items() if c.sources)
     rng = np.random.default_rng(int(seed))
@@ -326,6 +350,9 @@ def generate_object_scene(seed: int, image_size: int = 224, n_objects: int | Non
         if corners is not None:
             break
     canvas = _background(rng, catalog, side)
+    if cards:
+        canvas = _paint_cards(np.random.default_rng([int(seed), 2]), catalog, canvas,
+                              [c.size for c in cutouts], corners, cards)
     objects = []
     for name, source, cut, (x, y) in zip(chosen, sources, cutouts, corners):
         frame, part = _overlap(x, y, cut.size, side)
@@ -361,9 +388,10 @@ def scene_file_name(seed: int) -> str:
     return f"objects_{int(seed):07d}.jpg"
 
 
-def _write_scene(seed: int, images: Path, image_size: int) -> tuple[str, str, str]:
+def _write_scene(seed: int, images: Path, image_size: int,
+                 cards: float = 0.0) -> tuple[str, str, str]:
     """Draw scene ``seed``, write its JPEG; (file name, caption, scenes.jsonl record)."""
-    scene = generate_object_scene(seed, image_size)
+    scene = generate_object_scene(seed, image_size, cards=cards)
     name = scene_file_name(seed)
     with atomic_path(images / name) as tmp:
         Image.fromarray(scene.image).save(tmp, format="JPEG", quality=95)
@@ -376,8 +404,9 @@ def _write_scene(seed: int, images: Path, image_size: int) -> tuple[str, str, st
 
 def write_objects_dataset(out_dir, n_images: int, seed: int = 0, image_size: int = 224,
                           split: Sequence[float] = (0.9, 0.1, 0.0), progress: bool = True,
-                          workers: int | None = None) -> Path:
-    """Scenes ``seed .. seed + n_images - 1`` in the Flickr8k layout, with ``scenes.jsonl``
+                          workers: int | None = None, cards: float = 0.0) -> Path:
+    """Scenes ``seed .. seed + n_images - 1`` in the Flickr8k layout (``cards``: see
+    ``generate_object_scene``), with ``scenes.jsonl``
     (file, seed, caption, objects with category, source and bbox, and which object each
     caption word names) for grounding. Files are written under temporary names and
     renamed, the text files last, so an interrupted run leaves nothing half-written.
@@ -392,7 +421,7 @@ def write_objects_dataset(out_dir, n_images: int, seed: int = 0, image_size: int
     images.mkdir(parents=True, exist_ok=True)
     default_world()         # missing asset packages fail here, not in a worker
     n = int(n_images)
-    written = in_workers(partial(_write_scene, images=images, image_size=image_size),
+    written = in_workers(partial(_write_scene, images=images, image_size=image_size, cards=cards),
                          range(seed, seed + n), n, "object scenes", progress, workers)
     names = [name for name, _, _ in written]
     n_train, n_dev, _ = _split_counts(len(names), split)

@@ -18,24 +18,38 @@ def generate_held_out_objects(n: int, seed: int = HELD_OUT_SEED, image_size: int
     return held_out_scenes("objects", n, seed, image_size, n_objects, progress)
 
 
-def evaluate_objects(captioner, scenes, beam_width: int = 3, batch_size: int = 32,
-                     progress: bool = True) -> dict:
-    exact = nouns_ok = grammatical = 0
-    by_count = {1: [0, 0], 2: [0, 0]}
+def captions_of(captioner, scenes, beam_width: int = 3, batch_size: int = 32,
+                progress: bool = False) -> list[str]:
+    """The captioner's caption of each scene, as it serves (batches of ``batch_size``)."""
+    said = []
     for start in tqdm(range(0, len(scenes), batch_size), desc="captioning held-out scenes",
                       disable=not progress, unit="batch"):
         batch = scenes[start: start + batch_size]
-        for scene, cap in zip(batch, captioner.caption([s.image for s in batch], beam_width)):
-            ok = canonical_object_caption(cap.text) == canonical_object_caption(scene.caption)
-            exact += ok
-            nouns_ok += sorted(caption_nouns(cap.text)) == sorted(caption_nouns(scene.caption))
-            try:
-                parse_object_caption(cap.text)
-                grammatical += 1
-            except ValueError:
-                pass
-            by_count[len(scene.objects)][0] += ok
-            by_count[len(scene.objects)][1] += 1
+        said += [c.text for c in captioner.caption([s.image for s in batch], beam_width)]
+    return said
+
+
+def exact_hits(scenes, said: list[str]) -> list[bool]:
+    """Per scene: is the caption said its own, either ordering of a pair counting?"""
+    return [canonical_object_caption(t) == canonical_object_caption(s.caption)
+            for s, t in zip(scenes, said)]
+
+
+def evaluate_objects(captioner, scenes, beam_width: int = 3, batch_size: int = 32,
+                     progress: bool = True) -> dict:
+    said = captions_of(captioner, scenes, beam_width, batch_size, progress)
+    exact = nouns_ok = grammatical = 0
+    by_count = {1: [0, 0], 2: [0, 0]}
+    for scene, text, ok in zip(scenes, said, exact_hits(scenes, said)):
+        exact += ok
+        nouns_ok += sorted(caption_nouns(text)) == sorted(caption_nouns(scene.caption))
+        try:
+            parse_object_caption(text)
+            grammatical += 1
+        except ValueError:
+            pass
+        by_count[len(scene.objects)][0] += ok
+        by_count[len(scene.objects)][1] += 1
     n = len(scenes)
     return {"scenes": n, "exact_match": exact / n, "noun_accuracy": nouns_ok / n,
             "grammatical": grammatical / n,
