@@ -5,7 +5,7 @@
 
 Trains a decoder with the objects recipe on the bundle's own tuned backbone (its tail
 is not tuned again: the work folder is seeded with it), on ``--scenes`` scenes of the
-world (seeds 0..; 90 % to train) for ``--epochs`` epochs, then scores it with beam 3
+world (seeds ``--seed``..; 90 % to train) for ``--epochs`` epochs, then scores it with beam 3
 and no prior on the 1,500 prior-choice validation scenes (seeds 80,000,000+), the
 scenes designs are chosen on. ``--cards P``: each object of the training scenes comes on
 a card of its own with probability P (``objects_world.generate_object_scene``).
@@ -60,16 +60,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--gradcam-start", type=int, default=1)
     ap.add_argument("--gradcam-ramp", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the scenes' first seed and the training seed (a second draw of an arm)")
     ap.add_argument("--cards", type=float, default=0.0, help="chance of a card behind each object")
     ap.add_argument("--photos", action="store_true", help="also score the validation photos")
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (scenes, caches)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     shipped = Captioner.load(resolve_bundle(args.bundle))
-    name = f"{args.scenes}" + (f"_cards{args.cards:g}" if args.cards else "")
+    name = (f"{args.scenes}" + (f"_cards{args.cards:g}" if args.cards else "")
+            + (f"_seed{args.seed}" if args.seed else ""))
     data = args.work / f"data{name}"
     if not (data / "Flickr8k.token.txt").exists():
-        write_objects_dataset(data, args.scenes, seed=0, image_size=shipped.input_size,
+        write_objects_dataset(data, args.scenes, seed=args.seed, image_size=shipped.input_size,
                               progress=False, cards=args.cards)
     out = args.work / f"objects{name}"
     work = work_dir(out)
@@ -78,7 +81,7 @@ def main(argv=None) -> dict:
         _, tail = split_backbone(shipped.backbone, shipped.config["backbone_tail"]["from_block"])
         tail.save_weights(work / TAIL_WEIGHTS)
         (work / "tail.json").write_text(json.dumps(shipped.config["backbone_tail"]))
-    recipe = {**RECIPES["objects"], "images": args.scenes, "epochs": args.epochs,
+    recipe = {**RECIPES["objects"], "images": args.scenes, "seed": args.seed, "epochs": args.epochs,
               "gradcam_start_epoch": args.gradcam_start, "gradcam_ramp_epochs": args.gradcam_ramp}
     t0 = time.time()
     captioner = train(load_dataset("flickr8k", data), out, _config(recipe, None),
@@ -89,7 +92,8 @@ def main(argv=None) -> dict:
     scenes = held_out_scenes("objects", VALIDATION_SCENES, PRIOR_SEED, shipped.input_size)
     right = np.array(exact_hits(scenes, captions_of(captioner, scenes)))
     two = np.array([len(s.objects) == 2 for s in scenes])
-    result = {"scenes": args.scenes, "cards": args.cards, "epochs": args.epochs, "gradcam_start_epoch": args.gradcam_start,
+    result = {"scenes": args.scenes, "seed": args.seed, "cards": args.cards, "epochs": args.epochs,
+              "gradcam_start_epoch": args.gradcam_start,
               "gradcam_ramp_epochs": args.gradcam_ramp, "exact": float(right.mean()),
               "one_object": float(right[~two].mean()), "two_object": float(right[two].mean()),
               "validation_photos": photos, "seconds_with_caches": round(seconds, 1),
