@@ -10,7 +10,8 @@ and no prior on the 1,500 prior-choice validation scenes (seeds 80,000,000+), th
 scenes designs are chosen on. ``--cards P``: each object of the training scenes comes on
 a card of its own with probability P (``objects_world.generate_object_scene``).
 ``--photos``: also scores the validation photographs and pairs (never the test
-photos) with the bundle's prior and without. Writes the per-scene hits beside the JSON,
+photos) with the bundle's prior and without, and the scenes' exact match with the prior.
+``--train-seed``: another training seed on the same scenes. Writes the per-scene hits beside the JSON,
 to pair with another decoder's.
 """
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--gradcam-ramp", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0,
                     help="the scenes' first seed and the training seed (a second draw of an arm)")
+    ap.add_argument("--train-seed", type=int,
+                    help="the training seed alone (default: --seed), on the same scenes")
     ap.add_argument("--cards", type=float, default=0.0, help="chance of a card behind each object")
     ap.add_argument("--photos", action="store_true", help="also score the validation photos")
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (scenes, caches)")
@@ -74,27 +77,33 @@ def main(argv=None) -> dict:
     if not (data / "Flickr8k.token.txt").exists():
         write_objects_dataset(data, args.scenes, seed=args.seed, image_size=shipped.input_size,
                               progress=False, cards=args.cards)
-    out = args.work / f"objects{name}"
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    out = args.work / (f"objects{name}" + (f"_train{train_seed}" if train_seed != args.seed else ""))
     work = work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
     if not (work / TAIL_WEIGHTS).exists():      # the bundle's tuned tail, not tuned again
         _, tail = split_backbone(shipped.backbone, shipped.config["backbone_tail"]["from_block"])
         tail.save_weights(work / TAIL_WEIGHTS)
         (work / "tail.json").write_text(json.dumps(shipped.config["backbone_tail"]))
-    recipe = {**RECIPES["objects"], "images": args.scenes, "seed": args.seed, "epochs": args.epochs,
+    recipe = {**RECIPES["objects"], "images": args.scenes, "seed": train_seed, "epochs": args.epochs,
               "gradcam_start_epoch": args.gradcam_start, "gradcam_ramp_epochs": args.gradcam_ramp}
     t0 = time.time()
     captioner = train(load_dataset("flickr8k", data), out, _config(recipe, None),
                       grounding_file=data / "scenes.jsonl", progress=False)
     seconds = time.time() - t0
     photos = validation_photo_scores(captioner, shipped.imagenet_prior()) if args.photos else None
-    captioner.set_imagenet_prior(0.0, "frame")
     scenes = held_out_scenes("objects", VALIDATION_SCENES, PRIOR_SEED, shipped.input_size)
+    with_prior = None
+    if args.photos:         # the scenes' exact match under the prior the photos were scored with
+        captioner.set_imagenet_prior(*shipped.imagenet_prior())
+        with_prior = float(np.mean(exact_hits(scenes, captions_of(captioner, scenes))))
+    captioner.set_imagenet_prior(0.0, "frame")
     right = np.array(exact_hits(scenes, captions_of(captioner, scenes)))
     two = np.array([len(s.objects) == 2 for s in scenes])
-    result = {"scenes": args.scenes, "seed": args.seed, "cards": args.cards, "epochs": args.epochs,
-              "gradcam_start_epoch": args.gradcam_start,
+    result = {"scenes": args.scenes, "seed": args.seed, "train_seed": train_seed,
+              "cards": args.cards, "epochs": args.epochs, "gradcam_start_epoch": args.gradcam_start,
               "gradcam_ramp_epochs": args.gradcam_ramp, "exact": float(right.mean()),
+              "exact_with_prior": with_prior,
               "one_object": float(right[~two].mean()), "two_object": float(right[two].mean()),
               "validation_photos": photos, "seconds_with_caches": round(seconds, 1),
               "history": captioner.config["training"]["history"]}
