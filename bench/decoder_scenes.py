@@ -89,7 +89,8 @@ def main(argv=None) -> dict:
               "gradcam_start_epoch": args.gradcam_start, "gradcam_ramp_epochs": args.gradcam_ramp}
     t0 = time.time()
     captioner = train(load_dataset("flickr8k", data), out, _config(recipe, None),
-                      grounding_file=data / "scenes.jsonl", progress=False)
+                      grounding_file=data / "scenes.jsonl", progress=False,
+                      extra_card={"world": "objects"})   # so the bundle's prior can be re-chosen
     seconds = time.time() - t0
     photos = validation_photo_scores(captioner, shipped.imagenet_prior()) if args.photos else None
     scenes = held_out_scenes("objects", VALIDATION_SCENES, PRIOR_SEED, shipped.input_size)
