@@ -11,8 +11,8 @@ scenes designs are chosen on. ``--cards P``: each object of the training scenes 
 a card of its own with probability P (``objects_world.generate_object_scene``).
 ``--photos``: also scores the validation photographs and pairs (never the test
 photos) with the bundle's prior and without, and the scenes' exact match with the prior.
-``--train-seed``: another training seed on the same scenes. Writes the per-scene hits beside the JSON,
-to pair with another decoder's.
+``--train-seed``: another training seed on the same scenes. Writes the per-scene hits
+beside the JSON, to pair with another decoder's.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from scipy.special import softmax  # noqa: E402
 
-from source_code.model.familiarity import EVIDENCE_QUANTILES, describe  # noqa: E402
+from source_code.model.familiarity import EVIDENCE_QUANTILES, describe, noun_evidence  # noqa: E402
 
 NEGATIVES = 500
 PROBE_EPOCHS = 4
@@ -95,7 +95,7 @@ def statistics(maps: np.ndarray, classifier, probe) -> dict:
     per_cell = nouns.max(-1)
     frame = softmax(maps.mean((1, 2)) @ kernel + bias, -1) @ class_nouns
     background = softmax(cells @ probe[0] + probe[1], -1)[..., 0]
-    return {"noun_cell": per_cell.max(1),
+    return {"noun_cell": noun_evidence(maps, classifier),       # the shipped statistic, its own code
             "noun_top3": np.sort(per_cell, 1)[:, -3:].mean(1),
             "noun_frame": frame.max(1),
             "any_class_cell": probs.max((1, 2)),
