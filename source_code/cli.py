@@ -59,6 +59,17 @@ def write_all_or_nothing(out: Path, files: dict) -> None:
 
 
 # -- commands -------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def cmd_synth(args) -> int:
     from .data.synthetic import write_flickr8k_layout
     out = write_flickr8k_layout(args.out, args.images, seed=args.seed, image_size=args.size,
@@ -112,7 +123,8 @@ def cmd_train_default(args) -> int:
     captioner = train_world(args.world, out, Path(args.data or f"data/{args.world}"),
                             epochs=args.epochs, eval_scenes=args.eval_scenes,
                             resume=args.resume, progress=not args.quiet, control=args.control,
-                            tune_tail=not args.no_tune_tail, cell_precision=args.cell_precision)
+                            tune_tail=not args.no_tune_tail, cell_precision=args.cell_precision,
+                            decoder_draws=args.decoder_draws)
     if out.resolve() == DEFAULT_BUNDLE.resolve():
         captioner.vocab.save(REPO_ROOT / "vocab.txt")   # the top-level copy is the default's
     return 0
@@ -551,6 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "faster here, 0.02 lower validation exact match)")
     p.add_argument("--cell-precision", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="as for train (auto: bfloat16 where the hardware has it)")
+    p.add_argument("--decoder-draws", type=_positive_int, default=None, metavar="N",
+                   help="objects: train N decoders that differ only in seed and keep the one "
+                        "the ImageNet prior's rule scores best on the validation photos "
+                        "(default: the recipe's, 2; each extra draw costs a decoder's training)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_default)

@@ -169,25 +169,31 @@ def test_train_default_tunes_the_tail_unless_told_not_to(monkeypatch, tmp_path, 
 
 def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, tmp_path):
     """The ImageNet prior is part of the model: the recipe chooses its weight on
-    validation scenes first, so the card's held-out figures, familiarity and concept
-    bank are those of the model that ships."""
+    validation scenes first (for each decoder draw), so the card's held-out figures,
+    familiarity and concept bank are those of the model that ships."""
     from source_code.explain import concepts
     from source_code.training import recipes
-    calls = []
+    calls, outs = [], []
 
     class Trained:
-        config = {"training": {}}
         input_size = 224
+
+        def __init__(self, seed):
+            self.config = {"training": {"seed": seed}}
 
         def save(self, out):
             calls.append("save")
-    monkeypatch.setattr(recipes, "train", lambda *a, **k: Trained())
+
+    def fake_train(dataset, out, cfg, **kw):
+        calls.append("train")
+        outs.append(out)
+        return Trained(cfg.seed)
+    monkeypatch.setattr(recipes, "train", fake_train)
     monkeypatch.setattr(recipes, "_write_scenes", lambda *a: None)
     monkeypatch.setattr("source_code.data.datasets.load_dataset", lambda *a: None)
     monkeypatch.setattr("source_code.data.worlds.held_out_scenes", lambda *a, **k: [])
-    tables = []
     monkeypatch.setattr(recipes, "choose_imagenet_prior",
-                        lambda *a, table: calls.append("prior") or tables.append(table))
+                        lambda *a, **k: calls.append("prior") or _choice(0.5))
     monkeypatch.setattr(recipes, "held_out_metrics", lambda *a: calls.append("evaluate") or {})
     monkeypatch.setattr(recipes, "fit_familiarity", lambda *a, **k: calls.append("familiarity"))
     monkeypatch.setattr(recipes, "familiarity_negatives", lambda *a: None)
@@ -195,11 +201,60 @@ def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, t
                                                                        (_Bank(), {}))[1])
     monkeypatch.setattr(concepts, "save_bank", lambda *a: None)
     recipes.train_world("objects", tmp_path / "b", tmp_path / "d", progress=False)
-    assert calls == ["prior", "evaluate", "familiarity", "save", "bank"]
-    assert tables == [tmp_path / "b.work" / "imagenet_prior.json"]   # every setting's row kept
+    assert recipes.OBJECTS_RECIPE["decoder_draws"] == 2
+    assert calls == ["train", "prior", "train", "prior", "evaluate", "familiarity", "save", "bank"]
+    assert outs == [tmp_path / "b", tmp_path / "b.work" / "draw-1"]
+    table = json.loads((tmp_path / "b.work" / "imagenet_prior.json").read_text())
+    assert table["rows"] == _choice(0.5)["rows"]     # every setting's row kept
+    calls.clear()
+    recipes.train_world("objects", tmp_path / "c", tmp_path / "d", progress=False, decoder_draws=1)
+    assert calls == ["train", "prior", "evaluate", "familiarity", "save", "bank"]
     calls.clear()
     recipes.train_world("shapes", tmp_path / "s", tmp_path / "d", progress=False)
-    assert calls == ["evaluate", "familiarity", "save", "bank"]     # no ImageNet head, no prior
+    assert calls == ["train", "evaluate", "familiarity", "save", "bank"]   # no ImageNet head, no prior
+
+
+def _choice(score: float, weight: float = 1.0) -> dict:
+    """A prior choice's result as choose_prior_weight returns it: no prior, and the
+    chosen attention setting with photo score ``score``."""
+    row = {"exact_match": 0.9, "photo_nouns": score, "photo_pairs": score, "photo_score": score}
+    return {"rows": [{"pooling": "frame", "weight": 0.0, **row, "photo_score": 0.1},
+                     {"pooling": "attention", "weight": weight, **row}],
+            "chosen": weight, "chosen_pooling": "attention"}
+
+
+def test_the_recipe_keeps_the_decoder_draw_the_priors_rule_scores_best(monkeypatch, tmp_path):
+    """Each later draw links the first's backbone caches and is trained with its own
+    seed; the draw whose chosen prior setting scores best on the validation photos is
+    kept (ties: the earlier), with its prior set, its table written and every draw's
+    figures in its card."""
+    from source_code.training import recipes
+    work = tmp_path / "b.work"
+    (work / recipes.TRAIN_FEATURES).mkdir(parents=True)
+    (work / "tail.json").write_text("{}")
+    scores = {0: 0.6, 1: 0.7, 2: 0.7}      # seed 2 ties seed 1: the earlier is kept
+
+    class Draw:
+        def __init__(self, seed):
+            self.config = {"training": {"seed": seed}}
+    monkeypatch.setattr(recipes, "choose_imagenet_prior",
+                        lambda cap, progress: _choice(scores[cap.config["training"]["seed"]],
+                                                      weight=cap.config["training"]["seed"] + 1.0))
+    linked = []
+
+    def draw(k):
+        folder = work / f"draw-{k}.work"
+        linked.append(sorted(p.name for p in folder.iterdir() if p.is_symlink()))
+        assert (folder / "tail.json").resolve() == (work / "tail.json").resolve()
+        return Draw(k)
+    kept = recipes.keep_best_draw(Draw(0), [draw, draw], work, progress=False)
+    assert kept.config["training"]["seed"] == 1
+    assert linked == [sorted([recipes.TRAIN_FEATURES, "tail.json"])] * 2   # only what exists
+    record = kept.config["decoder_draws"]
+    assert [d["seed"] for d in record["draws"]] == [0, 1, 2] and record["kept_seed"] == 1
+    assert [d["photo_score"] for d in record["draws"]] == [0.6, 0.7, 0.7]
+    assert record["draws"][1]["chosen"] == 2.0
+    assert json.loads((work / "imagenet_prior.json").read_text())["chosen"] == 2.0
 
 
 def test_the_recipe_draws_the_banks_scenes_once_and_calibrates_on_its_first(monkeypatch, tmp_path):
@@ -221,7 +276,7 @@ def test_the_recipe_draws_the_banks_scenes_once_and_calibrates_on_its_first(monk
     monkeypatch.setattr("source_code.data.datasets.load_dataset", lambda *a: None)
     monkeypatch.setattr("source_code.data.worlds.held_out_scenes",
                         lambda *a, **k: pytest.fail("calibration scenes drawn again"))
-    monkeypatch.setattr(recipes, "choose_imagenet_prior", lambda *a, **k: None)
+    monkeypatch.setattr(recipes, "keep_best_draw", lambda first, *a: first)
     monkeypatch.setattr(recipes, "held_out_metrics", lambda *a: {})
     monkeypatch.setattr(recipes, "familiarity_negatives", lambda *a: None)
     monkeypatch.setattr(recipes, "fit_familiarity",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..model.backbone import BackboneSpec
-from .train import TRAIN_FEATURES, TrainConfig, train, work_dir
+from .tail import TAIL_WEIGHTS
+from .train import TRAIN_FEATURES, VAL_FEATURES, TrainConfig, train, work_dir
 
 SHAPES_RECIPE = {
     "images": 8000, "seed": 0, "image_size": 160,
@@ -58,6 +60,10 @@ OBJECTS_RECIPE = {
     "familiarity_scenes": 2000,     # training scenes in the familiarity bank
     # The ImageNet noun prior's weight, chosen on validation scenes and photos after training.
     "choose_imagenet_prior": True,
+    # Decoders that differ only in training seed differ widely on real photos (validation
+    # pairs 29 to 38 of 60 over seeds 0-2, exact match on scenes within 0.015;
+    # docs/results/decoder_draws): train this many, keep the one the prior's rule scores best.
+    "decoder_draws": 2,
 }
 RECIPES = {"shapes": SHAPES_RECIPE, "objects": OBJECTS_RECIPE}
 # Seeds of the object-free frames that set the familiarity floor (training uses seeds
@@ -114,14 +120,17 @@ def control_recipe(world: str) -> dict:
 
 def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
                 eval_scenes: int = 500, resume: bool = False, progress: bool = True,
-                control: bool = False, tune_tail: bool = True, cell_precision: str = "auto"):
+                control: bool = False, tune_tail: bool = True, cell_precision: str = "auto",
+                decoder_draws: int | None = None):
     """tune_tail=False: the objects recipe with Lite0 wholly frozen (about 27 minutes
-    faster here; the previous bundle)."""
+    faster here; the previous bundle). decoder_draws: instead of the recipe's number."""
     from ..data.datasets import load_dataset
     from ..data.worlds import held_out_scenes
     r = control_recipe(world) if control else RECIPES[world]
     if not tune_tail:
         r = {**r, "tune_tail": None}
+    if decoder_draws is not None:
+        r = {**r, "decoder_draws": decoder_draws}
     t0 = time.time()
     _write_scenes(world, data, r, progress)
     name = f"{world}-control" if control else world
@@ -129,7 +138,9 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
             "training_command": f"python -m source_code train-default --world {world}"
                                 + (" --control" if control else "")
                                 + (" --no-tune-tail" if not tune_tail
-                                   and RECIPES[world].get("tune_tail") else ""),
+                                   and RECIPES[world].get("tune_tail") else "")
+                                + (f" --decoder-draws {decoder_draws}" if decoder_draws
+                                   is not None and r.get("choose_imagenet_prior") else ""),
             "description": ("Control model (grounding losses off) of: " if control else "")
                            + DESCRIPTIONS[world].format(lite0=LITE0_STATE[bool(r.get("tune_tail"))]),
             "data": {"kind": f"synthetic {world} scenes", "images": r["images"],
@@ -139,11 +150,16 @@ def train_world(world: str, out: Path, data: Path, epochs: int | None = None,
         from ..data.objects_world import default_world, provenance
         card["data"]["sources"] = provenance(default_world())
     dataset = load_dataset("flickr8k", data)
-    captioner = train(dataset, out, _config(r, epochs, cell_precision), grounding_file=data / "scenes.jsonl",
+    cfg = _config(r, epochs, cell_precision)
+    captioner = train(dataset, out, cfg, grounding_file=data / "scenes.jsonl",
                       resume=resume, progress=progress, extra_card=card)
     if r.get("choose_imagenet_prior"):
-        choose_imagenet_prior(captioner, progress,
-                              table=work_dir(out) / "imagenet_prior.json")
+        captioner = keep_best_draw(captioner, [
+            lambda k: train(dataset, work_dir(out) / f"draw-{k}", replace(cfg, seed=cfg.seed + k),
+                            grounding_file=data / "scenes.jsonl", resume=resume, progress=progress,
+                            extra_card=card)
+            for k in range(1, r.get("decoder_draws", 1))],
+            work_dir(out), progress)
     captioner.config["metrics"] = held_out_metrics(captioner, world, eval_scenes, progress)
     bank_examples = _bank_examples(captioner, world, progress) if r.get("concept_bank", True) else None
     # calibration scenes: the bank's first ones (the same seeds), drawn once
@@ -175,7 +191,55 @@ def _bank_examples(captioner, world: str, progress: bool) -> tuple:
     return world_examples(world, n_tcav, WORLD_BANK_SEED, captioner.input_size, progress)
 
 
-def choose_imagenet_prior(captioner, progress: bool = True, table: Path | None = None) -> None:
+# What a later decoder draw reads from the first draw's work folder instead of making its
+# own: the trunk's cache, the tuned tail (tail.py) and the decoder's cached features.
+SHARED_WORK = ("trunk_train", "trunk_val", TAIL_WEIGHTS, "tail.json", TRAIN_FEATURES,
+               VAL_FEATURES)
+
+
+def keep_best_draw(first, later_draws: list, work: Path, progress: bool = True):
+    """Choose the ImageNet prior of the trained decoder ``first`` and of each further draw
+    (``later_draws``: functions k -> a decoder trained into ``work / draw-k`` with another
+    seed), and return the one whose chosen setting has the best validation photo score
+    (ties: the earlier draw), its prior set, every draw's figures in its card and its
+    whole table in ``work / imagenet_prior.json``. Each later draw links the first's
+    tuned backbone and feature caches, so it costs only its decoder's training."""
+    kept, kept_result = first, choose_imagenet_prior(first, progress)
+    record = [draw_record(first, kept_result)]
+    for k, train_draw in enumerate(later_draws, 1):
+        share_work(work, work_dir(work / f"draw-{k}"))
+        candidate = train_draw(k)
+        result = choose_imagenet_prior(candidate, progress)
+        record.append(draw_record(candidate, result))
+        if record[-1]["photo_score"] > max(r["photo_score"] for r in record[:-1]):
+            kept, kept_result = candidate, result
+    from ..files import atomic_write_text
+    atomic_write_text(work / "imagenet_prior.json", json.dumps(kept_result, indent=1) + "\n")
+    kept.config["decoder_draws"] = {
+        "rule": "the draw whose chosen prior setting has the best validation photo score; "
+                "ties to the earlier draw",
+        "draws": record, "kept_seed": kept.config["training"]["seed"]}
+    return kept
+
+
+def share_work(first: Path, draw: Path) -> None:
+    """Link the first draw's backbone caches (SHARED_WORK) into a later draw's work folder."""
+    draw.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_WORK:
+        if (first / name).exists() and not (draw / name).exists():
+            (draw / name).symlink_to((first / name).resolve())
+
+
+def draw_record(captioner, result: dict) -> dict:
+    """One decoder draw's line in the card: its seed and its chosen setting's row."""
+    row = next(r for r in result["rows"] if r["weight"] == result["chosen"]
+               and (r["pooling"] == result["chosen_pooling"] or r["weight"] == 0.0))
+    return {"seed": captioner.config["training"]["seed"], "chosen": result["chosen"],
+            "chosen_pooling": result["chosen_pooling"],
+            **{k: row[k] for k in ("exact_match", "photo_nouns", "photo_pairs", "photo_score")}}
+
+
+def choose_imagenet_prior(captioner, progress: bool = True, table: Path | None = None) -> dict:
     """The weight and pooling of the decoder's ImageNet noun prior, chosen on validation
     scenes and validation photos by the rule in evaluation/imagenet_prior.py (`choose-imagenet-prior`),
     set and recorded in the card before anything is evaluated; the whole table (every
@@ -187,6 +251,7 @@ def choose_imagenet_prior(captioner, progress: bool = True, table: Path | None =
     if table is not None:
         from ..files import atomic_write_text
         atomic_write_text(table, json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def held_out_metrics(captioner, world: str, n: int = 500, progress: bool = True) -> dict:
