@@ -143,7 +143,8 @@ def test_the_control_recipe_differs_from_the_bundled_one_only_in_grounding():
 
 @pytest.mark.parametrize("flags, tuned, command_ends", [
     ([], True, "--world objects"), (["--no-tune-tail"], False, "--world objects --no-tune-tail"),
-    (["--cell-precision", "float32"], True, "--world objects")])
+    (["--cell-precision", "float32"], True, "--world objects"),
+    (["--decoder-draws", "3"], True, "--world objects --decoder-draws 3")])
 def test_train_default_tunes_the_tail_unless_told_not_to(monkeypatch, tmp_path, flags, tuned,
                                                           command_ends):
     """The objects recipe tunes Lite0's last block; `--no-tune-tail` keeps it frozen and
@@ -165,6 +166,16 @@ def test_train_default_tunes_the_tail_unless_told_not_to(monkeypatch, tmp_path, 
     assert seen["card"]["training_command"].endswith(command_ends)
     assert ("(frozen)" in seen["card"]["description"]) == (not tuned)
     assert seen["cfg"].cell_precision == ("float32" if "--cell-precision" in flags else "auto")
+
+
+@pytest.mark.parametrize("draws", ["0", "-1", "two"])
+def test_train_default_refuses_a_draw_count_below_one(tmp_path, capsys, draws):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train-default", "--decoder-draws", draws, "--out", str(tmp_path / "b"),
+              "--data", str(tmp_path / "d")])
+    assert exit_.value.code == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "b").exists()
 
 
 def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, tmp_path):
