@@ -119,3 +119,19 @@ def test_tuning_the_tail_without_scene_categories_is_a_clear_error(world, tmp_pa
                       tune_tail={})
     with pytest.raises(ValueError, match="scenes' categories"):
         train(world[0], tmp_path / "bundle", cfg, grounding_file=None, progress=False)
+
+
+def test_a_second_model_built_in_the_same_process_reads_the_trunk_cache(world, tmp_path, monkeypatch):
+    """A later decoder draw builds its own captioner in the recipe's process and reads
+    the first draw's trunk cache: the cache is named by the block, not by the tensors
+    Keras numbers afresh for each model."""
+    dataset, _ = world
+    ids = dataset.splits["train"][:4]
+    first = _captioner(dataset)
+    rows = T.trunk_cache(first, T.split_backbone(first.backbone, 15)[0], 15, dataset, ids,
+                         tmp_path / "trunk", False)
+    monkeypatch.setattr(T, "load_images", lambda *a, **k: pytest.fail("trunk computed again"))
+    second = _captioner(dataset)
+    again = T.trunk_cache(second, T.split_backbone(second.backbone, 15)[0], 15, dataset, ids,
+                          tmp_path / "trunk", False)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(rows))

@@ -101,8 +101,10 @@ def tune_tail(captioner, dataset, train_ids, val_ids, grounding: dict, settings:
     categories = scene_categories(grounding, train_ids)
     y_train = scene_labels(grounding, train_ids, categories)
     y_val = scene_labels(grounding, val_ids, categories)
-    x_train = trunk_cache(captioner, trunk, dataset, train_ids, work / "trunk_train", progress)
-    x_val = trunk_cache(captioner, trunk, dataset, val_ids, work / "trunk_val", progress)
+    x_train = trunk_cache(captioner, trunk, s["from_block"], dataset, train_ids,
+                          work / "trunk_train", progress)
+    x_val = trunk_cache(captioner, trunk, s["from_block"], dataset, val_ids, work / "trunk_val",
+                        progress)
 
     done = work / TAIL_WEIGHTS
     record_path = work / "tail.json"
@@ -165,15 +167,19 @@ def category_probe(labels: np.ndarray, feature_shape) -> keras.layers.Layer:
     return probe
 
 
-def trunk_cache(captioner, trunk, dataset, ids, cache_dir, progress) -> np.ndarray:
-    """The trunk's outputs for these images (float16 memmap, resumable)."""
+def trunk_cache(captioner, trunk, from_block: int, dataset, ids, cache_dir,
+                progress) -> np.ndarray:
+    """The outputs of the trunk (the backbone before block ``from_block``) for these
+    images (float16 memmap, resumable)."""
     run = tf.function(lambda x: trunk(x, training=False), reduce_retracing=True)
 
     def compute(start, stop):
         pixels = load_images([dataset.image_path(i) for i in ids[start: stop]],
                              captioner.input_size, progress=False)
         return run(tf.constant(pixels, tf.float32)).numpy()
-    key = fingerprint(captioner.config["backbone"], trunk.output.name, list(ids))
+    # named by the block, not by the trunk's tensors: Keras numbers those afresh for each
+    # model built in a process, and a later decoder draw builds its own
+    key = fingerprint(captioner.config["backbone"], "trunk before block", from_block, list(ids))
     return cached_array(compute, (len(ids),) + tuple(trunk.output_shape[1:]), key, cache_dir,
                         "caching the backbone trunk", progress)
 
