@@ -566,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-draws", type=_positive_int, default=None, metavar="N",
                    help="objects: train N decoders that differ only in seed and keep the one "
                         "the ImageNet prior's rule scores best on the validation photos "
-                        "(default: the recipe's, 2; each extra draw costs a decoder's training)")
+                        "(default: the recipe's, 1; each extra draw costs a decoder's training and a "
+                        "prior choice, about 10 minutes here)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_default)

@@ -211,15 +211,17 @@ def test_the_objects_recipe_chooses_the_prior_before_it_evaluates(monkeypatch, t
     monkeypatch.setattr(concepts, "build_world_bank", lambda *a, **k: (calls.append("bank"),
                                                                        (_Bank(), {}))[1])
     monkeypatch.setattr(concepts, "save_bank", lambda *a: None)
-    recipes.train_world("objects", tmp_path / "b", tmp_path / "d", progress=False)
-    assert recipes.OBJECTS_RECIPE["decoder_draws"] == 2
+    recipes.train_world("objects", tmp_path / "b", tmp_path / "d", progress=False,
+                        decoder_draws=2)
     assert calls == ["train", "prior", "train", "prior", "evaluate", "familiarity", "save", "bank"]
     assert outs == [tmp_path / "b", tmp_path / "b.work" / "draw-1"]
     table = json.loads((tmp_path / "b.work" / "imagenet_prior.json").read_text())
     assert table["rows"] == _choice(0.5)["rows"]     # every setting's row kept
     calls.clear()
-    recipes.train_world("objects", tmp_path / "c", tmp_path / "d", progress=False, decoder_draws=1)
+    recipes.train_world("objects", tmp_path / "c", tmp_path / "d", progress=False)
+    assert recipes.OBJECTS_RECIPE["decoder_draws"] == 1     # the recipe's own: one draw
     assert calls == ["train", "prior", "evaluate", "familiarity", "save", "bank"]
+    assert json.loads((tmp_path / "c.work" / "imagenet_prior.json").read_text())["chosen"] == 1.0
     calls.clear()
     recipes.train_world("shapes", tmp_path / "s", tmp_path / "d", progress=False)
     assert calls == ["train", "evaluate", "familiarity", "save", "bank"]   # no ImageNet head, no prior
