@@ -28,7 +28,7 @@ from ace_concepts import VALIDATION_SEED, bank_figures, held_out, word_figures  
 def main(argv=None) -> int:
     from source_code.explain.concepts import build_world_bank
     from source_code.explain.pipeline import Explainer
-    from source_code.files import atomic_write_text
+    from source_code.files import write_json
     from source_code.model.bundles import resolve_bundle
     from source_code.model.captioner import Captioner
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
            "load_average": [round(x, 2) for x in os.getloadavg()]}
     out = REPO / "docs" / "results" / f"ace_{bundle.name}_bank_variants.json"
     rows = json.loads(out.read_text()) if out.exists() else []
-    atomic_write_text(out, json.dumps(rows + [row], indent=1) + "\n")
+    write_json(out, rows + [row])
     print(json.dumps(row, indent=1))
     return 0
 

@@ -13,7 +13,6 @@ scene (the fastest of the repeats) and the ratio. The scenes are the bank's own 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from source_code.explain import concepts as C  # noqa: E402
+from source_code.files import write_json  # noqa: E402
 from source_code.model.bundles import resolve_bundle  # noqa: E402
 from source_code.model.captioner import Captioner  # noqa: E402
 
@@ -82,8 +82,7 @@ def main(argv=None) -> dict:
     print(f"  batched / one at a time: {result['speed_up']:.2f} x faster; embeddings differ "
           f"by at most {result['largest_embedding_difference']:.2g}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return result
 
 

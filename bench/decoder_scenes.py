@@ -33,6 +33,7 @@ from source_code.data.objects_world import write_objects_dataset  # noqa: E402
 from source_code.data.worlds import held_out_scenes  # noqa: E402
 from source_code.evaluation.imagenet_prior import PRIOR_SEED  # noqa: E402
 from source_code.evaluation.objects_eval import captions_of, exact_hits  # noqa: E402
+from source_code.files import write_json  # noqa: E402
 from source_code.model.bundles import resolve_bundle  # noqa: E402
 from source_code.model.captioner import Captioner  # noqa: E402
 from source_code.training.recipes import RECIPES, _config  # noqa: E402
@@ -110,8 +111,7 @@ def main(argv=None) -> dict:
               "history": captioner.config["training"]["history"]}
     print(json.dumps(result, indent=1))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
         np.save(args.json.with_suffix(".hits.npy"), right)
     return result
 

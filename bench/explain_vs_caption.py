@@ -98,9 +98,9 @@ def main(argv=None) -> int:
         print(f"  targets: ratio <= {TARGET_RATIO}: {'met' if r['ratio'] <= TARGET_RATIO else 'MISSED'}; "
               f"answer <= 64 KB: {'met' if r['answer_bytes_max'] <= TARGET_BYTES else 'MISSED'}")
     if args.json:
-        from source_code.files import atomic_write_text
-        atomic_write_text(args.json, json.dumps(
-            {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "results": rows}, indent=1))
+        from source_code.files import write_json
+        write_json(args.json, {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                               "results": rows})
     return 0
 
 

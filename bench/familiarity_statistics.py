@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 from scipy.special import softmax  # noqa: E402
 
+from source_code.files import write_json  # noqa: E402
 from source_code.model.familiarity import EVIDENCE_QUANTILES, describe, noun_evidence  # noqa: E402
 
 NEGATIVES = 500
@@ -179,7 +179,7 @@ def main() -> None:
               f"{row['unfamiliar_out_of_world']:9.3f} {row['balanced_accuracy']:9.3f}  "
               f"out-of-world familiar by kind: {row['out_of_world_familiar_by_kind']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

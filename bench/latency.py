@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -226,8 +225,8 @@ def main(argv=None):
             print(f"  {'met   ' if ok else 'MISSED'} {name}")
         t.update(s)
     if args.json:
-        from source_code.files import atomic_write_text
-        atomic_write_text(args.json, json.dumps(dict(t, **info), indent=1))
+        from source_code.files import write_json
+        write_json(args.json, dict(t, **info))
 
 
 if __name__ == "__main__":

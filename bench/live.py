@@ -71,8 +71,8 @@ def main(argv=None) -> int:
           f"{result['seconds']} s = {result['fps']} frames/s (target >= {TARGET_FPS}: "
           f"{'met' if result['fps'] >= TARGET_FPS else 'MISSED'})")
     if args.json:
-        from source_code.files import atomic_write_text
-        atomic_write_text(args.json, json.dumps(result, indent=1))
+        from source_code.files import write_json
+        write_json(args.json, result)
     return 0
 
 

@@ -480,7 +480,8 @@ def main(argv=None) -> int:
                        args.queue_size, args.threads, args.rss_interval, args.warm_up, args.seed)
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        from source_code.files import write_json
+        write_json(args.json, report)
     return 1 if report["problems"] else 0
 
 

@@ -15,7 +15,6 @@ build (``BackboneSpec``), with ImageNet weights and nothing tuned.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from source_code.data.worlds import held_out_scenes  # noqa: E402
 from source_code.evaluation.imagenet_prior import PRIOR_SEED as VAL_SEED  # noqa: E402
+from source_code.files import write_json  # noqa: E402
 from source_code.model.backbone import BackboneSpec, build_backbone  # noqa: E402
 
 # name -> (input size, last stride); last stride 1 runs the last stage dilated
@@ -103,8 +103,7 @@ def main(argv=None) -> dict:
               f"(two-object scenes {r['two_object']:.3f}; under 80 px {r['under_80px']:.3f}, "
               f"80-120 {r['80_120px']:.3f}, larger {r['over_120px']:.3f})", flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return result
 
 

@@ -161,10 +161,10 @@ def main(argv=None) -> int:
               f"clicked as the caption appears: median {r['immediate_median_ms']} ms; background "
               f"requests done {r['background_median_ms']} ms after the caption (medians)")
     if args.json:
-        from source_code.files import atomic_write_text
-        atomic_write_text(args.json, json.dumps(
-            {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "target_ms": TARGET_MS,
-             "results": rows, "step_agreement": agreement}, indent=1))
+        from source_code.files import write_json
+        write_json(args.json, {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                               "target_ms": TARGET_MS, "results": rows,
+                               "step_agreement": agreement})
     return 0
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .data.worlds import held_out_scenes
+from .files import write_json
 from .model.bundles import BUNDLE_ENV, BUNDLES_DIR, DEFAULT_NAME, REPO_ROOT, resolve_bundle
 
 DEFAULT_BUNDLE = BUNDLES_DIR / DEFAULT_NAME
@@ -161,7 +162,7 @@ def cmd_evaluate_synthetic(args) -> int:
                                  **({"degradations": kinds} if kinds else {}))
     print(format_report(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        write_json(args.json, results, indent=2)
     return 0
 
 
@@ -176,7 +177,7 @@ def cmd_evaluate_objects(args) -> int:
                                                progress=not args.quiet)
     print(json.dumps(results, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results, indent=2)
     return 0
 
 
@@ -186,7 +187,7 @@ def cmd_evaluate_photos(args) -> int:
     result = evaluate_photos(captioner, photo_set=args.set)
     print(format_photo_report(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result, indent=2)
     return 0
 
 
@@ -229,14 +230,13 @@ def cmd_calibrate_familiarity(args) -> int:
               f"{fam.evidence_quantile} quantile of {len(negatives)} object-free frames)")
     fam.save(args.bundle)      # only this file changes
     if args.json and fam.evidence_choice:
-        from .files import atomic_write_text
-        atomic_write_text(args.json, json.dumps(
-            {"quantile": fam.evidence_quantile, "threshold": round(fam.evidence_threshold, 4),
-             "floor": fam.floor, "object_free_frames": len(negatives),
-             "rule": "the quantile of object-free frames' evidence whose threshold best "
-                     "separates validation photos of the world from validation frames from "
-                     "outside it (balanced accuracy; ties to the stricter)",
-             "rows": fam.evidence_choice}, indent=1) + "\n")
+        write_json(args.json, {
+            "quantile": fam.evidence_quantile, "threshold": round(fam.evidence_threshold, 4),
+            "floor": fam.floor, "object_free_frames": len(negatives),
+            "rule": "the quantile of object-free frames' evidence whose threshold best "
+                    "separates validation photos of the world from validation frames from "
+                    "outside it (balanced accuracy; ties to the stricter)",
+            "rows": fam.evidence_choice})
     print(f"written to {args.bundle}")
     return 0
 
@@ -244,7 +244,6 @@ def cmd_calibrate_familiarity(args) -> int:
 def cmd_choose_imagenet_prior(args) -> int:
     """Choose the weight of the ImageNet noun prior on validation scenes and record it."""
     from .evaluation.imagenet_prior import VALIDATION_SCENES, card_record, choose_prior_weight
-    from .files import atomic_write_text
     from .model.captioner import CONFIG_FILE
     captioner = _load_captioner(args.bundle)
     if captioner.config.get("world") != "objects" or not captioner.config["decoder"].get("imagenet_head"):
@@ -269,10 +268,10 @@ def cmd_choose_imagenet_prior(args) -> int:
     if captioner.imagenet_prior() != before:             # the card changes only then
         config["decoder"] = captioner.config["decoder"]
         config["imagenet_prior_choice"] = card_record(result)
-        atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+        write_json(config_path, config, indent=2)
         print(f"recorded in {config_path}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return 0
 
 

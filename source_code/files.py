@@ -4,6 +4,7 @@ rename within a file system is atomic); on any failure the temporary file is
 removed and the old file, if any, is left as it was."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -70,3 +71,9 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_json(path: str | os.PathLike, obj, indent: int = 1) -> None:
+    """A result or table as JSON (a newline at the end), all or nothing; the folder is
+    made when missing."""
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")

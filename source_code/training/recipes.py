@@ -6,13 +6,13 @@ all of it in the model card.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from ..files import write_json
 from ..model.backbone import BackboneSpec
 from .tail import TAIL_WEIGHTS
 from .train import TRAIN_FEATURES, VAL_FEATURES, TrainConfig, train, work_dir
@@ -215,8 +215,7 @@ def keep_best_draw(first, later_draws: list, work: Path, progress: bool = True):
         record.append(draw_record(candidate, result))
         if record[-1]["photo_score"] > max(r["photo_score"] for r in record[:-1]):
             kept, kept_result = candidate, result
-    from ..files import atomic_write_text
-    atomic_write_text(work / "imagenet_prior.json", json.dumps(kept_result, indent=1) + "\n")
+    write_json(work / "imagenet_prior.json", kept_result)
     kept.config["decoder_draws"] = {
         "rule": "the draw whose chosen prior setting has the best validation photo score; "
                 "ties to the earlier draw",
@@ -251,8 +250,7 @@ def choose_imagenet_prior(captioner, progress: bool = True, table: Path | None =
     captioner.set_imagenet_prior(result["chosen"], result["chosen_pooling"])
     captioner.config["imagenet_prior_choice"] = card_record(result)
     if table is not None:
-        from ..files import atomic_write_text
-        atomic_write_text(table, json.dumps(result, indent=1) + "\n")
+        write_json(table, result)
     return result
 
 
