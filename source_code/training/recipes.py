@@ -61,7 +61,7 @@ OBJECTS_RECIPE = {
     # The ImageNet noun prior's weight, chosen on validation scenes and photos after training.
     "choose_imagenet_prior": True,
     # Decoders that differ only in training seed differ widely on real photos (validation
-    # photo score 0.68 to 0.79 over five draws, exact match on scenes within 0.015;
+    # photo score 0.68 to 0.79 over six draws, exact match on scenes within 0.015;
     # docs/results/decoder_draws): `--decoder-draws N` trains N and keeps the one the
     # prior's rule scores best. Each extra draw costs about 10 minutes here, so the
     # recipe trains one and stays within 45 minutes (docs/results/recipe_run_draws_2026-12-07.json).
