@@ -60,17 +60,6 @@ def write_all_or_nothing(out: Path, files: dict) -> None:
 
 
 # -- commands -------------------------------------------------------------------
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
 def cmd_synth(args) -> int:
     from .data.synthetic import write_flickr8k_layout
     out = write_flickr8k_layout(args.out, args.images, seed=args.seed, image_size=args.size,
@@ -485,6 +474,7 @@ def _add_bundle(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import video   # light: OpenCV and the model load only when these commands run
     parser = argparse.ArgumentParser(prog="python -m source_code",
                                      description="Explainable image captioning: train, evaluate, caption, explain.")
     parser.add_argument("-v", "--verbose", action="store_true", help="more logging")
@@ -562,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "faster here, 0.02 lower validation exact match)")
     p.add_argument("--cell-precision", default="auto", choices=["auto", "bfloat16", "float32"],
                    help="as for train (auto: bfloat16 where the hardware has it)")
-    p.add_argument("--decoder-draws", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--decoder-draws", type=video.positive_int, default=None, metavar="N",
                    help="objects: train N decoders that differ only in seed and keep the one "
                         "the ImageNet prior's rule scores best on the validation photos "
                         "(default: the recipe's, 1; each extra draw costs a decoder's training and a "
@@ -729,7 +719,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=3, help="beam width baked into the export (1: greedy)")
     p.set_defaults(func=cmd_export)
 
-    from . import video   # light: OpenCV and the model load only when these commands run
     p = sub.add_parser("explain-video",
                        help="caption a video and burn the caption and its Grad-CAM into every frame")
     _add_bundle(p)

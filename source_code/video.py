@@ -34,9 +34,12 @@ class VideoError(Exception):
 
 def positive_int(value: str) -> int:
     """argparse type: an integer >= 1."""
-    n = int(value)
+    import argparse
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
     if n < 1:
-        import argparse
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
 
