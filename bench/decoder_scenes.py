@@ -37,7 +37,7 @@ from source_code.files import write_json  # noqa: E402
 from source_code.model.bundles import resolve_bundle  # noqa: E402
 from source_code.model.captioner import Captioner  # noqa: E402
 from source_code.training.recipes import RECIPES, _config  # noqa: E402
-from source_code.training.tail import TAIL_WEIGHTS, split_backbone  # noqa: E402
+from source_code.training.tail import TAIL_RECORD, TAIL_WEIGHTS, split_backbone  # noqa: E402
 from source_code.training.train import train, work_dir  # noqa: E402
 
 VALIDATION_SCENES = 1500      # the prior choice's validation scenes, from PRIOR_SEED
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
     if not (work / TAIL_WEIGHTS).exists():      # the bundle's tuned tail, not tuned again
         _, tail = split_backbone(shipped.backbone, shipped.config["backbone_tail"]["from_block"])
         tail.save_weights(work / TAIL_WEIGHTS)
-        (work / "tail.json").write_text(json.dumps(shipped.config["backbone_tail"]))
+        (work / TAIL_RECORD).write_text(json.dumps(shipped.config["backbone_tail"]))
     recipe = {**RECIPES["objects"], "images": args.scenes, "seed": train_seed, "epochs": args.epochs,
               "gradcam_start_epoch": args.gradcam_start, "gradcam_ramp_epochs": args.gradcam_ramp}
     t0 = time.time()

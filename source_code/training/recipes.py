@@ -14,7 +14,7 @@ import numpy as np
 
 from ..files import write_json
 from ..model.backbone import BackboneSpec
-from .tail import TAIL_WEIGHTS
+from .tail import TAIL_RECORD, TAIL_WEIGHTS, TRUNK_TRAIN, TRUNK_VAL
 from .train import TRAIN_FEATURES, VAL_FEATURES, TrainConfig, train, work_dir
 
 SHAPES_RECIPE = {
@@ -195,8 +195,7 @@ def _bank_examples(captioner, world: str, progress: bool) -> tuple:
 
 # What a later decoder draw reads from the first draw's work folder instead of making its
 # own: the trunk's cache, the tuned tail (tail.py) and the decoder's cached features.
-SHARED_WORK = ("trunk_train", "trunk_val", TAIL_WEIGHTS, "tail.json", TRAIN_FEATURES,
-               VAL_FEATURES)
+SHARED_WORK = (TRUNK_TRAIN, TRUNK_VAL, TAIL_WEIGHTS, TAIL_RECORD, TRAIN_FEATURES, VAL_FEATURES)
 
 
 def keep_best_draw(first, later_draws: list, work: Path, progress: bool = True):

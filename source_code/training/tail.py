@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 TAIL_DEFAULTS = {"from_block": 15, "epochs": 2, "learning_rate": 1e-4,
                  "probe_learning_rate": 1e-3, "batch_size": 32, "distill_weight": 1.0,
                  "distill_cells": 49}
-TAIL_WEIGHTS = "tail.weights.h5"
+# What tuning keeps in the training work folder: the trunk's caches, the tuned tail, its record.
+TRUNK_TRAIN, TRUNK_VAL = "trunk_train", "trunk_val"
+TAIL_WEIGHTS, TAIL_RECORD = "tail.weights.h5", "tail.json"
 
 
 def split_backbone(backbone: keras.Model, from_block: int) -> tuple[keras.Model, keras.Model]:
@@ -102,12 +104,12 @@ def tune_tail(captioner, dataset, train_ids, val_ids, grounding: dict, settings:
     y_train = scene_labels(grounding, train_ids, categories)
     y_val = scene_labels(grounding, val_ids, categories)
     x_train = trunk_cache(captioner, trunk, s["from_block"], dataset, train_ids,
-                          work / "trunk_train", progress)
-    x_val = trunk_cache(captioner, trunk, s["from_block"], dataset, val_ids, work / "trunk_val",
+                          work / TRUNK_TRAIN, progress)
+    x_val = trunk_cache(captioner, trunk, s["from_block"], dataset, val_ids, work / TRUNK_VAL,
                         progress)
 
     done = work / TAIL_WEIGHTS
-    record_path = work / "tail.json"
+    record_path = work / TAIL_RECORD
     if done.exists() and record_path.exists():        # a resumed run: tuned already
         tail.load_weights(done)
         record = json.loads(record_path.read_text())
