@@ -207,13 +207,14 @@ def keep_best_draw(first, later_draws: list, work: Path, progress: bool = True):
     tuned backbone and feature caches, so it costs only its decoder's training."""
     kept, kept_result = first, choose_imagenet_prior(first, progress)
     record = [draw_record(first, kept_result)]
+    best = record[0]["photo_score"]
     for k, train_draw in enumerate(later_draws, 1):
         share_work(work, work_dir(work / f"draw-{k}"))
         candidate = train_draw(k)
         result = choose_imagenet_prior(candidate, progress)
         record.append(draw_record(candidate, result))
-        if record[-1]["photo_score"] > max(r["photo_score"] for r in record[:-1]):
-            kept, kept_result = candidate, result
+        if record[-1]["photo_score"] > best:
+            kept, kept_result, best = candidate, result, record[-1]["photo_score"]
     write_json(work / "imagenet_prior.json", kept_result)
     kept.config["decoder_draws"] = {
         "rule": "the draw whose chosen prior setting has the best validation photo score; "
@@ -239,17 +240,15 @@ def draw_record(captioner, result: dict) -> dict:
             **{k: row[k] for k in ("exact_match", "photo_nouns", "photo_pairs", "photo_score")}}
 
 
-def choose_imagenet_prior(captioner, progress: bool = True, table: Path | None = None) -> dict:
+def choose_imagenet_prior(captioner, progress: bool = True) -> dict:
     """The weight and pooling of the decoder's ImageNet noun prior, chosen on validation
     scenes and validation photos by the rule in evaluation/imagenet_prior.py (`choose-imagenet-prior`),
-    set and recorded in the card before anything is evaluated; the whole table (every
-    setting's row) written to ``table`` as `choose-imagenet-prior --json` writes it."""
+    set and recorded in the card before anything is evaluated; returns the whole table
+    (every setting's row), as `choose-imagenet-prior --json` writes it."""
     from ..evaluation.imagenet_prior import VALIDATION_SCENES, card_record, choose_prior_weight
     result = choose_prior_weight(captioner, VALIDATION_SCENES, progress=progress)
     captioner.set_imagenet_prior(result["chosen"], result["chosen_pooling"])
     captioner.config["imagenet_prior_choice"] = card_record(result)
-    if table is not None:
-        write_json(table, result)
     return result
 
 
