@@ -48,6 +48,12 @@ P_PHOTO_BACKGROUND = 0.6
 P_JPEG = 0.6
 SOURCE_CACHE = 512                 # decoded cut-outs kept in memory
 CARD_MARGIN = (0.1, 0.6)           # a card's margin around its object / the object's size
+# Two pictures held up side by side: each object fills a panel of its own (a photo,
+# a print, a screen) in one half of the frame, as in the side-by-side photo pairs.
+PANEL_WIDTH = (0.8, 1.0)           # a panel's width / half the frame's side
+PANEL_ASPECT = (0.6, 1.4)          # height / width
+PANEL_OBJECT_SCALE = (0.6, 1.1)   # the object's longer side / the panel's shorter side
+PANEL_MIN_VISIBLE = 0.7            # share of the object's box inside its panel
 
 
 @dataclass
@@ -273,6 +279,16 @@ def _overlap(x: int, y: int, size: tuple[int, int], side: int):
     return frame, part
 
 
+def _layer(cut: Image.Image, x: int, y: int, side: int):
+    """(alpha [side, side], rgb [side, side, 3]) of an RGBA cut-out pasted at (x, y)."""
+    frame, part = _overlap(x, y, cut.size, side)
+    alpha = np.zeros((side, side), np.float32)
+    alpha[frame] = (np.asarray(cut.getchannel("A"), np.float32) / 255.0)[part]
+    rgb = np.zeros((side, side, 3), np.float32)
+    rgb[frame] = np.asarray(cut.convert("RGB"), np.float32)[part]
+    return alpha, rgb
+
+
 def _camera(rng, canvas: np.ndarray) -> np.ndarray:
     """Webcam-like light, focus, sensor noise and compression."""
     side = canvas.shape[0]
@@ -324,10 +340,58 @@ def _paint_cards(rng, catalog: Catalog, canvas: np.ndarray, sizes, corners,
     return canvas
 
 
+def _panel_box(rng, half: int, side: int) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h) of a panel in the ``half``-th (0: left, 1: right) half of the frame."""
+    w = int(side / 2 * rng.uniform(*PANEL_WIDTH))
+    h = min(int(w * rng.uniform(*PANEL_ASPECT)), side)
+    x0 = half * side // 2 + int(rng.integers(0, side // 2 - w + 1))
+    return x0, int(rng.integers(0, side - h + 1)), w, h
+
+
+def _paint_panels(rng, catalog: Catalog, side: int, sources: list, tries: int = 50):
+    """Two panels side by side on a plain surface, each with a background of its own
+    and one object (from ``sources``, left first) large in it, cut by the panel's edges
+    as a photo cuts its subject. Returns (canvas, per object (alpha, rgb) to composite),
+    or None when no draw put the objects clearly side by side."""
+    for _ in range(tries):
+        canvas = _plain_background(rng, side)
+        layers = []
+        for half, source in enumerate(sources):
+            x0, y0, w, h = _panel_box(rng, half, side)
+            panel = Image.fromarray(_background(rng, catalog, max(w, h)).astype(np.uint8))
+            canvas[y0:y0 + h, x0:x0 + w] = np.asarray(panel.crop((0, 0, w, h)), np.float32)
+            cut = _prepare_cutout(rng, _cutout(_source_key(source)),
+                                  int(min(w, h) * rng.uniform(*PANEL_OBJECT_SCALE)))
+            keep = PANEL_MIN_VISIBLE
+            x, y = (lo + int(rng.integers(-int((1 - keep) * e), max(n - int(keep * e), 0) + 1))
+                    for lo, e, n in ((x0, cut.width, w), (y0, cut.height, h)))
+            alpha, rgb = _layer(cut, x, y, side)
+            outside = np.ones((side, side), bool)
+            outside[y0:y0 + h, x0:x0 + w] = False
+            alpha[outside] = 0.0
+            layers.append((alpha, rgb))
+        (ax, ay), (bx, by) = (_mask_center(alpha >= 0.5) for alpha, _ in layers)
+        dx, dy = bx - ax, abs(by - ay)
+        if dx > 0 and dy <= AMBIGUITY_RATIO * dx:
+            return canvas, layers
+    return None
+
+
+def _mask_center(mask: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return (math.nan, math.nan)
+    return (cols[0] + cols[-1] + 1) / 2, (rows[0] + rows[-1] + 1) / 2
+
+
 def generate_object_scene(seed: int, image_size: int = 224, n_objects: int | None = None,
-                          catalog: Catalog | None = None, cards: float = 0.0) -> ObjectScene:
+                          catalog: Catalog | None = None, cards: float = 0.0,
+                          panels: float = 0.0) -> ObjectScene:
     """One captioned scene, deterministic for a seed and catalogue; ``cards``: the
-    chance that each object comes on a card of its own (see ``_paint_cards``)."""
+    chance that each object comes on a card of its own (see ``_paint_cards``);
+    ``panels``: the chance that a two-object scene shows its objects on two panels
+    side by side (``_paint_panels``). Both draw from random streams of their own, so a
+    scene that has neither is the scene it was without them."""
     catalog = catalog or default_world()
     names = sorted(n for n, c in catalog.categories.items() if c.sources)
     rng = np.random.default_rng(int(seed))
@@ -350,16 +414,18 @@ def generate_object_scene(seed: int, image_size: int = 224, n_objects: int | Non
         if corners is not None:
             break
     canvas = _background(rng, catalog, side)
-    if cards:
-        canvas = _paint_cards(np.random.default_rng([int(seed), 2]), catalog, canvas,
-                              [c.size for c in cutouts], corners, cards)
+    panel_rng = np.random.default_rng([int(seed), 3])
+    painted = (_paint_panels(panel_rng, catalog, side, sources)
+               if n_objects == 2 and panels and panel_rng.random() < panels else None)
+    if painted is not None:
+        canvas, layers = painted
+    else:
+        if cards:
+            canvas = _paint_cards(np.random.default_rng([int(seed), 2]), catalog, canvas,
+                                  [c.size for c in cutouts], corners, cards)
+        layers = [_layer(cut, x, y, side) for cut, (x, y) in zip(cutouts, corners)]
     objects = []
-    for name, source, cut, (x, y) in zip(chosen, sources, cutouts, corners):
-        frame, part = _overlap(x, y, cut.size, side)
-        alpha = np.zeros((side, side), np.float32)
-        alpha[frame] = (np.asarray(cut.getchannel("A"), np.float32) / 255.0)[part]
-        rgb = np.zeros((side, side, 3), np.float32)
-        rgb[frame] = np.asarray(cut.convert("RGB"), np.float32)[part]
+    for name, source, (alpha, rgb) in zip(chosen, sources, layers):
         canvas = canvas * (1 - alpha[..., None]) + rgb * alpha[..., None]
         mask = alpha >= 0.5
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
@@ -388,10 +454,10 @@ def scene_file_name(seed: int) -> str:
     return f"objects_{int(seed):07d}.jpg"
 
 
-def _write_scene(seed: int, images: Path, image_size: int,
-                 cards: float = 0.0) -> tuple[str, str, str]:
+def _write_scene(seed: int, images: Path, image_size: int, cards: float = 0.0,
+                 panels: float = 0.0) -> tuple[str, str, str]:
     """Draw scene ``seed``, write its JPEG; (file name, caption, scenes.jsonl record)."""
-    scene = generate_object_scene(seed, image_size, cards=cards)
+    scene = generate_object_scene(seed, image_size, cards=cards, panels=panels)
     name = scene_file_name(seed)
     with atomic_path(images / name) as tmp:
         Image.fromarray(scene.image).save(tmp, format="JPEG", quality=95)
@@ -404,9 +470,10 @@ def _write_scene(seed: int, images: Path, image_size: int,
 
 def write_objects_dataset(out_dir, n_images: int, seed: int = 0, image_size: int = 224,
                           split: Sequence[float] = (0.9, 0.1, 0.0), progress: bool = True,
-                          workers: int | None = None, cards: float = 0.0) -> Path:
-    """Scenes ``seed .. seed + n_images - 1`` in the Flickr8k layout (``cards``: see
-    ``generate_object_scene``), with ``scenes.jsonl``
+                          workers: int | None = None, cards: float = 0.0,
+                          panels: float = 0.0) -> Path:
+    """Scenes ``seed .. seed + n_images - 1`` in the Flickr8k layout (``cards``,
+    ``panels``: see ``generate_object_scene``), with ``scenes.jsonl``
     (file, seed, caption, objects with category, source and bbox, and which object each
     caption word names) for grounding. Files are written under temporary names and
     renamed, the text files last, so an interrupted run leaves nothing half-written.
@@ -421,7 +488,8 @@ def write_objects_dataset(out_dir, n_images: int, seed: int = 0, image_size: int
     images.mkdir(parents=True, exist_ok=True)
     default_world()         # missing asset packages fail here, not in a worker
     n = int(n_images)
-    written = in_workers(partial(_write_scene, images=images, image_size=image_size, cards=cards),
+    written = in_workers(partial(_write_scene, images=images, image_size=image_size, cards=cards,
+                                 panels=panels),
                          range(seed, seed + n), n, "object scenes", progress, workers)
     names = [name for name, _, _ in written]
     n_train, n_dev, _ = _split_counts(len(names), split)
