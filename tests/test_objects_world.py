@@ -80,6 +80,31 @@ def test_cards_change_what_is_around_objects_and_nothing_they_are_graded_on(worl
         assert not (changed & ~near).any()
 
 
+def test_panels_put_two_objects_side_by_side_each_in_its_half(world):
+    """Two pictures held up side by side: each object lies in its own half of the frame,
+    the caption says "left of" in reading order, the masks and boxes match; one-object
+    scenes and scenes whose draw said no panels are the scenes they were."""
+    from source_code.data.objects_world import generate_object_scene
+    paneled = 0
+    for seed in range(24):
+        plain = generate_object_scene(seed, 128, catalog=world)
+        scene = generate_object_scene(seed, 128, catalog=world, panels=0.5)
+        again = generate_object_scene(seed, 128, catalog=world, panels=0.5)
+        assert np.array_equal(scene.image, again.image) and scene.caption == again.caption
+        if np.array_equal(scene.image, plain.image):
+            assert scene.caption == plain.caption
+            continue
+        paneled += 1
+        assert len(scene.objects) == 2 and scene.relation == "left of"
+        assert sorted(o.category for o in scene.objects) == sorted(o.category for o in plain.objects)
+        left, right = scene.objects
+        assert left.mask[:, 64:].sum() == 0 and right.mask[:, :64].sum() == 0
+        for o in scene.objects:
+            x0, y0, x1, y1 = o.bbox
+            assert o.mask.any() and o.mask[y0:y1, x0:x1].sum() == o.mask.sum()
+    assert 3 <= paneled <= 12        # about half of the two-object scenes
+
+
 def test_close_ups_fill_the_frame_and_may_be_cut_by_its_edges(world):
     """Webcam framing: some one-object scenes show the object larger than the frame,
     cut by an edge, yet mostly inside; mask and box describe only the visible part."""
