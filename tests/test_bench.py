@@ -170,3 +170,28 @@ def test_familiarity_statistics_benchmark_scores_every_statistic(tmp_path):
                                                                   "blobs", "noise"}
     best = result["best"]["noun_cell"]
     assert best["balanced_accuracy"] == max(r["balanced_accuracy"] for r in result["rows"]["noun_cell"])
+
+
+def test_pair_halves_shows_each_photo_alone_where_the_pair_puts_it():
+    """The left-alone frame is the pair's left half with a blank right half, and the
+    other way round; every noun a pair misses is put down to one cause."""
+    import numpy as np
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import pair_halves
+    rng = np.random.default_rng(0)
+    left, right = (rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(2))
+    pair, left_alone, right_alone = pair_halves.pair_frames(left, right)
+    half = pair.shape[1] // 2
+    assert np.array_equal(left_alone[:, :half], pair[:, :half])
+    assert np.array_equal(right_alone[:, half:], pair[:, half:])
+    assert (left_alone[:, half:] == 128).all() and (right_alone[:, :half] == 128).all()
+    rows = [dict(both_named=False, left_in_pair=True, right_in_pair=False, left_alone=True,
+                 right_alone=True),
+            dict(both_named=False, left_in_pair=False, right_in_pair=False, left_alone=False,
+                 right_alone=True),
+            dict(both_named=True, left_in_pair=True, right_in_pair=True, left_alone=False,
+                 right_alone=True)]
+    result = pair_halves.summarise(rows)
+    assert result["missed_nouns"] == {"to_the_other_photo": 2, "at_half_size": 1}
+    assert result["both_named"] == pytest.approx(1 / 3, abs=1e-4) and result["both_named_alone"] == pytest.approx(1 / 3, abs=1e-4)
+    assert result["left_in_pair"] == pytest.approx(2 / 3, abs=1e-4) and result["right_in_pair"] == pytest.approx(1 / 3, abs=1e-4)
