@@ -1,7 +1,7 @@
 """Does the decoder gain from more distinct scenes, objects on cards or on panels? Validation only.
 
     python bench/decoder_scenes.py --scenes 32000 --epochs 3 --gradcam-start 1 --gradcam-ramp 2 \
-        [--cards 0.5] [--panels 0.5] [--photos] --work DIR [--json FILE]
+        [--cards 0.5] [--panels 0.5] [--input-size 384] [--photos] --work DIR [--json FILE]
 
 Trains a decoder with the objects recipe on the bundle's own tuned backbone (its tail
 is not tuned again: the work folder is seeded with it), on ``--scenes`` scenes of the
@@ -10,7 +10,10 @@ and no prior on the 1,500 prior-choice validation scenes (seeds 80,000,000+), th
 scenes designs are chosen on. ``--cards P``: each object of the training scenes comes on
 a card of its own with probability P; ``--panels P``: a two-object scene shows its
 objects on two panels side by side with probability P
-(``objects_world.generate_object_scene``).
+(``objects_world.generate_object_scene``). ``--input-size S``: the backbone reads
+frames (and the training scenes are drawn) at S px instead of the bundle's size; the
+validation scenes stay drawn at the bundle's size (each captioner resizes them), so
+exact match compares like with like.
 ``--photos``: also scores the validation photographs and pairs (never the test
 photos) with the bundle's prior and without, and the scenes' exact match with the prior.
 ``--train-seed``: another training seed on the same scenes. Writes the per-scene hits
@@ -71,6 +74,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--cards", type=float, default=0.0, help="chance of a card behind each object")
     ap.add_argument("--panels", type=float, default=0.0,
                     help="chance that a two-object scene comes on two panels side by side")
+    ap.add_argument("--input-size", type=int, help="frames read at this size (default: the bundle's)")
     ap.add_argument("--photos", action="store_true", help="also score the validation photos")
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (scenes, caches)")
     ap.add_argument("--json", type=Path)
@@ -78,10 +82,12 @@ def main(argv=None) -> dict:
     shipped = Captioner.load(resolve_bundle(args.bundle))
     name = (f"{args.scenes}" + (f"_cards{args.cards:g}" if args.cards else "")
             + (f"_panels{args.panels:g}" if args.panels else "")
+            + (f"_{args.input_size}px" if args.input_size else "")
             + (f"_seed{args.seed}" if args.seed else ""))
     data = args.work / f"data{name}"
     if not (data / "Flickr8k.token.txt").exists():
-        write_objects_dataset(data, args.scenes, seed=args.seed, image_size=shipped.input_size,
+        size = args.input_size or shipped.input_size
+        write_objects_dataset(data, args.scenes, seed=args.seed, image_size=size,
                               progress=False, cards=args.cards, panels=args.panels)
     train_seed = args.seed if args.train_seed is None else args.train_seed
     out = args.work / (f"objects{name}" + (f"_train{train_seed}" if train_seed != args.seed else ""))
@@ -93,6 +99,9 @@ def main(argv=None) -> dict:
         (work / TAIL_RECORD).write_text(json.dumps(shipped.config["backbone_tail"]))
     recipe = {**RECIPES["objects"], "images": args.scenes, "seed": train_seed, "epochs": args.epochs,
               "gradcam_start_epoch": args.gradcam_start, "gradcam_ramp_epochs": args.gradcam_ramp}
+    if args.input_size:
+        recipe["backbone"] = {**recipe["backbone"], "input_size": args.input_size}
+        recipe["image_size"] = args.input_size
     t0 = time.time()
     captioner = train(load_dataset("flickr8k", data), out, _config(recipe, None),
                       grounding_file=data / "scenes.jsonl", progress=False,
@@ -108,7 +117,8 @@ def main(argv=None) -> dict:
     right = np.array(exact_hits(scenes, captions_of(captioner, scenes)))
     two = np.array([len(s.objects) == 2 for s in scenes])
     result = {"scenes": args.scenes, "seed": args.seed, "train_seed": train_seed,
-              "cards": args.cards, "panels": args.panels, "epochs": args.epochs, "gradcam_start_epoch": args.gradcam_start,
+              "cards": args.cards, "panels": args.panels,
+              "input_size": captioner.input_size, "epochs": args.epochs, "gradcam_start_epoch": args.gradcam_start,
               "gradcam_ramp_epochs": args.gradcam_ramp, "exact": float(right.mean()),
               "exact_with_prior": with_prior,
               "one_object": float(right[~two].mean()), "two_object": float(right[two].mean()),
