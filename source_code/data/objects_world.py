@@ -370,18 +370,22 @@ def _paint_panels(rng, catalog: Catalog, side: int, sources: list, tries: int = 
             outside[y0:y0 + h, x0:x0 + w] = False
             alpha[outside] = 0.0
             layers.append((alpha, rgb))
-        (ax, ay), (bx, by) = (_mask_center(alpha >= 0.5) for alpha, _ in layers)
+        boxes = [_mask_box(alpha >= 0.5) for alpha, _ in layers]
+        if None in boxes:
+            continue
+        (ax, ay), (bx, by) = (((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in boxes)
         dx, dy = bx - ax, abs(by - ay)
         if dx > 0 and dy <= AMBIGUITY_RATIO * dx:
             return canvas, layers
     return None
 
 
-def _mask_center(mask: np.ndarray) -> tuple[float, float]:
+def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """x0, y0, x1, y1 (exclusive) of a mask's pixels; None for an empty mask."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows):
-        return (math.nan, math.nan)
-    return (cols[0] + cols[-1] + 1) / 2, (rows[0] + rows[-1] + 1) / 2
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def generate_object_scene(seed: int, image_size: int = 224, n_objects: int | None = None,
@@ -428,9 +432,7 @@ def generate_object_scene(seed: int, image_size: int = 224, n_objects: int | Non
     for name, source, (alpha, rgb) in zip(chosen, sources, layers):
         canvas = canvas * (1 - alpha[..., None]) + rgb * alpha[..., None]
         mask = alpha >= 0.5
-        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        bbox = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-        objects.append(WorldObject(str(name), _source_name(source), mask, bbox))
+        objects.append(WorldObject(str(name), _source_name(source), mask, _mask_box(mask)))
     image = _camera(rng, canvas)
     relation = None
     if n_objects == 2:
