@@ -39,11 +39,8 @@ def pair_frames(left: np.ndarray, right: np.ndarray) -> list[np.ndarray]:
 
 
 def captions(captioner, frames: list[np.ndarray]) -> list[str]:
-    out = []
-    for s in range(0, len(frames), BATCH):
-        parts = captioner.cell_parts(captioner.features(captioner.preprocess(frames[s:s + BATCH])))
-        out += [c.text for c in captioner.decode_parts(parts, beam_width=3)]
-    return out
+    return [c.text for s in range(0, len(frames), BATCH)
+            for c in captioner.caption(frames[s:s + BATCH], beam_width=3)]
 
 
 def summarise(rows: list[dict]) -> dict:
