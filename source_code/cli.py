@@ -595,9 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate-photos", help="real photographs from installed packages (a test set only)")
     _add_bundle(p)
-    p.add_argument("--set", choices=("test", "validation"), default="test",
-                   help="the test photos (scikit-image, scikit-learn, matplotlib) or the "
-                        "validation photos (GCompris) that choices are made on")
+    p.add_argument("--set", choices=("test", "validation", "opencv"), default="test",
+                   help="the test photos (scikit-image, scikit-learn, matplotlib), the "
+                        "validation photos (GCompris) that choices are made on, or the "
+                        "second validation set (OpenCV's samples, opencv-doc) that checks them")
     p.add_argument("--json", default=None, help="also write the results here")
     p.set_defaults(func=cmd_evaluate_photos)
 

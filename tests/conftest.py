@@ -177,3 +177,16 @@ def need_gcompris():
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: they must be installed)")
     pytest.skip(reason)
+
+
+def need_opencv_samples():
+    """Skip (fail under CI=true) a test that reads the second validation set when
+    Debian's opencv-doc (OpenCV's sample images) is missing."""
+    import os
+    from source_code.evaluation.photos import OPENCV_EXAMPLES
+    if OPENCV_EXAMPLES.is_dir():
+        return
+    reason = "the second validation set needs Debian's opencv-doc"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: it must be installed)")
+    pytest.skip(reason)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import REPO, need_gcompris
+from conftest import REPO, need_gcompris, need_opencv_samples
 
 
 def test_validation_and_test_photos_never_share_a_source_or_a_package():
@@ -17,7 +17,36 @@ def test_validation_and_test_photos_never_share_a_source_or_a_package():
     assert len(set(validation)) == len(validation)          # no photo counted twice
     test_kinds = {s.split(":")[0] for s in test}
     assert {s.split(":")[0] for s in validation} == {"gcompris", "made"}
-    assert not test_kinds & {"gcompris", "made"}
+    assert not test_kinds & {"gcompris", "made", "opencv"}
+
+
+def test_the_opencv_set_reads_its_own_package_as_rgb_photos_of_world_nouns():
+    need_opencv_samples()
+    from source_code.data.objects_world import default_world
+    from source_code.evaluation.photos import load_photo
+    from source_code.evaluation.validation_photos import OPENCV_IN_WORLD, OPENCV_OUT_OF_WORLD
+    sources = [e[0] for e in OPENCV_IN_WORLD + OPENCV_OUT_OF_WORLD]
+    assert len(set(sources)) == len(sources) and {s.split(":")[0] for s in sources} == {"opencv"}
+    assert {"person"} <= set().union(*(e[2] for e in OPENCV_IN_WORLD))   # what GCompris lacks
+    nouns = set(default_world().categories)
+    for source, _, accept in OPENCV_IN_WORLD:
+        assert accept <= nouns, source
+    for source in sources:
+        image = load_photo(source)
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, source
+        assert min(image.shape[:2]) >= 100 and np.ptp(image) > 50, source   # (blurred text: 82)
+
+
+def test_a_validation_set_with_a_missing_photo_refuses_to_be_scored(monkeypatch, tmp_path):
+    """A set that choices are checked on must not silently shrink (the test set skips)."""
+    from source_code.evaluation import photos
+    monkeypatch.setattr(photos, "OPENCV_EXAMPLES", tmp_path)
+    photos.load_photo.cache_clear()
+    try:
+        with pytest.raises(OSError, match="opencv-doc"):
+            photos.evaluate_photos(object(), photo_set="opencv")
+    finally:
+        photos.load_photo.cache_clear()
 
 
 def test_every_validation_photo_reads_as_an_rgb_frame_and_names_a_world_noun():
@@ -80,7 +109,7 @@ def test_a_missing_member_of_a_gcompris_activity_is_a_clear_error():
 
 def test_an_unknown_photo_set_is_a_clear_error():
     from source_code.evaluation.photos import photo_entries
-    with pytest.raises(ValueError, match="test or validation"):
+    with pytest.raises(ValueError, match="test, validation, opencv"):
         photo_entries("training")
 
 

@@ -46,6 +46,8 @@ OUT_OF_WORLD = [
     ("skimage:gravel.png", "gravel texture"),
 ]
 VARIANTS = ("original", "mirrored", "zoomed", "dimmed", "jpeg")
+PHOTO_SETS = ("test", "validation", "opencv")
+OPENCV_EXAMPLES = Path("/usr/share/doc/opencv-doc/examples")
 OUT_OF_WORLD_VARIANTS = ("original", "mirrored", "dimmed")
 
 
@@ -59,6 +61,8 @@ def _package_dir(kind: str) -> Path:
     if kind == "matplotlib":
         import matplotlib
         return Path(matplotlib.get_data_path()) / "sample_data"
+    if kind == "opencv":        # Debian's opencv-doc: validation photos only
+        return OPENCV_EXAMPLES
     raise ValueError(f"unknown photo source {kind!r}")
 
 
@@ -113,8 +117,8 @@ def all_available(entries, what: str):
     if len(readable) < len(entries):
         missing = sorted(set(e[0] for e in entries) - set(e[0] for e in readable))
         raise OSError(f"{len(missing)} {what} could not be read (first: {missing[0]}): "
-                      f"install Debian's gcompris-qt-data and PySide6-Essentials "
-                      f"(requirements.txt)")
+                      f"install Debian's gcompris-qt-data and opencv-doc, and "
+                      f"PySide6-Essentials (requirements.txt)")
     return entries
 
 
@@ -137,12 +141,13 @@ def _frames(captioner, images):
 
 
 def evaluate_photos(captioner, variants=VARIANTS, photo_set: str = "test") -> dict:
-    """The test photos (``photo_set="test"``: every pair of different nouns) or the
-    validation photos (``"validation"``: ``validation_photos.PAIRS`` drawn pairs)."""
+    """The test photos (``photo_set="test"``: every pair of different nouns) or a set of
+    validation photos (``"validation"``: GCompris's, ``"opencv"``: OpenCV's samples;
+    ``validation_photos.PAIRS`` drawn pairs), which must all be readable."""
     rows, right, familiar_in = [], 0, 0
     in_world_all, out_of_world, pair_ids = photo_entries(photo_set)
-    in_world = (all_available(in_world_all, "validation photos") if photo_set == "validation"
-                else available(in_world_all))
+    in_world = (available(in_world_all) if photo_set == "test"
+                else all_available(in_world_all, "validation photos"))
     known = set(captioner.vocab.tokens)
     for source, what, nouns in in_world:
         frames = [variant(load_photo(source), v) for v in variants]
@@ -166,7 +171,8 @@ def evaluate_photos(captioner, variants=VARIANTS, photo_set: str = "test") -> di
                       "both_named": bool(said & na and said & nb), "familiar": fam,
                       "nouns_in_vocabulary": bool(na & known and nb & known)})
     out_rows, unfamiliar_out = [], 0
-    for source, what in available(out_of_world):
+    for source, what in (available(out_of_world) if photo_set == "test"
+                         else all_available(out_of_world, "out-of-world validation frames")):
         frames = [variant(load_photo(source), v) for v in OUT_OF_WORLD_VARIANTS]
         captions, fam = _frames(captioner, frames)
         for v, cap, (ok_fam, score) in zip(OUT_OF_WORLD_VARIANTS, captions, fam):
@@ -198,11 +204,15 @@ def photo_entries(photo_set: str):
     the in-world entries giving the pairs to try)."""
     if photo_set == "test":
         return IN_WORLD, OUT_OF_WORLD, None
+    from . import validation_photos as v
+
+    def drawn_pairs(entries):
+        return [(entries[i], entries[j]) for i, j in v.validation_pairs(entries)]
     if photo_set == "validation":
-        from .validation_photos import IN_WORLD_VALIDATION, OUT_OF_WORLD_VALIDATION, validation_pairs
-        return (IN_WORLD_VALIDATION, OUT_OF_WORLD_VALIDATION,
-                lambda entries: [(entries[i], entries[j]) for i, j in validation_pairs(entries)])
-    raise ValueError(f"unknown photo set {photo_set!r}: test or validation")
+        return v.IN_WORLD_VALIDATION, v.OUT_OF_WORLD_VALIDATION, drawn_pairs
+    if photo_set == "opencv":
+        return v.OPENCV_IN_WORLD, v.OPENCV_OUT_OF_WORLD, drawn_pairs
+    raise ValueError(f"unknown photo set {photo_set!r}: {', '.join(PHOTO_SETS)}")
 
 
 def per_noun_rates(rows: list[dict]) -> dict[str, float]:

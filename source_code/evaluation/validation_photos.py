@@ -10,6 +10,13 @@ the planets and the sun, and frames made here from a seed (printed text, star
 fields, stained blobs like a microscope slide, noise), none of them the test set's
 out-of-world images.
 
+A second validation set, ``OPENCV_IN_WORLD`` / ``OPENCV_OUT_OF_WORLD``: OpenCV's
+sample images from Debian's ``opencv-doc`` (Apache-2.0 AND BSD-3-Clause), everyday
+photographs (people among them, which GCompris has none of) and frames from outside
+the world, listed the same way before any model read them. The recipe's choices stay
+on GCompris's set, so that a re-trained bundle makes the shipped bundle's choices;
+``evaluate-photos --set opencv`` checks them on photographs from a second source.
+
 ``evaluation/photos.py`` (the test set, scikit-image / scikit-learn / matplotlib
 photos) and this module are disjoint by construction: different packages.
 """
@@ -56,6 +63,35 @@ OUT_OF_WORLD_VALIDATION = (
         ("blobs", "stained blobs, like a microscope slide (made here)"),
         ("noise", "coloured noise (made here)")) for seed in range(3)]
 )
+
+# (file under opencv-doc's examples/, what it shows, the nouns a person would accept)
+OPENCV_IN_WORLD = [(f"opencv:{f}", what, nouns) for f, what, nouns in (
+    ("data/messi5.jpg", "a footballer kicking a ball", {"person", "ball"}),
+    ("data/basketball1.png", "two men indoors, one holding a basketball", {"person", "ball"}),
+    ("data/apple.jpg", "an apple", {"apple"}),
+    ("data/orange.jpg", "an orange", {"orange"}),
+    ("data/fruits.jpg", "cut oranges, lemons, a lime and a kiwi", {"orange"}),
+    ("data/building.jpg", "a hotel building", {"building"}),
+    ("data/home.jpg", "a palace under a sky with birds", {"building"}),
+    ("data/leuvenA.jpg", "old houses along a street", {"building"}),
+    ("reg/home.png", "a brick house", {"building"}),
+    ("hfs/data/000.jpg", "a robin on a post", {"bird"}),
+    ("hfs/data/002.jpg", "a tree on a meadow", {"tree"}),
+    ("alphamat/input_images/plant.jpg", "a potted plant", {"plant"}),
+    ("data/chicky_512.png", "a small dog", {"dog"}),
+    ("data/licenseplate_motion.jpg", "the back of a car", {"car"}),
+    ("data/ela_original.jpg", "a notebook with an elastic band", {"book"}))]
+OPENCV_OUT_OF_WORLD = [(f"opencv:{f}", what) for f, what in (
+    ("data/board.jpg", "a circuit board"),
+    ("data/sudoku.png", "a printed sudoku"),
+    ("data/left01.jpg", "a calibration chessboard held up (grey)"),
+    ("data/chessboard.png", "a chessboard pattern"),
+    ("data/pca_test1.jpg", "black bars on a white card"),
+    ("data/digits.png", "handwritten digits"),
+    ("data/text_defocus.jpg", "blurred printed text"),
+    ("data/starry_night.jpg", "The Starry Night, a painting"),
+    ("ximgproc/stanford.png", "a street map (a screenshot)"))]
+
 PAIRS = 60           # side-by-side validation pairs, drawn with PAIR_SEED
 PAIR_SEED = 0
 MADE_SIZE = 480
