@@ -1,7 +1,7 @@
 """Which evidence tells a real frame of the objects world from a frame from outside it?
 
     python bench/familiarity_statistics.py [--bundle objects] [--scenes 2000] [--seed 0] [--negatives 500]
-                                           [--json FILE]
+                                           [--sets validation[,opencv]] [--json FILE]
 
 Familiarity's shipped evidence is the surest grid cell's ImageNet probability of one
 caption noun's classes (``model/familiarity.py``). This compares it with other
@@ -21,6 +21,9 @@ the bundle's floor), on the validation frames only (never the test photos):
   ImageNet class (scissors, cake, key, tree) and the world's backgrounds;
 - ``noun_cell_and_probe``: familiar when both pass (their two quantiles chosen
   together).
+
+``--sets``: the validation sets whose frames are pooled (``validation``: GCompris's,
+the one the recipe chooses on; ``opencv``: the second set, OpenCV's samples).
 
 Prints the best row of each with the share of each kind of out-of-world frame called
 familiar, and writes every row (``--json``).
@@ -137,6 +140,23 @@ def compare(sets: dict, floor: float) -> dict:
     return {"best": best, "rows": rows}
 
 
+def validation_frames(sets: list[str]) -> tuple[list, list, list]:
+    """(in-world frames, out-of-world frames, each out-of-world frame's kind) of the
+    named validation sets, pooled."""
+    from source_code.evaluation import validation_photos as v
+    from source_code.evaluation.photos import OUT_OF_WORLD_VARIANTS
+    chosen = {"validation": (v.IN_WORLD_VALIDATION, v.OUT_OF_WORLD_VALIDATION),
+              "opencv": (v.OPENCV_IN_WORLD, v.OPENCV_OUT_OF_WORLD)}
+    in_world, out_of_world, kinds = [], [], []
+    for name in sets:
+        inside, outside = chosen[name]
+        in_world += [frame for frame, _ in v.in_world_frames(inside)]
+        out_of_world += v.out_of_world_frames(outside)
+        kinds += [{"gcompris": "planet", "made": source.split(":")[1]}.get(source.split(":")[0], "opencv")
+                  for source, _ in outside for _ in OUT_OF_WORLD_VARIANTS]
+    return in_world, out_of_world, kinds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default="objects")
@@ -144,20 +164,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the probe's training seed")
     parser.add_argument("--negatives", type=int, default=NEGATIVES,
                         help="held-out frames without an object (the bundle's own choice: 500)")
+    parser.add_argument("--sets", default="validation",
+                        help="validation sets to pool, comma-separated: validation, opencv")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args()
-    from source_code.evaluation.validation_photos import OUT_OF_WORLD_VALIDATION
-    from source_code.evaluation.photos import OUT_OF_WORLD_VARIANTS
     from source_code.model.bundles import resolve_bundle
     from source_code.model.captioner import Captioner
-    from source_code.training.recipes import (familiarity_negatives, familiarity_validation,
-                                              feature_maps_of)
+    from source_code.training.recipes import familiarity_negatives, feature_maps_of
     captioner = Captioner.load(resolve_bundle(args.bundle))
     classifier = captioner.imagenet_noun_classifier()
     if classifier is None or captioner.familiarity is None:
         raise SystemExit(f"{args.bundle}: needs a bundle with familiarity and an ImageNet classifier")
     probe = train_object_probe(captioner, args.scenes, args.seed)
-    in_world, out_of_world = familiarity_validation("objects")
+    sets_read = args.sets.split(",")
+    in_world, out_of_world, kinds = validation_frames(sets_read)
     frames = {"negative": familiarity_negatives("objects", args.negatives, captioner.input_size),
               "in_world": in_world, "out_of_world": out_of_world}
     sets = {}
@@ -165,10 +185,9 @@ def main() -> None:
         maps = feature_maps_of(captioner, images)
         sets[name] = dict(statistics(maps, classifier, probe),
                           p=captioner.familiarity.p_values(describe(maps)))
-    sets["out_of_world"]["kind"] = [("planet" if source.startswith("gcompris") else source.split(":")[1])
-                                    for source, _ in OUT_OF_WORLD_VALIDATION
-                                    for _ in OUT_OF_WORLD_VARIANTS]
-    result = dict(bundle=args.bundle, floor=captioner.familiarity.floor, negatives=args.negatives,
+    sets["out_of_world"]["kind"] = kinds
+    result = dict(bundle=args.bundle, validation_sets=sets_read,
+                  floor=captioner.familiarity.floor, negatives=args.negatives,
                   in_world_frames=len(in_world), out_of_world_frames=len(out_of_world),
                   probe={"training_scenes": args.scenes, "epochs": PROBE_EPOCHS, "seed": args.seed,
                          "covered": COVERED},

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import finish_logged, need_gcompris, start_logged, stop_logged
+from conftest import finish_logged, need_gcompris, need_opencv_samples, start_logged, stop_logged
 
 
 def _start(work: Path, *args) -> subprocess.Popen:
@@ -151,11 +151,12 @@ def test_resolution_probe_reports_each_settings_grid(tmp_path):
 def test_familiarity_statistics_benchmark_scores_every_statistic(tmp_path):
     """Every statistic gets a row per quantile (both quantiles for the pair), rates are
     shares, balanced accuracy is their mean, and the out-of-world frames are broken down
-    by every kind the validation set has."""
+    by every kind the two pooled validation sets have."""
     need_gcompris()
+    need_opencv_samples()
     out = tmp_path / "familiarity.json"
     proc = _start(tmp_path / "familiarity", "bench/familiarity_statistics.py", "--scenes", "8",
-                  "--negatives", "40", "--json", str(out))
+                  "--negatives", "40", "--sets", "validation,opencv", "--json", str(out))
     assert "noun_cell_and_probe" in _finish(proc)
     result = json.loads(out.read_text())
     assert set(result["best"]) == {"noun_cell", "noun_top3", "noun_frame", "any_class_cell",
@@ -167,7 +168,7 @@ def test_familiarity_statistics_benchmark_scores_every_statistic(tmp_path):
             assert 0 <= familiar <= 1 and 0 <= unfamiliar <= 1
             assert row["balanced_accuracy"] == pytest.approx((familiar + unfamiliar) / 2, abs=1e-4)
             assert set(row["out_of_world_familiar_by_kind"]) == {"planet", "text", "stars",
-                                                                  "blobs", "noise"}
+                                                                  "blobs", "noise", "opencv"}
     best = result["best"]["noun_cell"]
     assert best["balanced_accuracy"] == max(r["balanced_accuracy"] for r in result["rows"]["noun_cell"])
 

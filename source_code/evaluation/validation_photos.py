@@ -144,19 +144,23 @@ def validation_pairs(in_world, n: int = PAIRS, seed: int = PAIR_SEED) -> list[tu
     return [candidates[k] for k in sorted(chosen)]
 
 
-def in_world_frames() -> list[tuple[np.ndarray, set]]:
-    """(frame, accepted nouns) for each in-world validation photo in each of the test's
-    webcam-like variants; a clear error when any photo cannot be read."""
+def in_world_frames(entries=None) -> list[tuple[np.ndarray, set]]:
+    """(frame, accepted nouns) for each in-world validation photo (of ``entries``, by
+    default GCompris's) in each of the test's webcam-like variants; a clear error when
+    any photo cannot be read."""
     from .photos import VARIANTS, all_available, load_photo, variant
+    entries = IN_WORLD_VALIDATION if entries is None else entries
     return [(variant(load_photo(e[0]), v), e[2])
-            for e in all_available(IN_WORLD_VALIDATION, "validation photos") for v in VARIANTS]
+            for e in all_available(entries, "validation photos") for v in VARIANTS]
 
 
-def out_of_world_frames() -> list[np.ndarray]:
-    """Each out-of-world validation frame in the variants the evaluation tries them in."""
+def out_of_world_frames(entries=None) -> list[np.ndarray]:
+    """Each out-of-world validation frame (of ``entries``, by default the first set's)
+    in the variants the evaluation tries them in."""
     from .photos import OUT_OF_WORLD_VARIANTS, all_available, load_photo, variant
+    entries = OUT_OF_WORLD_VALIDATION if entries is None else entries
     return [variant(load_photo(e[0]), v)
-            for e in all_available(OUT_OF_WORLD_VALIDATION, "out-of-world validation frames")
+            for e in all_available(entries, "out-of-world validation frames")
             for v in OUT_OF_WORLD_VARIANTS]
 
 
