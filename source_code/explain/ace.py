@@ -101,7 +101,7 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import felzenszwalb, slic
 
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_path, write_json
 from .maps import normalize
 
 # The segmentations of ACE's reference code with its levels: SLIC's numbers of segments,
@@ -319,7 +319,7 @@ class ConceptBank:
                      "patches": self.patches.get(cid, []), **self.details.get(cid, {})}
                     for cid, name, by, pur in zip(self.ids, self.names, self.named_by, self.purity)],
                 "word_scores": self.word_scores, "info": self.info}
-        atomic_write_text(root / "bank.json", json.dumps(meta, indent=1))
+        write_json(root / "bank.json", meta)
         return root
 
     @classmethod
