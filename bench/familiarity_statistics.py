@@ -144,12 +144,12 @@ def validation_frames(sets: list[str]) -> tuple[list, list, list]:
     """(in-world frames, out-of-world frames, each out-of-world frame's kind) of the
     named validation sets, pooled."""
     from source_code.evaluation import validation_photos as v
-    from source_code.evaluation.photos import OUT_OF_WORLD_VARIANTS
-    chosen = {"validation": (v.IN_WORLD_VALIDATION, v.OUT_OF_WORLD_VALIDATION),
-              "opencv": (v.OPENCV_IN_WORLD, v.OPENCV_OUT_OF_WORLD)}
+    from source_code.evaluation.photos import OUT_OF_WORLD_VARIANTS, photo_entries
     in_world, out_of_world, kinds = [], [], []
     for name in sets:
-        inside, outside = chosen[name]
+        if name == "test":
+            raise SystemExit("the test photos never take part in a choice")
+        inside, outside, _ = photo_entries(name)
         in_world += [frame for frame, _ in v.in_world_frames(inside)]
         out_of_world += v.out_of_world_frames(outside)
         kinds += [{"gcompris": "planet", "made": source.split(":")[1]}.get(source.split(":")[0], "opencv")
