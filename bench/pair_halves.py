@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from source_code.data.objects_world import caption_nouns  # noqa: E402
 from source_code.evaluation.photos import load_photo, side_by_side  # noqa: E402
 from source_code.evaluation.validation_photos import (IN_WORLD_VALIDATION,  # noqa: E402
-                                                      validation_pairs)
+                                                      validation_pair_entries)
 from source_code.files import write_json  # noqa: E402
 from source_code.model.bundles import resolve_bundle  # noqa: E402
 from source_code.model.captioner import Captioner  # noqa: E402
@@ -66,8 +66,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     captioner = Captioner.load(resolve_bundle(args.bundle))
-    entries = IN_WORLD_VALIDATION
-    pairs = [(entries[i], entries[j]) for i, j in validation_pairs(entries)]
+    pairs = validation_pair_entries(IN_WORLD_VALIDATION)
     frames = [f for a, b in pairs for f in pair_frames(load_photo(a[0]), load_photo(b[0]))]
     said = captions(captioner, frames)
     rows = []

@@ -205,13 +205,10 @@ def photo_entries(photo_set: str):
     if photo_set == "test":
         return IN_WORLD, OUT_OF_WORLD, None
     from . import validation_photos as v
-
-    def drawn_pairs(entries):
-        return [(entries[i], entries[j]) for i, j in v.validation_pairs(entries)]
     if photo_set == "validation":
-        return v.IN_WORLD_VALIDATION, v.OUT_OF_WORLD_VALIDATION, drawn_pairs
+        return v.IN_WORLD_VALIDATION, v.OUT_OF_WORLD_VALIDATION, v.validation_pair_entries
     if photo_set == "opencv":
-        return v.OPENCV_IN_WORLD, v.OPENCV_OUT_OF_WORLD, drawn_pairs
+        return v.OPENCV_IN_WORLD, v.OPENCV_OUT_OF_WORLD, v.validation_pair_entries
     raise ValueError(f"unknown photo set {photo_set!r}: {', '.join(PHOTO_SETS)}")
 
 

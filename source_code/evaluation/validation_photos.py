@@ -144,6 +144,11 @@ def validation_pairs(in_world, n: int = PAIRS, seed: int = PAIR_SEED) -> list[tu
     return [candidates[k] for k in sorted(chosen)]
 
 
+def validation_pair_entries(in_world) -> list[tuple[tuple, tuple]]:
+    """The entries of ``validation_pairs`` (left, right), in their order."""
+    return [(in_world[i], in_world[j]) for i, j in validation_pairs(in_world)]
+
+
 def in_world_frames(entries=None) -> list[tuple[np.ndarray, set]]:
     """(frame, accepted nouns) for each in-world validation photo (of ``entries``, by
     default GCompris's) in each of the test's webcam-like variants; a clear error when
@@ -173,9 +178,8 @@ class PhotoChoiceData:
         from tqdm import tqdm
         from .photos import load_photo, side_by_side
         frames = in_world_frames()                       # fails fast on a missing photo
-        entries = IN_WORLD_VALIDATION
         pairs = [(side_by_side(load_photo(a[0]), load_photo(b[0])), (a[2], b[2]))
-                 for a, b in ((entries[i], entries[j]) for i, j in validation_pairs(entries))]
+                 for a, b in validation_pair_entries(IN_WORLD_VALIDATION)]
         self.captioner = captioner
         self.frame_nouns = [n for _, n in frames]
         self.pair_nouns = [n for _, n in pairs]
