@@ -165,28 +165,28 @@ def pytest_runtest_teardown(item, nextitem):
             shared.stop()
 
 
+def unavailable(reason: str, required: str):
+    """Skip a test whose requirement is missing; under CI=true, where ``.ci/run`` installs
+    every requirement, fail instead, saying why it is ``required``."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: {required})")
+    pytest.skip(reason)
+
+
 def need_gcompris():
     """Skip (fail under CI=true) a test that reads the validation photographs when
     Debian's gcompris-qt-data or PySide6 is missing."""
     import importlib.util
-    import os
     from source_code.data.gcompris import RCC_DIR
     if RCC_DIR.is_dir() and importlib.util.find_spec("PySide6") is not None:
         return
-    reason = "the validation photographs need Debian's gcompris-qt-data and PySide6-Essentials"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: they must be installed)")
-    pytest.skip(reason)
+    unavailable("the validation photographs need Debian's gcompris-qt-data and PySide6-Essentials",
+                "they must be installed")
 
 
 def need_opencv_samples():
     """Skip (fail under CI=true) a test that reads the second validation set when
     Debian's opencv-doc (OpenCV's sample images) is missing."""
-    import os
     from source_code.evaluation.photos import OPENCV_EXAMPLES
-    if OPENCV_EXAMPLES.is_dir():
-        return
-    reason = "the second validation set needs Debian's opencv-doc"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: it must be installed)")
-    pytest.skip(reason)
+    if not OPENCV_EXAMPLES.is_dir():
+        unavailable("the second validation set needs Debian's opencv-doc", "it must be installed")

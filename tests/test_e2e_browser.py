@@ -20,6 +20,7 @@ from PIL import Image
 from source_code.data.synthetic import canonical_caption, generate_scene
 
 from browser import CHROMIUM, camera_browser, write_y4m  # shared with bench/live.py
+from conftest import unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES_BUNDLE = REPO / "models" / "shapes"
@@ -32,9 +33,7 @@ EXPLAIN_TIMEOUT_MS = 120_000
 
 
 def _unavailable(reason: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the browser test must run)")
-    pytest.skip(reason)
+    unavailable(reason, "the browser test must run")
 
 
 def _bundle() -> tuple[Path, bool]:
